@@ -1,0 +1,82 @@
+"""observer-core: watch what AI agents and their gateway do, learn from it, feed it back.
+
+The public API for plugins is what this module exports; nothing else in
+``observer_core`` is promised to stay put.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .components import (
+    Analyzer,
+    AnalyzerConfig,
+    Component,
+    ComponentConfig,
+    Context,
+    Emit,
+    NotAccepted,
+    Observer,
+    Sink,
+    SinkConfig,
+    Source,
+    Window,
+)
+from .hookspecs import RowFormat, hookimpl
+from .ingest import EventDecoder, InvalidEvent
+from .metrics import Counter, Gauge, Metrics
+from .queues import DropOldestQueue
+from .records import (
+    UNSET,
+    EscalationRow,
+    Finding,
+    LogEntry,
+    Op,
+    Record,
+    UnsetType,
+    format_timestamp,
+    now_timestamp,
+    parse_timestamp,
+)
+from .state import StateStore, atomic_write
+
+try:
+    __version__ = version("observer-core")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+local"
+
+__all__ = [
+    "UNSET",
+    "Analyzer",
+    "AnalyzerConfig",
+    "Component",
+    "ComponentConfig",
+    "Context",
+    "Counter",
+    "DropOldestQueue",
+    "Emit",
+    "EscalationRow",
+    "EventDecoder",
+    "Finding",
+    "Gauge",
+    "InvalidEvent",
+    "LogEntry",
+    "Metrics",
+    "NotAccepted",
+    "Observer",
+    "Op",
+    "Record",
+    "RowFormat",
+    "Sink",
+    "SinkConfig",
+    "Source",
+    "StateStore",
+    "UnsetType",
+    "Window",
+    "__version__",
+    "atomic_write",
+    "format_timestamp",
+    "hookimpl",
+    "now_timestamp",
+    "parse_timestamp",
+]

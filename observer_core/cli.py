@@ -1,0 +1,229 @@
+"""The ``observer-core`` command: run, check, plugins, init."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+
+import anyio
+
+from . import __version__
+from .config import ConfigError, ObserverConfig, default_config_path, load_config
+from .engine import Engine, StartupError
+from .logs import setup_logging
+from .plugins import KINDS, PluginInfo, Registry, load_registry
+from .state import StateDirLock, StateLocked
+
+__all__ = ["main"]
+
+log = logging.getLogger("observer_core")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="observer-core",
+        description="Watch what AI agents and their gateway do, learn from it, feed it back.",
+    )
+    parser.add_argument("--version", action="version", version=f"observer-core {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    config_help = "config file (default: $OBSERVER_CONFIG, else ./observer.toml)"
+
+    run = commands.add_parser("run", help="run the daemon", description="Run the daemon.")
+    run.add_argument("--config", type=Path, help=config_help)
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="start no listener: poll the per-cycle sources, run the every=1 analyzers, "
+        "flush the sinks and exit",
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: info)",
+    )
+    run.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="log format (default: text)"
+    )
+
+    check = commands.add_parser(
+        "check",
+        help="validate a config and show the pipeline",
+        description="Validate a config and print the resolved pipeline.",
+    )
+    check.add_argument("--config", type=Path, help=config_help)
+    check.add_argument(
+        "--resolved",
+        action="store_true",
+        help="print the whole config with every default filled in, as TOML (secrets masked)",
+    )
+
+    plugins = commands.add_parser(
+        "plugins",
+        help="list installed plugins",
+        description="List every installed plugin by kind, with the distribution providing it.",
+    )
+    plugins.add_argument("name", nargs="?", help="show one plugin in detail")
+    plugins.add_argument(
+        "--verbose", "-v", action="store_true", help="show version, summary and config keys"
+    )
+
+    init = commands.add_parser(
+        "init",
+        help="write the default config",
+        description="Write the shipped default config, commented, to PATH.",
+    )
+    init.add_argument(
+        "path", nargs="?", type=Path, default=Path("observer.toml"), help="default: ./observer.toml"
+    )
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": _run, "check": _check, "plugins": _plugins, "init": _init}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"observer-core: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _load(args: argparse.Namespace) -> tuple[ObserverConfig, Registry]:
+    registry = load_registry()
+    path = args.config or default_config_path()
+    config = load_config(path, registry)
+    return config, registry
+
+
+def _report_plugin_errors(registry: Registry) -> None:
+    for error in registry.errors:
+        log.warning("plugin not loaded: %s", error)
+
+
+def _run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_format)
+    config, registry = _load(args)
+    _report_plugin_errors(registry)
+    for warning in config.warnings(registry):
+        log.warning("%s", warning)
+    lock = StateDirLock(config.state_dir)
+    try:
+        lock.acquire()
+    except StateLocked as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    except OSError as exc:
+        log.error("cannot use state_dir %s: %s", config.state_dir, exc)
+        return EXIT_FAILURE
+    log.info(
+        "observer-core %s starting: config %s, state_dir %s, cycle %ss",
+        __version__,
+        config.path,
+        config.state_dir,
+        config.settings.cycle_secs,
+    )
+    engine = Engine(config)
+    try:
+        if args.once:
+            return anyio.run(engine.run_once, **_backend())
+        anyio.run(engine.serve, **_backend())
+        return EXIT_OK
+    except StartupError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    finally:
+        lock.release()
+
+
+def _backend() -> dict[str, object]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {"backend": "asyncio"}
+    return {"backend": "asyncio", "backend_options": {"use_uvloop": True}}
+
+
+def _check(args: argparse.Namespace) -> int:
+    config, registry = _load(args)
+    if args.resolved:
+        sys.stdout.write(config.to_toml())
+    else:
+        print(f"{config.path}: valid")
+        print(f"  state_dir  {config.state_dir}")
+        print(f"  cycle      every {config.settings.cycle_secs}s, ring of {config.settings.ring_size} ops")
+        for kind in KINDS:
+            items = [item for item in config.instances if item.kind == kind]
+            if not items:
+                continue
+            print(f"{kind}:")
+            for item in items:
+                extra = ""
+                if item.kind == "sinks":
+                    extra = f" accepts={','.join(item.accepts)}"
+                elif item.kind == "analyzers":
+                    extra = f" every={item.every}"
+                state = "" if item.enabled else " (disabled)"
+                print(
+                    f"  {item.name:<16} plugin={item.plugin.name} from "
+                    f"{item.plugin.origin.distribution}{extra}{state}"
+                )
+    for warning in config.warnings(registry):
+        print(f"warning: {warning}", file=sys.stderr)
+    for error in registry.errors:
+        print(f"warning: plugin not loaded: {error}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _describe(info: PluginInfo, verbose: bool) -> list[str]:
+    lines = [f"  {info.name:<16} {info.origin.distribution}"]
+    if verbose:
+        lines[0] += f" {info.origin.version}"
+        if info.summary:
+            lines.append(f"      {info.summary}")
+        for key, type_name, default in info.config_keys():
+            lines.append(f"      {key:<22} {type_name:<22} {default}")
+    return lines
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    registry = load_registry()
+    found = False
+    for kind in KINDS:
+        infos = [registry.components[kind][name] for name in registry.names(kind)]
+        if args.name:
+            infos = [info for info in infos if info.name == args.name]
+        if not infos:
+            continue
+        found = True
+        print(f"{kind}:")
+        for info in infos:
+            print("\n".join(_describe(info, args.verbose or bool(args.name))))
+    if registry.errors:
+        print("not loaded:")
+        for error in registry.errors:
+            print(f"  {error}")
+    if args.name and not found:
+        print(f"observer-core: no plugin named {args.name!r}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _init(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    if path.exists() and not args.force:
+        print(f"observer-core: {path} exists; use --force to overwrite it", file=sys.stderr)
+        return EXIT_FAILURE
+    text = files("observer_core").joinpath("default.toml").read_text(encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}; check it with: observer-core check --config {path}")
+    return EXIT_OK

@@ -1,0 +1,220 @@
+"""The component base classes that plugins subclass, and the context they get.
+
+A component is a small class with a ``name``, a typed ``Config`` (a
+``msgspec.Struct`` with defaults), and async methods the engine calls:
+
+- :class:`Source`: ``run(emit)`` for push sources (a listener), ``poll(emit)``
+  for per-cycle sources (a tailer); either or both.
+- :class:`Sink`: ``write(records)``; ``holds_ack = True`` when an event may be
+  acknowledged only after this sink accepted it.
+- :class:`Analyzer`: ``analyze(window)`` returns findings; long calls go to
+  ``ctx.spawn`` so they run beside the cycle.
+
+Every component gets ``open()`` (acquire resources: raising here means the
+instance cannot start and the daemon exits 1) and ``aclose()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import msgspec
+
+from .records import Finding, Op, Record
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .state import StateStore
+
+__all__ = [
+    "Analyzer",
+    "AnalyzerConfig",
+    "Component",
+    "ComponentConfig",
+    "Context",
+    "Emit",
+    "NotAccepted",
+    "Observer",
+    "Sink",
+    "SinkConfig",
+    "Source",
+    "Window",
+]
+
+
+class NotAccepted(Exception):
+    """Raised by ``emit`` when ops could not be accepted; the caller may retry later.
+
+    ``retry_after`` is a hint in seconds (an HTTP source sends it as ``Retry-After``).
+    """
+
+    def __init__(self, reason: str, retry_after: int = 1) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+Emit = Callable[[Sequence[Op]], Awaitable[None]]
+"""Hand ops to the engine. Returns once every ack-holding op sink has accepted
+them (and they are in the ring); raises :class:`NotAccepted` otherwise."""
+
+
+class ComponentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of every plugin's ``Config``: unknown keys are errors."""
+
+
+class SinkConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
+    """Base of a sink's ``Config``: ``accepts`` lists the record kinds it receives."""
+
+    accepts: list[str] = msgspec.field(default_factory=lambda: ["op"])
+
+
+class AnalyzerConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
+    """Base of an analyzer's ``Config``: ``every = N`` runs it on cycles N, 2N, ..."""
+
+    every: int = 1
+
+
+class Observer(Protocol):
+    """What the daemon shows to components that report on it (e.g. an HTTP source)."""
+
+    def ring_len(self) -> int: ...
+    def stats(self) -> dict[str, Any]: ...
+    def health(self) -> dict[str, Any]: ...
+    def metrics_text(self) -> str: ...
+
+
+@dataclass(slots=True)
+class Window:
+    """A snapshot of the ring for one analyzer run.
+
+    ``ops[i]`` has the sequence number ``first_seq + i``; sequence numbers grow by
+    one per op ever pushed and are never reused, so analyzers can remember what
+    they have seen even as the ring evicts.
+    """
+
+    ops: Sequence[Op]
+    first_seq: int
+    cycle: int
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next op pushed will get."""
+        return self.first_seq + len(self.ops)
+
+    def numbered(self) -> list[tuple[int, Op]]:
+        """``(seq, op)`` pairs, oldest first."""
+        return list(enumerate(self.ops, self.first_seq))
+
+
+@dataclass(eq=False)
+class Context:
+    """What the engine gives a component: its identity, paths, logging and hooks back in.
+
+    ``spawn`` runs a coroutine function in the daemon's task group (errors are
+    logged and counted against this instance, never raised into the daemon);
+    ``publish`` routes findings to the sinks that accept their kind.
+    """
+
+    instance: str
+    kind: str
+    config_dir: Path
+    logger: logging.Logger
+    metrics: Metrics
+    state: StateStore
+    max_field_bytes: int
+    observer: Observer
+    spawn: Callable[..., None]
+    publish: Callable[[Sequence[Finding]], Awaitable[None]]
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else self.config_dir / candidate
+
+    def set_check(self, name: str, healthy: bool, since: str, **detail: Any) -> None:
+        """Report a dependency's health in ``/health`` ``checks`` (and ``/stats``)."""
+        self.status.setdefault("checks", {})[name] = {
+            "healthy": healthy,
+            "since": since,
+            **detail,
+        }
+
+    def error(self, message: str, *args: Any) -> None:
+        """Log an error of this instance and count it in ``observer_instance_errors_total``."""
+        self.logger.error(message, *args)
+        self.metrics.instance_errors.inc(instance=self.instance)
+
+
+class Component:
+    """Shared shape of sources, sinks and analyzers."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+
+    def __init__(self, config: Any, ctx: Context) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    async def open(self) -> None:
+        """Acquire resources (bind, open files). Raise to refuse to start."""
+
+    async def aclose(self) -> None:
+        """Release resources. Called once at shutdown, after the last write."""
+
+
+class Source(Component):
+    """Brings ops in. Override ``run`` (push), ``poll`` (per cycle), or both."""
+
+    kind: ClassVar[str] = "source"
+
+    async def run(self, emit: Emit) -> None:
+        """Serve until cancelled, handing ops to ``emit``. Not called under ``--once``."""
+
+    async def poll(self, emit: Emit) -> None:
+        """Called once per cycle, before the analyzers run: hand new ops to ``emit``."""
+
+    @classmethod
+    def is_push(cls) -> bool:
+        return cls.run is not Source.run
+
+    @classmethod
+    def is_polled(cls) -> bool:
+        return cls.poll is not Source.poll
+
+
+class Sink(Component):
+    """Receives records of the kinds its ``accepts`` lists."""
+
+    kind: ClassVar[str] = "sink"
+    Config: ClassVar[type[ComponentConfig]] = SinkConfig
+    holds_ack: ClassVar[bool] = False
+    """True when an op may be acknowledged only after ``write`` returned for it."""
+
+    async def write(self, records: Sequence[Record]) -> None:
+        """Accept a batch, in order. Raise when it cannot; the engine counts it."""
+        raise NotImplementedError
+
+    async def flush(self) -> None:
+        """Make everything written so far durable (called at shutdown)."""
+
+    async def reopen(self) -> None:
+        """Reopen files (on SIGHUP, for logrotate)."""
+
+
+class Analyzer(Component):
+    """Reads the ring every ``every`` cycles and emits findings."""
+
+    kind: ClassVar[str] = "analyzer"
+    Config: ClassVar[type[ComponentConfig]] = AnalyzerConfig
+    emits: ClassVar[tuple[str, ...]] = ()
+    """The finding kinds this analyzer emits (``check`` warns when none reaches a sink)."""
+
+    async def analyze(self, window: Window) -> Sequence[Finding]:
+        """Look at the ring and return findings (may be empty)."""
+        raise NotImplementedError

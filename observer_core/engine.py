@@ -1,0 +1,501 @@
+"""The daemon: one anyio task group that runs the configured components.
+
+Sources hand ops to :meth:`Engine.emit`. A single dispatcher task takes every
+op waiting at that moment (group commit), writes the batch to each
+ack-holding op sink, then pushes it into the ring and releases the waiting
+sources; other op sinks get the batch through a bounded queue of their own.
+A cycle task polls the per-cycle sources and runs the analyzers that are due.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import Counter as Tally
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .components import Analyzer, Component, Context, NotAccepted, Sink, Source
+from .config import InstanceConfig, ObserverConfig
+from .metrics import Metrics
+from .queues import DropOldestQueue
+from .records import Finding, Op, now_timestamp
+from .ring import Ring
+from .state import StateStore
+
+__all__ = ["Engine", "StartupError"]
+
+log = logging.getLogger("observer_core")
+
+MAX_PENDING_OPS = 65536
+"""Ops waiting for the dispatcher before ``emit`` answers "backed up" (503)."""
+SINK_QUEUE_MAX = 10000
+"""Default bound of a non-ack sink's queue (a sink's own ``queue_max`` wins)."""
+FINDING_WRITE_TIMEOUT = 30.0
+
+
+class StartupError(Exception):
+    """An enabled instance could not start; the message names it."""
+
+
+class _Pending:
+    __slots__ = ("ops", "done", "error")
+
+    def __init__(self, ops: Sequence[Op]) -> None:
+        self.ops = ops
+        self.done = anyio.Event()
+        self.error: NotAccepted | None = None
+
+
+class _Instance:
+    """A running component with its config and context."""
+
+    __slots__ = ("spec", "component", "ctx")
+
+    def __init__(self, spec: InstanceConfig, component: Component, ctx: Context) -> None:
+        self.spec = spec
+        self.component = component
+        self.ctx = ctx
+
+
+class _SinkPump:
+    """Feeds a sink that does not hold acks from a bounded, drop-oldest queue."""
+
+    def __init__(self, instance: _Instance, metrics: Metrics) -> None:
+        self.instance = instance
+        name = instance.spec.qualified
+        limit = getattr(instance.spec.config, "queue_max", SINK_QUEUE_MAX)
+        self.queue: DropOldestQueue[Op] = DropOldestQueue(
+            limit, lambda n: metrics.sink_dropped.inc(n, instance=name)
+        )
+        self.stopped = anyio.Event()
+
+    async def run(self) -> None:
+        sink = self.instance.component
+        assert isinstance(sink, Sink)
+        try:
+            while batch := await self.queue.get_batch(1000):
+                try:
+                    await sink.write(batch)
+                except Exception as exc:
+                    self.instance.ctx.error("write failed, %d records lost: %r", len(batch), exc)
+        finally:
+            self.stopped.set()
+
+
+class Engine:
+    """Builds the components of a config and runs them."""
+
+    def __init__(self, config: ObserverConfig) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.metrics = Metrics()
+        self.ring = Ring(self.settings.ring_size)
+        self.cycle = 0
+        self.started_at = now_timestamp()
+        self._pending: deque[_Pending] = deque()
+        self._pending_ops = 0
+        self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._closing = False
+        self._background: anyio.abc.TaskGroup | None = None
+        self._cycle_running = False
+        self.instances: list[_Instance] = [self._build(spec) for spec in config.instances if spec.enabled]
+        sinks = [item for item in self.instances if isinstance(item.component, Sink)]
+        self._ack_sinks = [
+            item for item in sinks if "op" in item.spec.accepts and item.component.holds_ack
+        ]
+        self._pumps = [
+            _SinkPump(item, self.metrics)
+            for item in sinks
+            if "op" in item.spec.accepts and not item.component.holds_ack
+        ]
+        self._sinks = sinks
+        self.metrics.gauge(
+            "observer_ring_ops", "Ops in the ring now.", lambda: [((), float(len(self.ring)))]
+        )
+        self.metrics.gauge(
+            "observer_sink_queue_depth",
+            "Records waiting in a sink's queue.",
+            lambda: [
+                ((("instance", pump.instance.spec.qualified),), float(len(pump.queue)))
+                for pump in self._pumps
+            ],
+        )
+
+    # -- building -------------------------------------------------------
+
+    def _build(self, spec: InstanceConfig) -> _Instance:
+        ctx = Context(
+            instance=spec.qualified,
+            kind=spec.kind,
+            config_dir=self.config.config_dir,
+            logger=logging.getLogger(f"observer.{spec.qualified}"),
+            metrics=self.metrics,
+            state=StateStore(self.config.state_dir / spec.qualified),
+            max_field_bytes=self.settings.max_field_bytes,
+            observer=self,
+            spawn=lambda fn, *args, timeout=None: self._spawn(ctx, fn, args, timeout),
+            publish=self.publish,
+        )
+        return _Instance(spec, spec.plugin.cls(spec.config, ctx), ctx)
+
+    def _of(self, kind: type[Component]) -> list[_Instance]:
+        return [item for item in self.instances if isinstance(item.component, kind)]
+
+    # -- the Observer protocol (what /health, /stats and /metrics show) ----
+
+    def ring_len(self) -> int:
+        return len(self.ring)
+
+    def health(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        for item in self.instances:
+            checks.update(item.ctx.status.get("checks", {}))
+        return {"status": "ok", "ops_in_ring": len(self.ring), "checks": checks}
+
+    def stats(self) -> dict[str, Any]:
+        successes = 0
+        by_source: Tally[str] = Tally()
+        scenario: deque[Op] = deque(maxlen=10)
+        for op in self.ring:
+            successes += op.success
+            by_source[op.source] += 1
+            if op.source == "scenario":
+                scenario.append(op)
+        return {
+            "total": len(self.ring),
+            "successes": successes,
+            "failures": len(self.ring) - successes,
+            "by_source": dict(by_source),
+            "recent_scenario_ops": [
+                {
+                    "ts": op.timestamp,
+                    "ok": op.success,
+                    "staffer": _or_none(op.staffer_id),
+                    "kind": _or_none(op.event_kind),
+                    "role": _or_none(op.role),
+                }
+                for op in scenario
+            ],
+            "cycle": self.cycle,
+            "started_at": self.started_at,
+            "instances": {
+                item.spec.qualified: item.ctx.status for item in self.instances if item.ctx.status
+            },
+        }
+
+    def metrics_text(self) -> str:
+        return self.metrics.render()
+
+    # -- the ingest path --------------------------------------------------
+
+    async def emit(self, ops: Sequence[Op]) -> None:
+        """Accept ops: returns once every ack-holding op sink has them and they are in the ring."""
+        if not ops:
+            return
+        if self._closing:
+            self.metrics.input_rejected.inc(reason="shutting_down")
+            raise NotAccepted("observer is shutting down", retry_after=5)
+        if self._pending_ops + len(ops) > MAX_PENDING_OPS:
+            self.metrics.input_rejected.inc(reason="backlog")
+            raise NotAccepted("input is backed up; retry shortly", retry_after=1)
+        pending = _Pending(ops)
+        self._pending.append(pending)
+        self._pending_ops += len(ops)
+        self._wake.set()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            while not self._pending:
+                self._idle.set()
+                await self._wake.wait()
+                self._wake = anyio.Event()
+            self._idle = anyio.Event()
+            batch = list(self._pending)
+            self._pending.clear()
+            self._pending_ops = 0
+            ops = batch[0].ops if len(batch) == 1 else [op for item in batch for op in item.ops]
+            error = await self._write_acked(ops)
+            if error is None:
+                self._accept(ops)
+            for item in batch:
+                item.error = error
+                item.done.set()
+
+    async def _write_acked(self, ops: Sequence[Op]) -> NotAccepted | None:
+        for item in self._ack_sinks:
+            sink = item.component
+            assert isinstance(sink, Sink)
+            try:
+                await sink.write(ops)
+            except Exception as exc:
+                item.ctx.error("write failed, %d ops refused: %s", len(ops), exc)
+                self.metrics.input_rejected.inc(len(ops), reason="sink_failed")
+                return NotAccepted(f"sink {item.spec.qualified} cannot write: {exc}", retry_after=5)
+        return None
+
+    def _accept(self, ops: Sequence[Op]) -> None:
+        self.ring.extend(ops)
+        counter = self.metrics.ops_received
+        label = self.metrics.source_label
+        for op in ops:
+            counter.inc(source=label(op.source), outcome="success" if op.success else "failure")
+        for pump in self._pumps:
+            pump.queue.put_many(ops)
+
+    async def publish(self, findings: Sequence[Finding]) -> None:
+        """Hand findings to every sink that accepts their kind (each write under a timeout)."""
+        if not findings:
+            return
+        for item in self._sinks:
+            accepts = item.spec.accepts
+            chosen = [finding for finding in findings if finding.kind in accepts]
+            if not chosen:
+                continue
+            sink = item.component
+            assert isinstance(sink, Sink)
+            try:
+                with anyio.fail_after(FINDING_WRITE_TIMEOUT):
+                    await sink.write(chosen)
+            except Exception as exc:
+                item.ctx.error("could not write %d findings: %r", len(chosen), exc)
+
+    # -- background work --------------------------------------------------
+
+    def _spawn(
+        self,
+        ctx: Context,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> None:
+        if self._background is None:
+            raise RuntimeError("spawn() is only available while the daemon runs")
+        self._background.start_soon(self._guarded, ctx, fn, args, timeout)
+
+    async def _guarded(
+        self,
+        ctx: Context,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> None:
+        try:
+            with anyio.fail_after(timeout) if timeout else _no_limit():
+                await fn(*args)
+        except TimeoutError:
+            ctx.error("%s timed out after %ss", getattr(fn, "__name__", "task"), timeout)
+        except Exception as exc:
+            ctx.logger.exception("%s failed", getattr(fn, "__name__", "task"))
+            ctx.metrics.instance_errors.inc(instance=ctx.instance)
+            del exc
+
+    # -- cycles -----------------------------------------------------------
+
+    def _step_timeout(self) -> float:
+        return max(float(self.settings.cycle_secs), 10.0)
+
+    async def run_cycle(self) -> None:
+        """One cycle: poll per-cycle sources, run due analyzers, log a stats line."""
+        self.cycle += 1
+        started = time.perf_counter()
+        for item in self._of(Source):
+            source = item.component
+            assert isinstance(source, Source)
+            if source.is_polled():
+                await self._step(item, source.poll(self.emit), "poll")
+        window = self.ring.window(self.cycle)
+        for item in self._of(Analyzer):
+            analyzer = item.component
+            assert isinstance(analyzer, Analyzer)
+            if self.cycle % item.spec.every == 0:
+                findings = await self._step(item, analyzer.analyze(window), "analyze")
+                if findings:
+                    await self.publish(findings)
+        elapsed = time.perf_counter() - started
+        self.metrics.cycles.inc()
+        self.metrics.cycle_duration.set(elapsed)
+        stats = self.stats()
+        log.info(
+            "cycle %d: total_ops=%d successes=%d failures=%d by_source=%s (%.1f ms)",
+            self.cycle,
+            stats["total"],
+            stats["successes"],
+            stats["failures"],
+            stats["by_source"],
+            elapsed * 1000,
+        )
+
+    async def _step(self, item: _Instance, work: Awaitable[Any], what: str) -> Any:
+        try:
+            with anyio.fail_after(self._step_timeout()):
+                return await work
+        except TimeoutError:
+            item.ctx.error("%s timed out after %ss", what, self._step_timeout())
+        except NotAccepted as exc:
+            item.ctx.logger.warning("%s: ops not accepted yet: %s", what, exc)
+        except Exception:
+            item.ctx.logger.exception("%s failed", what)
+            self.metrics.instance_errors.inc(instance=item.spec.qualified)
+        return None
+
+    async def _cycle_loop(self) -> None:
+        period = float(self.settings.cycle_secs)
+        next_tick = anyio.current_time() + period
+        while True:
+            await anyio.sleep_until(next_tick)
+            await self.run_cycle()
+            next_tick += period
+            late = anyio.current_time() - next_tick
+            if late >= 0:
+                missed = int(late // period) + 1
+                self.metrics.cycles_skipped.inc(missed)
+                log.warning("cycle %d ran long: skipped %d tick(s)", self.cycle, missed)
+                next_tick += missed * period
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open sinks, then analyzers, then sources, each in config order."""
+        order = [*self._of(Sink), *self._of(Analyzer), *self._of(Source)]
+        opened: list[_Instance] = []
+        for item in order:
+            try:
+                await item.component.open()
+            except Exception as exc:
+                for done in reversed(opened):
+                    with anyio.CancelScope(shield=True):
+                        await _quietly(done.component.aclose())
+                raise StartupError(f"[{item.spec.qualified}] cannot start: {_reason(exc)}") from exc
+            opened.append(item)
+            log.info(
+                "started %s (plugin %s from %s)",
+                item.spec.qualified,
+                item.spec.plugin.name,
+                item.spec.plugin.origin.distribution,
+            )
+
+    async def serve(self) -> None:
+        """Run until SIGINT/SIGTERM, then shut down cleanly."""
+        await self.open()
+        async with anyio.create_task_group() as daemon:
+            daemon.start_soon(self._dispatch_loop)
+            for pump in self._pumps:
+                daemon.start_soon(pump.run)
+            async with anyio.create_task_group() as inputs:
+                self._background = inputs
+                inputs.start_soon(self._watch_signals, inputs.cancel_scope)
+                for item in self._of(Source):
+                    source = item.component
+                    assert isinstance(source, Source)
+                    if source.is_push():
+                        inputs.start_soon(self._run_source, item, source)
+                inputs.start_soon(self._cycle_loop)
+                log.info(
+                    "observer-core running: %d instance(s), first cycle in %ss",
+                    len(self.instances),
+                    self.settings.cycle_secs,
+                )
+            await self.shutdown()
+            daemon.cancel_scope.cancel()
+
+    async def run_once(self) -> int:
+        """Poll, run the ``every = 1`` analyzers to completion, flush, exit."""
+        await self.open()
+        async with anyio.create_task_group() as daemon:
+            daemon.start_soon(self._dispatch_loop)
+            for pump in self._pumps:
+                daemon.start_soon(pump.run)
+            async with anyio.create_task_group() as background:
+                self._background = background
+                await self.run_cycle()
+            await self.shutdown()
+            daemon.cancel_scope.cancel()
+        errors = sum(self.metrics.instance_errors.values.values())
+        return 1 if errors else 0
+
+    async def _run_source(self, item: _Instance, source: Source) -> None:
+        try:
+            await source.run(self.emit)
+        except Exception:
+            item.ctx.logger.exception("stopped with an error")
+            self.metrics.instance_errors.inc(instance=item.spec.qualified)
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reopening sink files")
+                    for item in self._sinks:
+                        sink = item.component
+                        assert isinstance(sink, Sink)
+                        try:
+                            await sink.reopen()
+                        except Exception as exc:
+                            item.ctx.error("reopen failed: %s", exc)
+                    continue
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                scope.cancel()
+                return
+
+    async def shutdown(self) -> None:
+        """Stop taking input, drain, flush every sink, close everything (bounded in time)."""
+        self._closing = True
+        timeout = float(self.settings.shutdown_timeout_secs)
+        with anyio.move_on_after(timeout, shield=True) as scope:
+            self._wake.set()
+            while self._pending or not self._idle.is_set():
+                await self._idle.wait()
+            for pump in self._pumps:
+                pump.queue.close()
+                await pump.stopped.wait()
+            for item in self._sinks:
+                sink = item.component
+                assert isinstance(sink, Sink)
+                await _quietly(sink.flush(), item.ctx)
+            for item in reversed(self.instances):
+                await _quietly(item.component.aclose(), item.ctx)
+        if scope.cancelled_caught:
+            log.error("shutdown did not finish within %ss; exiting anyway", timeout)
+        else:
+            log.info("shutdown complete")
+
+
+class _no_limit:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+async def _quietly(work: Awaitable[Any], ctx: Context | None = None) -> None:
+    try:
+        await work
+    except Exception as exc:
+        if ctx is not None:
+            ctx.error("%r", exc)
+        else:
+            log.warning("while closing: %r", exc)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc) or type(exc).__name__
+
+
+def _or_none(value: Any) -> Any:
+    from msgspec import UNSET
+
+    return None if value is UNSET else value

@@ -1,0 +1,248 @@
+"""Turning JSON from the outside world into :class:`~observer_core.records.Op`.
+
+Two entry points, both strict about types (CONTRACT §1):
+
+- :class:`EventDecoder` for events that agents post: missing fields get the
+  ``/event`` defaults of §6.
+- :class:`EventDecoder` with ``require_all=True`` for ``op``-format rows
+  (e.g. a tailed JSONL file): the required fields must be present.
+
+``null`` means absent, unknown fields are ignored, strings longer than
+``max_field_bytes`` are rejected. Every problem is an :class:`InvalidEvent`
+whose message starts with the field's name.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from .records import AttributeValue, Op, now_timestamp, parse_timestamp
+
+__all__ = ["InvalidEvent", "EventDecoder", "REQUIRED_OP_FIELDS"]
+
+REQUIRED_OP_FIELDS = (
+    "timestamp",
+    "endpoint",
+    "input_summary",
+    "success",
+    "duration_ms",
+    "output_summary",
+    "source",
+)
+
+_CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+class InvalidEvent(ValueError):
+    """An event or row that cannot become an op; the message names the field."""
+
+
+class _EventIn(msgspec.Struct, kw_only=True):
+    """The input shape: every field optional, ``null`` allowed and meaning absent."""
+
+    timestamp: str | None = None
+    endpoint: str | None = None
+    input_summary: str | None = None
+    success: bool | None = None
+    duration_ms: Annotated[int, Meta(ge=0)] | Annotated[float, Meta(ge=0)] | None = None
+    output_summary: str | None = None
+    error: str | None = None
+    source: Annotated[str, Meta(min_length=1)] | None = None
+    staffer_id: str | None = None
+    sig_hash: str | None = None
+    event_kind: str | None = None
+    role: str | None = None
+    city: str | None = None
+    state: str | None = None
+    count: int | None = None
+    rescue_attempted: bool | None = None
+    rescue_succeeded: bool | None = None
+    task_class: str | None = None
+    correction: str | None = None
+    applied_at_turn: int | None = None
+    id: Annotated[str, Meta(max_length=128)] | None = None
+    attributes: Annotated[dict[str, AttributeValue], Meta(max_length=64)] | None = None
+
+
+_STRING_FIELDS = (
+    "endpoint",
+    "input_summary",
+    "output_summary",
+    "error",
+    "source",
+    "staffer_id",
+    "sig_hash",
+    "event_kind",
+    "role",
+    "city",
+    "state",
+    "task_class",
+    "correction",
+)
+_OPTIONAL_FIELDS = (
+    "error",
+    "staffer_id",
+    "sig_hash",
+    "event_kind",
+    "role",
+    "city",
+    "state",
+    "count",
+    "rescue_attempted",
+    "rescue_succeeded",
+    "task_class",
+    "correction",
+    "applied_at_turn",
+    "id",
+    "attributes",
+)
+_VALIDATION_PATH = re.compile(r"^(.*?)(?: - at `\$(\[\d+\])?\.?([^`]*)`)?$", re.S)
+
+
+def _describe(error: msgspec.ValidationError) -> tuple[int | None, str]:
+    """Split msgspec's ``"Expected int - at `$[2].count`"`` into (2, "count: Expected int")."""
+    match = _VALIDATION_PATH.match(str(error))
+    assert match is not None
+    message, index, path = match.groups()
+    message = message.replace(" | null", "")
+    item = int(index[1:-1]) if index else None
+    return item, f"{path}: {message}" if path else message
+
+
+class EventDecoder:
+    """Decode JSON events into ops.
+
+    ``require_all`` makes the §1 required fields mandatory (rows of a file);
+    otherwise the ``/event`` defaults fill them in (posted events).
+    """
+
+    def __init__(self, *, max_field_bytes: int = 65536, require_all: bool = False) -> None:
+        self.max_field_bytes = max_field_bytes
+        self.require_all = require_all
+        self._one = msgspec.json.Decoder(_EventIn)
+        self._many = msgspec.json.Decoder(list[_EventIn])
+
+    def decode(self, body: bytes | str) -> Op:
+        """Decode one JSON object. Raises :class:`InvalidEvent`."""
+        try:
+            raw = self._one.decode(body)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(_describe(exc)[1]) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidEvent(f"invalid JSON: {exc}") from None
+        return self._to_op(raw)
+
+    def decode_array(self, body: bytes) -> list[Op]:
+        """Decode a JSON array of objects; errors name the item, counted from 1."""
+        try:
+            raws = self._many.decode(body)
+        except msgspec.ValidationError as exc:
+            item, message = _describe(exc)
+            where = f"item {item + 1}: " if item is not None else ""
+            raise InvalidEvent(f"{where}{message}") from None
+        except msgspec.DecodeError as exc:
+            raise InvalidEvent(f"invalid JSON: {exc}") from None
+        ops = []
+        for number, raw in enumerate(raws, 1):
+            try:
+                ops.append(self._to_op(raw))
+            except InvalidEvent as exc:
+                raise InvalidEvent(f"item {number}: {exc}") from None
+        return ops
+
+    def decode_lines(self, body: bytes) -> list[Op]:
+        """Decode NDJSON; blank lines are skipped, errors name the line, counted from 1."""
+        ops = []
+        for number, line in enumerate(body.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                ops.append(self.decode(line))
+            except InvalidEvent as exc:
+                raise InvalidEvent(f"line {number}: {exc}") from None
+        return ops
+
+    def convert(self, row: Any) -> Op:
+        """Validate an already-parsed JSON value (e.g. a dict) as an event."""
+        try:
+            raw = msgspec.convert(row, _EventIn)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(_describe(exc)[1]) from None
+        return self._to_op(raw)
+
+    def _to_op(self, raw: _EventIn) -> Op:
+        self._check_sizes(raw)
+        if self.require_all:
+            missing = [name for name in REQUIRED_OP_FIELDS if getattr(raw, name) is None]
+            if missing:
+                raise InvalidEvent(f"{missing[0]}: required field is missing")
+        timestamp = raw.timestamp
+        if timestamp is None:
+            timestamp = now_timestamp()
+        elif not _CANONICAL_TS.fullmatch(timestamp):
+            try:
+                timestamp = parse_timestamp(timestamp)
+            except ValueError as exc:
+                raise InvalidEvent(f"timestamp: {exc}") from None
+        else:
+            try:
+                datetime.fromisoformat(timestamp[:23])
+            except ValueError:
+                raise InvalidEvent("timestamp: not a valid date and time") from None
+        success = bool(raw.success)
+        optional: dict[str, Any] = {}
+        for name in _OPTIONAL_FIELDS:
+            value = getattr(raw, name)
+            if value is not None:
+                optional[name] = value
+        if not self.require_all:
+            optional.setdefault("rescue_attempted", False)
+            optional.setdefault("rescue_succeeded", False)
+        return Op(
+            timestamp=timestamp,
+            endpoint=raw.endpoint if raw.endpoint is not None else "scenario:fill",
+            input_summary=(
+                raw.input_summary if raw.input_summary is not None else _default_input(raw)
+            ),
+            success=success,
+            duration_ms=raw.duration_ms if raw.duration_ms is not None else 0,
+            output_summary=(
+                raw.output_summary
+                if raw.output_summary is not None
+                else ("filled" if success else (raw.error if raw.error is not None else "failed"))
+            ),
+            source=raw.source if raw.source is not None else "scenario",
+            **optional,
+        )
+
+    def _check_sizes(self, raw: _EventIn) -> None:
+        limit = self.max_field_bytes
+        for name in _STRING_FIELDS:
+            value = getattr(raw, name)
+            if value is not None and len(value) * 4 > limit and len(value.encode()) > limit:
+                raise InvalidEvent(f"{name}: string longer than max_field_bytes ({limit})")
+        if raw.attributes:
+            for key, value in raw.attributes.items():
+                for text in (key, value):
+                    if isinstance(text, str) and len(text) * 4 > limit:
+                        if len(text.encode()) > limit:
+                            raise InvalidEvent(
+                                f"attributes.{key[:40]}: string longer than "
+                                f"max_field_bytes ({limit})"
+                            )
+
+
+def _default_input(raw: _EventIn) -> str:
+    def part(value: object) -> str:
+        return "?" if value is None else str(value)
+
+    return (
+        f"{part(raw.event_kind)} {part(raw.role)}×{part(raw.count)} "
+        f"in {part(raw.city)}, {part(raw.state)}"
+    )
+

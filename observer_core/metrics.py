@@ -1,0 +1,149 @@
+"""Counters and gauges, rendered in the Prometheus text format.
+
+Small on purpose: the daemon needs a handful of labelled counters and gauges,
+and plugins may add their own through :meth:`Metrics.counter` / :meth:`Metrics.gauge`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+__all__ = ["Counter", "Gauge", "Metrics"]
+
+Labels = tuple[tuple[str, str], ...]
+_F = TypeVar("_F", bound="_Family")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _format_labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels) + "}"
+
+
+def _format_value(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class _Family:
+    kind = ""
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name = name
+        self.help = help_text
+        self.values: dict[Labels, float] = {}
+
+    def samples(self) -> Iterable[tuple[Labels, float]]:
+        return self.values.items()
+
+    def get(self, **labels: str) -> float:
+        """The current value for ``labels`` (0 when never touched)."""
+        return self.values.get(tuple(sorted(labels.items())), 0.0)
+
+    def render(self) -> str:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        lines += [
+            f"{self.name}{_format_labels(labels)} {_format_value(value)}"
+            for labels, value in sorted(self.samples())
+        ]
+        return "\n".join(lines)
+
+
+class Counter(_Family):
+    """A monotonically increasing count, per label set."""
+
+    kind = "counter"
+
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        key = tuple(sorted(labels.items())) if labels else ()
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+
+class Gauge(_Family):
+    """A value that goes up and down; either set, or read from a callback at render time."""
+
+    kind = "gauge"
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], Iterable[tuple[Labels, float]]] | None = None,
+    ) -> None:
+        super().__init__(name, help_text)
+        self._read = read
+
+    def set(self, value: float, **labels: str) -> None:
+        self.values[tuple(sorted(labels.items()))] = value
+
+    def samples(self) -> Iterable[tuple[Labels, float]]:
+        return list(self._read()) if self._read else self.values.items()
+
+
+class Metrics:
+    """The daemon's metric families; ``render()`` gives the ``/metrics`` body."""
+
+    MAX_SOURCE_LABELS = 64
+
+    def __init__(self) -> None:
+        self._families: dict[str, _Family] = {}
+        self._sources: set[str] = set()
+        self.ops_received = self.counter(
+            "observer_ops_received_total", "Ops accepted into the ring, by source and outcome."
+        )
+        self.cycles_skipped = self.counter(
+            "observer_cycles_skipped_total", "Cycle ticks skipped because a cycle still ran."
+        )
+        self.cycles = self.counter("observer_cycles_total", "Cycles run.")
+        self.cycle_duration = self.gauge(
+            "observer_cycle_duration_seconds", "How long the last cycle took."
+        )
+        self.instance_errors = self.counter(
+            "observer_instance_errors_total", "Errors raised by an instance after start."
+        )
+        self.sink_dropped = self.counter(
+            "observer_sink_dropped_total", "Records a sink dropped because its queue was full."
+        )
+        self.requests_rejected = self.counter(
+            "observer_requests_rejected_total", "HTTP requests answered with an error, by status."
+        )
+        self.input_rejected = self.counter(
+            "observer_input_rejected_total", "Ops refused (not acknowledged), by reason."
+        )
+
+    def counter(self, name: str, help_text: str) -> Counter:
+        """Get or create a counter family."""
+        return self._get(name, lambda: Counter(name, help_text), Counter)
+
+    def gauge(
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], Iterable[tuple[Labels, float]]] | None = None,
+    ) -> Gauge:
+        """Get or create a gauge family (``read`` computes its samples at render time)."""
+        return self._get(name, lambda: Gauge(name, help_text, read), Gauge)
+
+    def _get(self, name: str, make: Callable[[], _F], kind: type[_F]) -> _F:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = make()
+        if not isinstance(family, kind):
+            raise ValueError(f"metric {name} is already a {family.kind}")
+        return family
+
+    def source_label(self, source: str) -> str:
+        """``source`` as a label value: at most 64 distinct ones, the rest ``other``."""
+        if source in self._sources:
+            return source
+        if len(self._sources) < self.MAX_SOURCE_LABELS:
+            self._sources.add(source)
+            return source
+        return "other"
+
+    def render(self) -> str:
+        return "\n".join(family.render() for family in self._families.values()) + "\n"

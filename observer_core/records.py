@@ -1,0 +1,135 @@
+"""The records observer-core moves: observed ops and the findings analyzers emit.
+
+An :class:`Op` is one observed operation (CONTRACT §1). Unset optional fields
+are :data:`UNSET` and are omitted from JSON output, never written as ``null``.
+A :class:`Finding` is what an analyzer emits: a kind and its payload (§2).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final, TypeAlias
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+__all__ = [
+    "UNSET",
+    "UnsetType",
+    "Op",
+    "Finding",
+    "LogEntry",
+    "EscalationRow",
+    "Record",
+    "AttributeValue",
+    "BUILTIN_FINDING_KINDS",
+    "format_timestamp",
+    "now_timestamp",
+    "parse_timestamp",
+]
+
+AttributeValue: TypeAlias = str | int | float | bool
+
+
+class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One observed operation. Field names and order are the wire format."""
+
+    timestamp: str
+    endpoint: str
+    input_summary: str
+    success: bool
+    duration_ms: int | float
+    output_summary: str
+    error: str | UnsetType = UNSET
+    source: str
+    staffer_id: str | UnsetType = UNSET
+    sig_hash: str | UnsetType = UNSET
+    event_kind: str | UnsetType = UNSET
+    role: str | UnsetType = UNSET
+    city: str | UnsetType = UNSET
+    state: str | UnsetType = UNSET
+    count: int | UnsetType = UNSET
+    rescue_attempted: bool | UnsetType = UNSET
+    rescue_succeeded: bool | UnsetType = UNSET
+    task_class: str | UnsetType = UNSET
+    correction: str | UnsetType = UNSET
+    applied_at_turn: int | UnsetType = UNSET
+    id: str | UnsetType = UNSET
+    attributes: dict[str, AttributeValue] | UnsetType = UNSET
+
+
+class LogEntry(msgspec.Struct):
+    """The body POSTed to the gateway's ``/log``: carried by diagnosis and playbook findings."""
+
+    operation: str
+    approach: str
+    result: str
+    context: str
+
+
+class EscalationRow(msgspec.Struct, kw_only=True):
+    """The audit row of one code-review escalation (§2); every key is always written."""
+
+    ts: str
+    source: str = "observer_escalation"
+    mode: str = "code_review"
+    sig_hash: str
+    cluster_size: int
+    cluster_staffer: str | None
+    cluster_endpoint: str | None
+    llm_team_run_id: Any
+    facts: Any
+    entities: Any
+    relationships: Any
+    raw_response: str | None
+    recommended_files: Any
+
+
+class Finding(msgspec.Struct, frozen=True):
+    """What an analyzer emits: a registered ``kind`` and its JSON-encodable ``data``."""
+
+    kind: str
+    data: Any
+
+
+Record: TypeAlias = Op | Finding
+
+BUILTIN_FINDING_KINDS: Final = ("diagnosis", "playbook", "escalation")
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Write ``moment`` as JavaScript's ``toISOString`` does: UTC, milliseconds, ``Z``."""
+    utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )
+
+
+def now_timestamp() -> str:
+    """The current time in the record's timestamp format."""
+    return format_timestamp(datetime.now(UTC))
+
+
+def parse_timestamp(text: str) -> str:
+    """Check an RFC 3339 timestamp and return it in the record's format.
+
+    No offset means UTC; another offset is converted to UTC. Raises
+    ``ValueError`` naming the problem when ``text`` is not a timestamp or cannot
+    be expressed in UTC.
+    """
+    if len(text) < 19 or text[10] not in "Tt ":
+        raise ValueError("expected an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00.000Z")
+    candidate = text[:-1] + "+00:00" if text[-1] in "Zz" else text
+    try:
+        moment = datetime.fromisoformat(candidate)
+    except ValueError:
+        raise ValueError(
+            "expected an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00.000Z"
+        ) from None
+    if moment.tzinfo is not None:
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("timestamp is out of range once converted to UTC") from None
+    return format_timestamp(moment)

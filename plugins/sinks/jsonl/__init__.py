@@ -1,0 +1,184 @@
+"""The ``jsonl`` sink: append one JSON line per record to a file.
+
+It holds acknowledgements: an op is acknowledged only after the batch holding
+it was written by write(2) (and, with ``fsync = "always"``, made durable).
+Concurrent requests share one write: the engine hands over every op waiting
+at that moment as one batch (group commit).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import anyio
+import msgspec
+
+from observer_core import Finding, Record, Sink, SinkConfig, hookimpl
+
+__all__ = ["JsonlSink"]
+
+
+class JsonlConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
+    """Keys of ``[sinks.NAME]`` with ``plugin = "jsonl"``."""
+
+    path: str
+    """The file to append to; parent folders are created. Relative to the config file."""
+    fsync: Literal["batch", "never", "always"] = "batch"
+    """never: write(2) before the ack; batch: also fdatasync every fsync_interval_ms;
+    always: fdatasync before the ack."""
+    fsync_interval_ms: int = 1000
+    accepts: list[str] = msgspec.field(default_factory=lambda: ["op"])
+
+
+class _SyncThread:
+    """Calls fdatasync every ``interval`` seconds while there is unsynced data."""
+
+    def __init__(self, sink: JsonlSink, interval: float) -> None:
+        self._sink = sink
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="jsonl-fsync", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sink.sync_if_dirty()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class JsonlSink(Sink):
+    """Appends records to a JSONL file; ops are acknowledged only once written."""
+
+    name: ClassVar[str] = "jsonl"
+    Config = JsonlConfig
+    holds_ack: ClassVar[bool] = True
+    config: JsonlConfig
+
+    def __init__(self, config: JsonlConfig, ctx: object) -> None:
+        super().__init__(config, ctx)  # type: ignore[arg-type]
+        self.path: Path = self.ctx.resolve_path(config.path)
+        self._fd = -1
+        self._size = 0
+        self._dirty = False
+        self._io = threading.Lock()
+        self._lock = anyio.Lock()
+        self._encoder = msgspec.json.Encoder()
+        self._syncer: _SyncThread | None = None
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(self._open_file)
+        if self.config.fsync == "batch":
+            self._syncer = _SyncThread(self, self.config.fsync_interval_ms / 1000)
+        self.ctx.status["path"] = str(self.path)
+
+    def _open_file(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self._size = self._repair_torn_tail(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _repair_torn_tail(self, fd: int) -> int:
+        """Cut a last line left without its newline by a crash; return the file size."""
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0
+        with open(self.path, "rb") as reader:
+            reader.seek(size - 1)
+            if reader.read(1) == b"\n":
+                return size
+            position = size
+            while position > 0:
+                step = min(65536, position)
+                position -= step
+                reader.seek(position)
+                newline = reader.read(step).rfind(b"\n")
+                if newline >= 0:
+                    position += newline + 1
+                    break
+        os.ftruncate(fd, position)
+        self.ctx.logger.warning(
+            "%s: removed a torn last line (%d bytes) left by an earlier crash",
+            self.path,
+            size - position,
+        )
+        return position
+
+    def _encode(self, records: Sequence[Record]) -> bytes:
+        return self._encoder.encode_lines(
+            [record.data if isinstance(record, Finding) else record for record in records]
+        )
+
+    def _append(self, data: bytes) -> None:
+        with self._io:
+            start = self._size
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                if self.config.fsync == "always":
+                    os.fdatasync(self._fd)
+            except OSError:
+                try:  # leave no partial line behind for the next write to follow
+                    os.ftruncate(self._fd, start)
+                except OSError:
+                    pass
+                raise
+            self._size = start + len(data)
+            self._dirty = self.config.fsync == "batch"
+
+    def sync_if_dirty(self) -> None:
+        with self._io:
+            if self._dirty and self._fd >= 0:
+                self._dirty = False
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as exc:
+                    self.ctx.error("fdatasync of %s failed: %s", self.path, exc)
+
+    async def write(self, records: Sequence[Record]) -> None:
+        """Append ``records``; returns once write(2) (and fdatasync when "always") is done."""
+        data = self._encode(records)
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._append, data)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if self._fd >= 0:
+                await anyio.to_thread.run_sync(os.fsync, self._fd)
+
+    async def reopen(self) -> None:
+        """Reopen the path (after logrotate moved the file away)."""
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._reopen)
+
+    def _reopen(self) -> None:
+        with self._io:
+            old = self._fd
+            self._fd = -1
+            if old >= 0:
+                os.close(old)
+        self._open_file()
+
+    async def aclose(self) -> None:
+        if self._syncer is not None:
+            self._syncer.stop()
+        async with self._lock:
+            if self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                await anyio.to_thread.run_sync(os.close, fd)
+
+
+@hookimpl
+def observer_register_sinks(register: object) -> None:
+    register(JsonlSink)  # type: ignore[operator]

@@ -1,0 +1,188 @@
+"""The ``http`` source: the ingest listener agents post events to.
+
+Endpoints: ``GET /health``, ``GET /stats``, ``GET /metrics``, ``POST /event``
+(one JSON object) and ``POST /events`` (NDJSON or a JSON array). An event is
+answered 200 only after every ack-holding op sink has written it; a failing
+sink or a backed-up input answers 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import ClassVar
+
+import anyio
+import msgspec
+
+from observer_core import (
+    ComponentConfig,
+    Context,
+    Emit,
+    EventDecoder,
+    InvalidEvent,
+    NotAccepted,
+    Op,
+    Source,
+    hookimpl,
+)
+from observer_core.httpserver import HttpServer, Request, Response
+
+__all__ = ["HttpSource"]
+
+_ROUTES = {
+    "/health": "GET",
+    "/stats": "GET",
+    "/metrics": "GET",
+    "/event": "POST",
+    "/events": "POST",
+}
+_encode = msgspec.json.Encoder().encode
+
+
+class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
+    """Keys of ``[sources.NAME]`` with ``plugin = "http"``."""
+
+    host: str = "127.0.0.1"
+    port: int = 3800
+    token: str | None = None
+    """When set, every endpoint but /health needs ``Authorization: Bearer <token>``."""
+    max_body_bytes: int = 1048576
+    max_connections: int = 1024
+    header_timeout_secs: float = 10
+    idle_timeout_secs: float = 60
+
+
+def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response(status, _encode({"error": message}), headers or [])
+
+
+class _Routes:
+    """Routing, auth and the endpoint handlers (the server calls ``precheck`` then ``handle``)."""
+
+    def __init__(self, source: HttpSource, emit: Emit) -> None:
+        self._source = source
+        self._emit = emit
+        self._observer = source.ctx.observer
+        self._decoder = EventDecoder(max_field_bytes=source.ctx.max_field_bytes)
+        token = source.config.token
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._count = source.reject
+
+    def precheck(self, method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Response | None:
+        allowed = _ROUTES.get(path)
+        if allowed is None:
+            return self._reject(404, f"no such endpoint: {path}")
+        if method != allowed and not (method == "HEAD" and allowed == "GET"):
+            return self._reject(405, f"{path} takes {allowed}", [("Allow", allowed)])
+        if self._expected is not None and path != "/health":
+            given = next((value for name, value in headers if name == b"authorization"), b"")
+            if not hmac.compare_digest(given, self._expected):
+                return self._reject(
+                    401, "missing or wrong bearer token", [("WWW-Authenticate", "Bearer")]
+                )
+        return None
+
+    def _reject(
+        self, status: int, message: str, headers: list[tuple[str, str]] | None = None
+    ) -> Response:
+        self._count(status)
+        return _error(status, message, headers)
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path
+        if path == "/event":
+            return await self._accept(request.body, single=True)
+        if path == "/events":
+            return await self._accept(request.body, single=False)
+        if path == "/health":
+            return Response(200, _encode(self._observer.health()))
+        if path == "/stats":
+            return Response(200, _encode(self._observer.stats()))
+        return Response(
+            200,
+            self._observer.metrics_text().encode(),
+            content_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    async def _accept(self, body: bytes, *, single: bool) -> Response:
+        try:
+            ops = self._decode(body, single)
+        except InvalidEvent as exc:
+            return self._reject(400, str(exc))
+        try:
+            await self._emit(ops)
+        except NotAccepted as exc:
+            return self._reject(503, str(exc), [("Retry-After", str(exc.retry_after))])
+        if single:
+            return Response(
+                200, b'{"accepted":true,"ring_size":%d}' % self._observer.ring_len()
+            )
+        return Response(200, b'{"accepted":%d}' % len(ops))
+
+    def _decode(self, body: bytes, single: bool) -> list[Op]:
+        if single:
+            return [self._decoder.decode(body)]
+        stripped = body.lstrip()
+        if stripped[:1] == b"[":
+            ops = self._decoder.decode_array(stripped)
+        else:
+            ops = self._decoder.decode_lines(body)
+        if not ops:
+            raise InvalidEvent("empty batch: send one or more events")
+        return ops
+
+
+class HttpSource(Source):
+    """Takes events over HTTP (POST /event, /events) and serves /health, /stats, /metrics."""
+
+    name: ClassVar[str] = "http"
+    Config = HttpConfig
+    config: HttpConfig
+
+    def __init__(self, config: HttpConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self._server: HttpServer | None = None
+        self._emit: Emit | None = None
+
+    def reject(self, status: int) -> None:
+        self.ctx.metrics.requests_rejected.inc(status=str(status))
+
+    async def open(self) -> None:
+        """Bind the port now, so a taken port stops the daemon before anything runs."""
+        self._server = HttpServer(
+            _Routes(self, self._emit_later),
+            host=self.config.host,
+            port=self.config.port,
+            max_body_bytes=self.config.max_body_bytes,
+            max_connections=self.config.max_connections,
+            header_timeout=self.config.header_timeout_secs,
+            idle_timeout=self.config.idle_timeout_secs,
+            on_reject=self.reject,
+            logger=self.ctx.logger,
+        )
+        await self._server.start()
+        self.ctx.logger.info("listening on http://%s:%d", self.config.host, self._server.port)
+
+    async def _emit_later(self, ops: list[Op]) -> None:
+        if self._emit is None:
+            raise NotAccepted("not serving yet", retry_after=1)
+        await self._emit(ops)
+
+    async def run(self, emit: Emit) -> None:
+        self._emit = emit
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace=5.0)
+
+
+@hookimpl
+def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+    register(HttpSource)
