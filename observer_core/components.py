@@ -17,7 +17,7 @@ instance cannot start and the daemon exits 1) and ``aclose()``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -28,6 +28,7 @@ from .records import Finding, Op, Record
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .plugins import Registry
     from .state import StateStore
 
 __all__ = [
@@ -130,6 +131,8 @@ class Context:
     spawn: Callable[..., None]
     publish: Callable[[Sequence[Finding]], Awaitable[None]]
     status: dict[str, Any] = field(default_factory=dict)
+    row_formats: Mapping[str, Callable[[Any], Op]] = field(default_factory=dict)
+    """The row formats plugins registered (``observer_register_row_formats``), by name."""
 
     def resolve_path(self, path: str | Path) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -160,6 +163,13 @@ class Component:
     def __init__(self, config: Any, ctx: Context) -> None:
         self.config = config
         self.ctx = ctx
+
+    @classmethod
+    def validate_config(cls, config: Any, registry: Registry) -> None:
+        """Check ``config`` against what is installed, at config load (e.g. a named format).
+
+        Raise ``ValueError("key: problem")``; the loader reports it as a config error.
+        """
 
     async def open(self) -> None:
         """Acquire resources (bind, open files). Raise to refuse to start."""
@@ -205,6 +215,22 @@ class Sink(Component):
 
     async def reopen(self) -> None:
         """Reopen files (on SIGHUP, for logrotate)."""
+
+    async def run(self) -> None:
+        """Optional background work, e.g. delivering a persisted queue.
+
+        Started once every instance is open, in ``run`` and ``--once`` alike;
+        cancelled after ``flush()`` and before ``aclose()``. A sink that needs no
+        background task leaves it alone.
+        """
+
+    def queue_depth(self) -> int | None:
+        """Records this sink holds undelivered (``observer_sink_queue_depth``); None: no queue."""
+        return None
+
+    @classmethod
+    def has_run(cls) -> bool:
+        return cls.run is not Sink.run
 
 
 class Analyzer(Component):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -85,6 +85,8 @@ class ObserverConfig:
     path: Path
     settings: ObserverSettings
     instances: list[InstanceConfig] = field(default_factory=list)
+    row_formats: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    """The registry's row formats, handed to each component's context."""
 
     @property
     def config_dir(self) -> Path:
@@ -226,7 +228,9 @@ def load_config(
             f"(known: observer, {', '.join(KINDS)})"
         )
     settings = _convert(document.get("observer", {}), ObserverSettings, f"{label}: [observer]")
-    config = ObserverConfig(path=path.resolve(), settings=settings)
+    config = ObserverConfig(
+        path=path.resolve(), settings=settings, row_formats=dict(registry.row_formats)
+    )
     for kind in KINDS:
         tables = document.get(kind, {})
         if not isinstance(tables, dict):
@@ -259,6 +263,10 @@ def _instance(
             f"{where} plugin: unknown {kind[:-1]} plugin {plugin_name!r} (installed: {installed})"
         )
     config = _convert(table, plugin.cls.Config, where)
+    try:
+        plugin.cls.validate_config(config, registry)
+    except ValueError as exc:
+        raise ConfigError(f"{where} {exc}") from None
     if isinstance(config, SinkConfig):
         for record_kind in config.accepts:
             if record_kind not in registry.record_kinds:

@@ -104,6 +104,8 @@ class Engine:
         self._idle = anyio.Event()
         self._closing = False
         self._background: anyio.abc.TaskGroup | None = None
+        self._sink_runners: anyio.CancelScope | None = None
+        self._sink_runners_done = anyio.Event()
         self._cycle_running = False
         self.instances: list[_Instance] = [self._build(spec) for spec in config.instances if spec.enabled]
         sinks = [item for item in self.instances if isinstance(item.component, Sink)]
@@ -122,10 +124,7 @@ class Engine:
         self.metrics.gauge(
             "observer_sink_queue_depth",
             "Records waiting in a sink's queue.",
-            lambda: [
-                ((("instance", pump.instance.spec.qualified),), float(len(pump.queue)))
-                for pump in self._pumps
-            ],
+            self._queue_depths,
         )
 
     # -- building -------------------------------------------------------
@@ -142,6 +141,7 @@ class Engine:
             observer=self,
             spawn=lambda fn, *args, timeout=None: self._spawn(ctx, fn, args, timeout),
             publish=self.publish,
+            row_formats=self.config.row_formats,
         )
         return _Instance(spec, spec.plugin.cls(spec.config, ctx), ctx)
 
@@ -192,6 +192,18 @@ class Engine:
 
     def metrics_text(self) -> str:
         return self.metrics.render()
+
+    def _queue_depths(self) -> list[tuple[tuple[tuple[str, str], ...], float]]:
+        """Each sink's waiting records: its pump's queue plus what the sink itself holds."""
+        depths = {pump.instance.spec.qualified: float(len(pump.queue)) for pump in self._pumps}
+        for item in self._sinks:
+            sink = item.component
+            assert isinstance(sink, Sink)
+            own = sink.queue_depth()
+            if own is not None:
+                name = item.spec.qualified
+                depths[name] = depths.get(name, 0.0) + own
+        return [((("instance", name),), depth) for name, depth in depths.items()]
 
     # -- the ingest path --------------------------------------------------
 
@@ -391,6 +403,7 @@ class Engine:
             daemon.start_soon(self._dispatch_loop)
             for pump in self._pumps:
                 daemon.start_soon(pump.run)
+            await daemon.start(self._run_sinks)
             async with anyio.create_task_group() as inputs:
                 self._background = inputs
                 inputs.start_soon(self._watch_signals, inputs.cancel_scope)
@@ -409,12 +422,22 @@ class Engine:
             daemon.cancel_scope.cancel()
 
     async def run_once(self) -> int:
-        """Poll, run the ``every = 1`` analyzers to completion, flush, exit."""
+        """Poll, run the ``every = 1`` analyzers to completion, flush, exit.
+
+        Push-only sources (listeners) are not even opened: ``--once`` binds nothing.
+        """
+        for item in self._of(Source):
+            source = item.component
+            assert isinstance(source, Source)
+            if not source.is_polled():
+                log.info("--once: not starting push source %s", item.spec.qualified)
+                self.instances.remove(item)
         await self.open()
         async with anyio.create_task_group() as daemon:
             daemon.start_soon(self._dispatch_loop)
             for pump in self._pumps:
                 daemon.start_soon(pump.run)
+            await daemon.start(self._run_sinks)
             async with anyio.create_task_group() as background:
                 self._background = background
                 await self.run_cycle()
@@ -429,6 +452,34 @@ class Engine:
         except Exception:
             item.ctx.logger.exception("stopped with an error")
             self.metrics.instance_errors.inc(instance=item.spec.qualified)
+
+    async def _run_sinks(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run each sink's background ``run()`` until shutdown cancels them (after flush)."""
+        try:
+            async with anyio.create_task_group() as group:
+                self._sink_runners = group.cancel_scope
+                task_status.started()
+                for item in self._sinks:
+                    sink = item.component
+                    assert isinstance(sink, Sink)
+                    if sink.has_run():
+                        group.start_soon(self._run_sink, item, sink)
+        finally:
+            self._sink_runners_done.set()
+
+    async def _run_sink(self, item: _Instance, sink: Sink) -> None:
+        try:
+            await sink.run()
+        except Exception:
+            item.ctx.logger.exception("background task stopped with an error")
+            self.metrics.instance_errors.inc(instance=item.spec.qualified)
+
+    async def _stop_sink_runners(self) -> None:
+        if self._sink_runners is not None:
+            self._sink_runners.cancel()
+            await self._sink_runners_done.wait()
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -462,6 +513,7 @@ class Engine:
                 sink = item.component
                 assert isinstance(sink, Sink)
                 await _quietly(sink.flush(), item.ctx)
+            await self._stop_sink_runners()
             for item in reversed(self.instances):
                 await _quietly(item.component.aclose(), item.ctx)
         if scope.cancelled_caught:

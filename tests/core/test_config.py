@@ -1,0 +1,170 @@
+"""observer.toml loading: substitution, validation, and the messages users see."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from observer_core.config import ConfigError, load_config, substitute_env
+from observer_core.plugins import load_registry
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry()
+
+
+def load(tmp_path: Path, registry, text: str, env: dict[str, str] | None = None):
+    path = tmp_path / "observer.toml"
+    path.write_text(textwrap.dedent(text))
+    return load_config(path, registry, env or {})
+
+
+def error_of(tmp_path: Path, registry, text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, registry, text, env)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+class TestSubstitution:
+    def test_set_variable_replaces_raw_text_so_numbers_work(self, tmp_path, registry):
+        config = load(
+            tmp_path,
+            registry,
+            """
+            [sources.http]
+            port = ${PORT}
+            """,
+            {"PORT": "4100"},
+        )
+        assert config.instances[0].config.port == 4100
+
+    @pytest.mark.parametrize("env", [{}, {"PORT": ""}])
+    def test_default_applies_when_unset_or_empty(self, tmp_path, registry, env):
+        config = load(tmp_path, registry, "[sources.http]\nport = ${PORT:-4200}\n", env)
+        assert config.instances[0].config.port == 4200
+
+    def test_unset_variable_without_default_names_it(self, tmp_path, registry):
+        message = error_of(tmp_path, registry, "[sources.http]\nport = ${NO_SUCH_PORT}\n")
+        assert "NO_SUCH_PORT" in message
+        assert "observer.toml: line 2" in message
+
+    def test_double_dollar_writes_a_literal(self):
+        assert substitute_env('a = "$${HOME}"\n', {"HOME": "/root"}) == 'a = "${HOME}"\n'
+
+    def test_comments_are_not_substituted(self):
+        text = "a = 1 # ${UNSET_IN_COMMENT}\n# ${ALSO_UNSET}\n"
+        assert substitute_env(text, {}) == text
+
+    def test_hash_inside_a_string_is_not_a_comment(self):
+        assert substitute_env('a = "x#${V}"\n', {"V": "1"}) == 'a = "x#1"\n'
+
+    def test_multiline_strings_are_substituted_but_not_their_hashes(self):
+        text = 'a = """\n# ${V}\n"""\n'
+        assert substitute_env(text, {"V": "z"}) == 'a = """\n# z\n"""\n'
+
+
+class TestValidation:
+    def test_defaults_fill_everything(self, tmp_path, registry):
+        config = load(tmp_path, registry, "")
+        assert config.settings.cycle_secs == 30
+        assert config.settings.ring_size == 2000
+        assert config.settings.max_field_bytes == 65536
+        assert config.settings.shutdown_timeout_secs == 10
+        assert config.state_dir == tmp_path.resolve() / "data/_observer/state"
+
+    def test_unknown_key_names_file_table_and_key(self, tmp_path, registry):
+        message = error_of(tmp_path, registry, "[sources.http]\nprot = 1\n")
+        assert message.startswith("observer.toml: [sources.http] prot: unknown key")
+        assert "port" in message  # lists the known keys
+
+    def test_wrong_type(self, tmp_path, registry):
+        message = error_of(tmp_path, registry, '[sources.http]\nport = "80"\n')
+        assert message.startswith("observer.toml: [sources.http] port: Expected `int`, got `str`")
+
+    def test_missing_required_key(self, tmp_path, registry):
+        message = error_of(tmp_path, registry, '[sinks.ops]\nplugin = "jsonl"\n')
+        assert message == "observer.toml: [sinks.ops] path: required key is missing"
+
+    def test_unknown_plugin_lists_installed(self, tmp_path, registry):
+        message = error_of(tmp_path, registry, '[sinks.x]\nplugin = "kafka"\n')
+        assert "unknown sink plugin 'kafka'" in message
+        assert "jsonl" in message and "console" in message
+
+    def test_plugin_defaults_to_instance_name(self, tmp_path, registry):
+        config = load(tmp_path, registry, "[sinks.console]\n")
+        assert config.instances[0].plugin.name == "console"
+
+    def test_unknown_observer_key(self, tmp_path, registry):
+        message = error_of(tmp_path, registry, "[observer]\ncycle = 3\n")
+        assert message.startswith("observer.toml: [observer] cycle: unknown key")
+
+    def test_unknown_top_level_table(self, tmp_path, registry):
+        assert "[source]: unknown table" in error_of(tmp_path, registry, "[source.http]\n")
+
+    def test_invalid_toml_reports_the_line(self, tmp_path, registry):
+        assert "line 2" in error_of(tmp_path, registry, "[observer]\ncycle_secs = = 3\n")
+
+    def test_unknown_record_kind_in_accepts(self, tmp_path, registry):
+        message = error_of(
+            tmp_path, registry, '[sinks.c]\nplugin = "console"\naccepts = ["opz"]\n'
+        )
+        assert "accepts: unknown record kind 'opz'" in message
+
+    def test_enabled_must_be_boolean(self, tmp_path, registry):
+        assert "enabled" in error_of(tmp_path, registry, '[sinks.console]\nenabled = "no"\n')
+
+    @pytest.mark.parametrize(
+        "text",
+        ["[observer]\ncycle_secs = 0\n", "[observer]\nring_size = 0\n", "[observer]\ncycle_secs = true\n"],
+    )
+    def test_out_of_range_settings(self, tmp_path, registry, text):
+        assert error_of(tmp_path, registry, text).startswith("observer.toml: [observer]")
+
+    def test_instances_keep_file_order(self, tmp_path, registry):
+        config = load(
+            tmp_path,
+            registry,
+            """
+            [sinks.b]
+            plugin = "console"
+            [sinks.a]
+            plugin = "console"
+            """,
+        )
+        assert [item.name for item in config.instances] == ["b", "a"]
+
+    def test_missing_file_suggests_init(self, tmp_path, registry):
+        with pytest.raises(ConfigError, match="observer-core init"):
+            load_config(tmp_path / "nope.toml", registry, {})
+
+
+def test_resolved_masks_secrets(tmp_path, registry):
+    config = load(tmp_path, registry, '[sources.http]\ntoken = "s3cret"\n')
+    text = config.to_toml()
+    assert "s3cret" not in text
+    assert 'token = "********"' in text
+    assert "max_body_bytes = 1048576" in text
+
+
+def test_warns_when_a_finding_kind_reaches_no_sink(tmp_path, registry):
+    from observer_core.components import Analyzer, AnalyzerConfig
+    from observer_core.config import InstanceConfig
+    from observer_core.plugins import LOCAL, PluginInfo
+
+    class Emitter(Analyzer):
+        name = "emitter"
+        emits = ("diagnosis",)
+
+    config = load(tmp_path, registry, "[sinks.console]\naccepts = [\"op\"]\n")
+    config.instances.append(
+        InstanceConfig(
+            "analyzers", "e", PluginInfo("analyzers", "emitter", Emitter, LOCAL), True, AnalyzerConfig()
+        )
+    )
+    [warning] = config.warnings(registry)
+    assert "[analyzers.e] emits 'diagnosis'" in warning
