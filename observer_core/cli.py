@@ -134,9 +134,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     engine = Engine(config)
     try:
+        backend, options = _backend()
         if args.once:
-            return anyio.run(engine.run_once, **_backend())
-        anyio.run(engine.serve, **_backend())
+            return anyio.run(engine.run_once, backend=backend, backend_options=options)
+        anyio.run(engine.serve, backend=backend, backend_options=options)
         return EXIT_OK
     except StartupError as exc:
         log.error("%s", exc)
@@ -145,12 +146,13 @@ def _run(args: argparse.Namespace) -> int:
         lock.release()
 
 
-def _backend() -> dict[str, object]:
+def _backend() -> tuple[str, dict[str, object]]:
+    """asyncio, on uvloop when it is installed (it is, except on Windows)."""
     try:
         import uvloop  # noqa: F401
     except ImportError:
-        return {"backend": "asyncio"}
-    return {"backend": "asyncio", "backend_options": {"use_uvloop": True}}
+        return "asyncio", {}
+    return "asyncio", {"use_uvloop": True}
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -160,7 +162,8 @@ def _check(args: argparse.Namespace) -> int:
     else:
         print(f"{config.path}: valid")
         print(f"  state_dir  {config.state_dir}")
-        print(f"  cycle      every {config.settings.cycle_secs}s, ring of {config.settings.ring_size} ops")
+        settings = config.settings
+        print(f"  cycle      every {settings.cycle_secs}s, ring of {settings.ring_size} ops")
         for kind in KINDS:
             items = [item for item in config.instances if item.kind == kind]
             if not items:

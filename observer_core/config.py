@@ -180,9 +180,7 @@ def _comment_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _substitute(
-    text: str, start: int, end: int, environ: Mapping[str, str], source: str
-) -> str:
+def _substitute(text: str, start: int, end: int, environ: Mapping[str, str], source: str) -> str:
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$${":
             return "${"
@@ -224,8 +222,7 @@ def load_config(
     unknown = [key for key in document if key not in ("observer", *KINDS)]
     if unknown:
         raise ConfigError(
-            f"{label}: [{unknown[0]}]: unknown table "
-            f"(known: observer, {', '.join(KINDS)})"
+            f"{label}: [{unknown[0]}]: unknown table (known: observer, {', '.join(KINDS)})"
         )
     settings = _convert(document.get("observer", {}), ObserverSettings, f"{label}: [observer]")
     config = ObserverConfig(
@@ -240,9 +237,7 @@ def load_config(
     return config
 
 
-def _instance(
-    label: str, kind: str, name: str, table: Any, registry: Registry
-) -> InstanceConfig:
+def _instance(label: str, kind: str, name: str, table: Any, registry: Registry) -> InstanceConfig:
     where = f"{label}: [{kind}.{name}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")

@@ -14,7 +14,8 @@ import signal
 import time
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -44,7 +45,7 @@ class StartupError(Exception):
 
 
 class _Pending:
-    __slots__ = ("ops", "done", "error")
+    __slots__ = ("done", "error", "ops")
 
     def __init__(self, ops: Sequence[Op]) -> None:
         self.ops = ops
@@ -55,7 +56,7 @@ class _Pending:
 class _Instance:
     """A running component with its config and context."""
 
-    __slots__ = ("spec", "component", "ctx")
+    __slots__ = ("component", "ctx", "spec")
 
     def __init__(self, spec: InstanceConfig, component: Component, ctx: Context) -> None:
         self.spec = spec
@@ -107,16 +108,13 @@ class Engine:
         self._sink_runners: anyio.CancelScope | None = None
         self._sink_runners_done = anyio.Event()
         self._cycle_running = False
-        self.instances: list[_Instance] = [self._build(spec) for spec in config.instances if spec.enabled]
+        self.instances: list[_Instance] = [
+            self._build(spec) for spec in config.instances if spec.enabled
+        ]
         sinks = [item for item in self.instances if isinstance(item.component, Sink)]
-        self._ack_sinks = [
-            item for item in sinks if "op" in item.spec.accepts and item.component.holds_ack
-        ]
-        self._pumps = [
-            _SinkPump(item, self.metrics)
-            for item in sinks
-            if "op" in item.spec.accepts and not item.component.holds_ack
-        ]
+        op_sinks = [item for item in sinks if "op" in item.spec.accepts]
+        self._ack_sinks = [item for item in op_sinks if _holds_ack(item)]
+        self._pumps = [_SinkPump(item, self.metrics) for item in op_sinks if not _holds_ack(item)]
         self._sinks = sinks
         self.metrics.gauge(
             "observer_ring_ops", "Ops in the ring now.", lambda: [((), float(len(self.ring)))]
@@ -396,30 +394,45 @@ class Engine:
                 item.spec.plugin.origin.distribution,
             )
 
-    async def serve(self) -> None:
-        """Run until SIGINT/SIGTERM, then shut down cleanly."""
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[anyio.abc.TaskGroup]:
+        """Open every instance and run the write path; yield the task group for input.
+
+        The write path (dispatcher, sink queues, sink background tasks) runs in
+        the daemon's task group. The yielded group holds the input side: push
+        sources, the cycle loop, and work spawned by components. Leaving the
+        block waits for that group, then shuts down: drain, flush, close.
+        """
         await self.open()
         async with anyio.create_task_group() as daemon:
             daemon.start_soon(self._dispatch_loop)
             for pump in self._pumps:
                 daemon.start_soon(pump.run)
             await daemon.start(self._run_sinks)
-            async with anyio.create_task_group() as inputs:
-                self._background = inputs
-                inputs.start_soon(self._watch_signals, inputs.cancel_scope)
-                for item in self._of(Source):
-                    source = item.component
-                    assert isinstance(source, Source)
-                    if source.is_push():
-                        inputs.start_soon(self._run_source, item, source)
-                inputs.start_soon(self._cycle_loop)
-                log.info(
-                    "observer-core running: %d instance(s), first cycle in %ss",
-                    len(self.instances),
-                    self.settings.cycle_secs,
-                )
-            await self.shutdown()
-            daemon.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as inputs:
+                    self._background = inputs
+                    yield inputs
+            finally:
+                self._background = None
+                await self.shutdown()
+                daemon.cancel_scope.cancel()
+
+    async def serve(self) -> None:
+        """Run until SIGINT/SIGTERM, then shut down cleanly."""
+        async with self.running() as inputs:
+            inputs.start_soon(self._watch_signals, inputs.cancel_scope)
+            for item in self._of(Source):
+                source = item.component
+                assert isinstance(source, Source)
+                if source.is_push():
+                    inputs.start_soon(self._run_source, item, source)
+            inputs.start_soon(self._cycle_loop)
+            log.info(
+                "observer-core running: %d instance(s), first cycle in %ss",
+                len(self.instances),
+                self.settings.cycle_secs,
+            )
 
     async def run_once(self) -> int:
         """Poll, run the ``every = 1`` analyzers to completion, flush, exit.
@@ -432,17 +445,8 @@ class Engine:
             if not source.is_polled():
                 log.info("--once: not starting push source %s", item.spec.qualified)
                 self.instances.remove(item)
-        await self.open()
-        async with anyio.create_task_group() as daemon:
-            daemon.start_soon(self._dispatch_loop)
-            for pump in self._pumps:
-                daemon.start_soon(pump.run)
-            await daemon.start(self._run_sinks)
-            async with anyio.create_task_group() as background:
-                self._background = background
-                await self.run_cycle()
-            await self.shutdown()
-            daemon.cancel_scope.cancel()
+        async with self.running():
+            await self.run_cycle()
         errors = sum(self.metrics.instance_errors.values.values())
         return 1 if errors else 0
 
@@ -538,6 +542,10 @@ async def _quietly(work: Awaitable[Any], ctx: Context | None = None) -> None:
             ctx.error("%r", exc)
         else:
             log.warning("while closing: %r", exc)
+
+
+def _holds_ack(item: _Instance) -> bool:
+    return isinstance(item.component, Sink) and item.component.holds_ack
 
 
 def _reason(exc: BaseException) -> str:

@@ -23,7 +23,7 @@ from msgspec import Meta
 
 from .records import AttributeValue, Op, now_timestamp, parse_timestamp
 
-__all__ = ["InvalidEvent", "EventDecoder", "REQUIRED_OP_FIELDS"]
+__all__ = ["REQUIRED_OP_FIELDS", "EventDecoder", "InvalidEvent"]
 
 REQUIRED_OP_FIELDS = (
     "timestamp",
@@ -226,15 +226,12 @@ class EventDecoder:
             value = getattr(raw, name)
             if value is not None and len(value) * 4 > limit and len(value.encode()) > limit:
                 raise InvalidEvent(f"{name}: string longer than max_field_bytes ({limit})")
-        if raw.attributes:
-            for key, value in raw.attributes.items():
-                for text in (key, value):
-                    if isinstance(text, str) and len(text) * 4 > limit:
-                        if len(text.encode()) > limit:
-                            raise InvalidEvent(
-                                f"attributes.{key[:40]}: string longer than "
-                                f"max_field_bytes ({limit})"
-                            )
+        for key, value in (raw.attributes or {}).items():
+            for text in (key, value):
+                if isinstance(text, str) and len(text) * 4 > limit and len(text.encode()) > limit:
+                    raise InvalidEvent(
+                        f"attributes.{key[:40]}: string longer than max_field_bytes ({limit})"
+                    )
 
 
 def _default_input(raw: _EventIn) -> str:
@@ -245,4 +242,3 @@ def _default_input(raw: _EventIn) -> str:
         f"{part(raw.event_kind)} {part(raw.role)}×{part(raw.count)} "
         f"in {part(raw.city)}, {part(raw.state)}"
     )
-

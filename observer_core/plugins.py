@@ -21,7 +21,7 @@ from . import hookspecs
 from .components import Analyzer, Component, ComponentConfig, Sink, Source
 from .records import BUILTIN_FINDING_KINDS
 
-__all__ = ["PluginInfo", "PluginError", "Registry", "get_plugin_manager", "load_registry"]
+__all__ = ["PluginError", "PluginInfo", "Registry", "get_plugin_manager", "load_registry"]
 
 ENTRY_POINT_GROUP = "observer_core"
 KINDS = ("sources", "sinks", "analyzers")
@@ -172,8 +172,8 @@ def load_registry(extra_plugins: Iterable[tuple[object, Origin | None]] = ()) ->
         if manager.is_registered(plugin):
             continue
         add(plugin, origin, name=f"{origin.distribution}:{entry_point.name}")
-    for plugin, origin in extra_plugins:
-        add(plugin, origin or LOCAL)
+    for extra, extra_origin in extra_plugins:
+        add(extra, extra_origin or LOCAL)
 
     for kind in KINDS:
         _collect_components(manager, registry, kind, origins)

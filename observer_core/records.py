@@ -14,15 +14,15 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 __all__ = [
+    "BUILTIN_FINDING_KINDS",
     "UNSET",
-    "UnsetType",
-    "Op",
+    "AttributeValue",
+    "EscalationRow",
     "Finding",
     "LogEntry",
-    "EscalationRow",
+    "Op",
     "Record",
-    "AttributeValue",
-    "BUILTIN_FINDING_KINDS",
+    "UnsetType",
     "format_timestamp",
     "now_timestamp",
     "parse_timestamp",
@@ -124,9 +124,7 @@ def parse_timestamp(text: str) -> str:
     try:
         moment = datetime.fromisoformat(candidate)
     except ValueError:
-        raise ValueError(
-            "expected an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00.000Z"
-        ) from None
+        raise ValueError("expected an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00.000Z") from None
     if moment.tzinfo is not None:
         try:
             moment = moment.astimezone(UTC)

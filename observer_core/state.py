@@ -22,7 +22,7 @@ class StateLocked(Exception):
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never a torn one."""
+    """Write ``data`` to ``path``: a crash leaves the old or the new file, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:

@@ -142,9 +142,7 @@ def test_taken_port_exits_1_naming_the_instance(observer_daemon):
 def test_unwritable_sink_path_exits_1(observer_daemon, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    observer_daemon.write_config(
-        '[sinks.ops]\nplugin = "jsonl"\npath = "file/ops.jsonl"\n'
-    )
+    observer_daemon.write_config('[sinks.ops]\nplugin = "jsonl"\npath = "file/ops.jsonl"\n')
     result = observer_daemon.run("run", "--config", "observer.toml", timeout=30)
     assert result.returncode == 1
     assert "[sinks.ops] cannot start" in result.stderr
@@ -154,10 +152,14 @@ def test_json_logs(observer_daemon):
     import json
 
     observer_daemon.write_config('[sinks.ops]\nplugin = "jsonl"\npath = "ops.jsonl"\n')
-    result = observer_daemon.run("run", "--once", "--log-format", "json", "--config", "observer.toml")
+    result = observer_daemon.run(
+        "run", "--once", "--log-format", "json", "--config", "observer.toml"
+    )
     assert result.returncode == 0, result.stderr
     entries = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
-    assert entries and all({"ts", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    assert entries and all(
+        {"ts", "level", "logger", "message"} <= entry.keys() for entry in entries
+    )
 
 
 def test_once_starts_no_listener_and_exits_0(observer_daemon):

@@ -110,9 +110,7 @@ class TestValidation:
         assert "line 2" in error_of(tmp_path, registry, "[observer]\ncycle_secs = = 3\n")
 
     def test_unknown_record_kind_in_accepts(self, tmp_path, registry):
-        message = error_of(
-            tmp_path, registry, '[sinks.c]\nplugin = "console"\naccepts = ["opz"]\n'
-        )
+        message = error_of(tmp_path, registry, '[sinks.c]\nplugin = "console"\naccepts = ["opz"]\n')
         assert "accepts: unknown record kind 'opz'" in message
 
     def test_enabled_must_be_boolean(self, tmp_path, registry):
@@ -120,7 +118,11 @@ class TestValidation:
 
     @pytest.mark.parametrize(
         "text",
-        ["[observer]\ncycle_secs = 0\n", "[observer]\nring_size = 0\n", "[observer]\ncycle_secs = true\n"],
+        [
+            "[observer]\ncycle_secs = 0\n",
+            "[observer]\nring_size = 0\n",
+            "[observer]\ncycle_secs = true\n",
+        ],
     )
     def test_out_of_range_settings(self, tmp_path, registry, text):
         assert error_of(tmp_path, registry, text).startswith("observer.toml: [observer]")
@@ -160,10 +162,14 @@ def test_warns_when_a_finding_kind_reaches_no_sink(tmp_path, registry):
         name = "emitter"
         emits = ("diagnosis",)
 
-    config = load(tmp_path, registry, "[sinks.console]\naccepts = [\"op\"]\n")
+    config = load(tmp_path, registry, '[sinks.console]\naccepts = ["op"]\n')
     config.instances.append(
         InstanceConfig(
-            "analyzers", "e", PluginInfo("analyzers", "emitter", Emitter, LOCAL), True, AnalyzerConfig()
+            "analyzers",
+            "e",
+            PluginInfo("analyzers", "emitter", Emitter, LOCAL),
+            True,
+            AnalyzerConfig(),
         )
     )
     [warning] = config.warnings(registry)

@@ -44,7 +44,9 @@ def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(tmp_p
         check=True,
     )
     for name in ("http", "jsonl", "console"):
-        assert any(line.split()[:2] == [name, "observer-core"] for line in result.stdout.splitlines())
+        assert any(
+            line.split()[:2] == [name, "observer-core"] for line in result.stdout.splitlines()
+        )
     assert "not loaded" not in result.stdout
     init = subprocess.run(
         [str(env_dir / "bin" / "observer-core"), "init", "o.toml"], cwd=tmp_path, check=True
@@ -80,6 +82,9 @@ def test_third_party_plugin_runs(ticker_installed, observer_daemon):
     )
     result = observer_daemon.run("run", "--once", "--config", "observer.toml")
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in (observer_daemon.directory / "ops.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (observer_daemon.directory / "ops.jsonl").read_text().splitlines()
+    ]
     assert [row["input_summary"] for row in rows] == ["tick 0", "tick 1", "tick 2"]
     assert {row["source"] for row in rows} == {"ticker"}

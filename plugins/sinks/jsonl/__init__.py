@@ -8,6 +8,7 @@ at that moment as one batch (group commit).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Sequence
@@ -129,10 +130,8 @@ class JsonlSink(Sink):
                 if self.config.fsync == "always":
                     os.fdatasync(self._fd)
             except OSError:
-                try:  # leave no partial line behind for the next write to follow
+                with contextlib.suppress(OSError):  # no partial line for the next write
                     os.ftruncate(self._fd, start)
-                except OSError:
-                    pass
                 raise
             self._size = start + len(data)
             self._dirty = self.config.fsync == "batch"

@@ -69,7 +69,9 @@ class _Routes:
         self._expected = f"Bearer {token}".encode() if token else None
         self._count = source.reject
 
-    def precheck(self, method: str, path: str, headers: list[tuple[bytes, bytes]]) -> Response | None:
+    def precheck(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> Response | None:
         allowed = _ROUTES.get(path)
         if allowed is None:
             return self._reject(404, f"no such endpoint: {path}")
@@ -115,9 +117,7 @@ class _Routes:
         except NotAccepted as exc:
             return self._reject(503, str(exc), [("Retry-After", str(exc.retry_after))])
         if single:
-            return Response(
-                200, b'{"accepted":true,"ring_size":%d}' % self._observer.ring_len()
-            )
+            return Response(200, b'{"accepted":true,"ring_size":%d}' % self._observer.ring_len())
         return Response(200, b'{"accepted":%d}' % len(ops))
 
     def _decode(self, body: bytes, single: bool) -> list[Op]:

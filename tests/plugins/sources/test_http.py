@@ -145,7 +145,9 @@ class TestEvents:
         assert [op["output_summary"] for op in lines(daemon)] == ["filled", "failed"]
 
     def test_json_array_and_content_type_is_ignored(self, daemon):
-        reply = post(daemon, "/events", ' \n[{"success": true}, {}]', **{"content-type": "text/plain"})
+        reply = post(
+            daemon, "/events", ' \n[{"success": true}, {}]', **{"content-type": "text/plain"}
+        )
         assert reply.json() == {"accepted": 2}
 
     @pytest.mark.parametrize("body", ["", "\n \n", "[]"])
@@ -250,12 +252,16 @@ class TestRejections:
 class TestToken:
     @pytest.fixture
     def daemon(self, observer_daemon):
-        return observer_daemon.start(CONFIG.replace("port = {port}", 'port = {port}\ntoken = "t0ken"'))
+        return observer_daemon.start(
+            CONFIG.replace("port = {port}", 'port = {port}\ntoken = "t0ken"')
+        )
 
     def test_health_stays_open(self, daemon):
         assert httpx.get(f"{daemon.url}/health").status_code == 200
 
-    @pytest.mark.parametrize("header", [None, "Bearer wrong", "t0ken", "Bearer t0kenx", "bearer t0ken"])
+    @pytest.mark.parametrize(
+        "header", [None, "Bearer wrong", "t0ken", "Bearer t0kenx", "bearer t0ken"]
+    )
     def test_missing_or_wrong_token_is_401(self, daemon, header):
         headers = {"authorization": header} if header else {}
         for method, path in (("POST", "/event"), ("GET", "/stats"), ("GET", "/metrics")):
@@ -276,9 +282,7 @@ class TestToken:
 
 
 def test_sink_failure_answers_503_with_retry_after_and_acks_nothing(observer_daemon):
-    daemon = observer_daemon.start(
-        CONFIG.replace('path = "ops.jsonl"', 'path = "/dev/full"')
-    )
+    daemon = observer_daemon.start(CONFIG.replace('path = "ops.jsonl"', 'path = "/dev/full"'))
     reply = post(daemon, "/event", "{}")
     assert reply.status_code == 503
     assert int(reply.headers["retry-after"]) >= 1
