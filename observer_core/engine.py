@@ -210,10 +210,10 @@ class Engine:
         if not ops:
             return
         if self._closing:
-            self.metrics.input_rejected.inc(reason="shutting_down")
+            self.metrics.input_rejected.inc(len(ops), reason="shutting_down")
             raise NotAccepted("observer is shutting down", retry_after=5)
         if self._pending_ops + len(ops) > MAX_PENDING_OPS:
-            self.metrics.input_rejected.inc(reason="backlog")
+            self.metrics.input_rejected.inc(len(ops), reason="backlog")
             raise NotAccepted("input is backed up; retry shortly", retry_after=1)
         pending = _Pending(ops)
         self._pending.append(pending)

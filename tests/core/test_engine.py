@@ -1,0 +1,206 @@
+"""The engine in-process: acknowledgement, backpressure, ordering, cycle timing."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Sequence
+from types import SimpleNamespace
+
+import anyio
+import pytest
+
+from observer_core import (
+    Analyzer,
+    AnalyzerConfig,
+    Finding,
+    NotAccepted,
+    Op,
+    Record,
+    Sink,
+    SinkConfig,
+    Window,
+    hookimpl,
+)
+from observer_core import engine as engine_module
+from observer_core.config import load_config
+from observer_core.engine import Engine
+from observer_core.plugins import load_registry
+
+pytestmark = pytest.mark.anyio
+
+
+class GateConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
+    fail: bool = False
+
+
+class GateSink(Sink):
+    """An ack-holding sink that writes only when its gate is open."""
+
+    name = "gate"
+    Config = GateConfig
+    holds_ack = True
+    gate: anyio.Event
+    batches: list[list[Record]]
+
+    async def write(self, records: Sequence[Record]) -> None:
+        await GateSink.gate.wait()
+        if self.config.fail:
+            raise OSError("disk full")
+        GateSink.batches.append(list(records))
+
+
+class SlowAnalyzer(Analyzer):
+    """Takes `every` × 0.1 s per run, so a cycle can outlast the period."""
+
+    name = "slow"
+    Config = AnalyzerConfig
+    emits = ("playbook",)
+    runs: list[int]
+
+    async def analyze(self, window: Window) -> Sequence[Finding]:
+        SlowAnalyzer.runs.append(window.cycle)
+        await anyio.sleep(0.35)
+        return []
+
+
+plugin = SimpleNamespace(
+    observer_register_sinks=hookimpl(lambda register: register(GateSink)),
+    observer_register_analyzers=hookimpl(lambda register: register(SlowAnalyzer)),
+)
+
+
+def make_engine(tmp_path, text: str) -> Engine:
+    GateSink.gate = anyio.Event()
+    GateSink.batches = []
+    SlowAnalyzer.runs = []
+    registry = load_registry(extra_plugins=[(plugin, None)])
+    path = tmp_path / "observer.toml"
+    path.write_text(textwrap.dedent(text))
+    return Engine(load_config(path, registry, {}))
+
+
+def op(n: int) -> Op:
+    return Op(
+        timestamp="2026-01-01T00:00:00.000Z",
+        endpoint=f"/{n}",
+        input_summary="",
+        success=True,
+        duration_ms=0,
+        output_summary="",
+        source="t",
+    )
+
+
+GATED = """
+[observer]
+cycle_secs = 3600
+[sinks.gate]
+"""
+
+
+async def emit_all(engine: Engine, groups: list[list[Op]], results: list[object]) -> None:
+    async def one(ops: list[Op]) -> None:
+        try:
+            await engine.emit(ops)
+            results.append("ok")
+        except NotAccepted as exc:
+            results.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for ops in groups:
+            group.start_soon(one, ops)
+
+
+async def test_ack_waits_for_the_sink_and_only_then_fills_the_ring(tmp_path):
+    engine = make_engine(tmp_path, GATED)
+    async with engine.running() as inputs:
+        done = anyio.Event()
+
+        async def send() -> None:
+            await engine.emit([op(1)])
+            done.set()
+
+        inputs.start_soon(send)
+        await anyio.sleep(0.05)
+        assert not done.is_set() and len(engine.ring) == 0
+        GateSink.gate.set()
+        with anyio.fail_after(5):
+            await done.wait()
+        assert len(engine.ring) == 1
+
+
+async def test_concurrent_emits_share_one_write_in_order(tmp_path):
+    engine = make_engine(tmp_path, GATED)
+    results: list[object] = []
+    async with engine.running() as inputs:
+        inputs.start_soon(emit_all, engine, [[op(0)]], results)
+        await anyio.sleep(0.05)  # the first batch is now in the (blocked) sink
+        inputs.start_soon(emit_all, engine, [[op(n)] for n in range(1, 21)], results)
+        await anyio.sleep(0.05)
+        GateSink.gate.set()
+    assert results == ["ok"] * 21
+    assert [len(batch) for batch in GateSink.batches] == [1, 20]  # group commit
+    written = [record.endpoint for batch in GateSink.batches for record in batch]
+    assert written == [f"/{n}" for n in range(21)]
+    assert [o.endpoint for o in engine.ring] == written
+
+
+async def test_backed_up_input_is_refused_not_acknowledged(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_module, "MAX_PENDING_OPS", 10)
+    engine = make_engine(tmp_path, GATED)
+    results: list[object] = []
+    async with engine.running() as inputs:
+        inputs.start_soon(emit_all, engine, [[op(0)]], results)
+        await anyio.sleep(0.05)
+        inputs.start_soon(emit_all, engine, [[op(n) for n in range(6)]] * 2, results)
+        await anyio.sleep(0.05)
+        assert len(results) == 1 and isinstance(results[0], NotAccepted)
+        GateSink.gate.set()
+    assert results.count("ok") == 2
+    assert len(engine.ring) == 7
+    assert engine.metrics.input_rejected.get(reason="backlog") == 6
+
+
+async def test_failing_ack_sink_refuses_and_leaves_the_ring_alone(tmp_path):
+    engine = make_engine(tmp_path, GATED + "fail = true\n")
+    GateSink.gate.set()
+    results: list[object] = []
+    async with engine.running():
+        await emit_all(engine, [[op(1)], [op(2)]], results)
+    assert all(isinstance(result, NotAccepted) for result in results)
+    assert len(engine.ring) == 0
+    assert engine.metrics.instance_errors.get(instance="sinks.gate") >= 1
+
+
+async def test_first_cycle_comes_one_period_after_start_and_late_ticks_are_skipped(tmp_path):
+    engine = make_engine(
+        tmp_path,
+        """
+        [observer]
+        cycle_secs = 0.2
+        [analyzers.slow]
+        """,
+    )
+    async with engine.running() as inputs:
+        started = anyio.current_time()
+        inputs.start_soon(engine._cycle_loop)
+        with anyio.fail_after(5):
+            while not SlowAnalyzer.runs:
+                await anyio.sleep(0.01)
+        assert anyio.current_time() - started >= 0.19
+        while len(SlowAnalyzer.runs) < 3:
+            await anyio.sleep(0.01)
+        inputs.cancel_scope.cancel()
+    # each cycle takes 0.35 s > 0.2 s: one tick is skipped per cycle
+    assert engine.metrics.cycles_skipped.get() >= 2
+    assert SlowAnalyzer.runs[:3] == [1, 2, 3]
+
+
+def test_engine_module_has_no_plugin_imports():
+    core = [name for name in sys.modules if name.startswith("observer_core")]
+    for name in core:
+        source = getattr(sys.modules[name], "__file__", "") or ""
+        if source.endswith(".py"):
+            assert "observer_plugins" not in open(source).read(), name
+
