@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -186,6 +187,30 @@ class Daemon:
 
     def wait_log(self, text: str, timeout: float = 15.0) -> None:
         wait_for(lambda: text in self.logs(), timeout, what=f"log line containing {text!r}")
+
+    def post_events(self, events: list[dict[str, Any]]) -> None:
+        """POST ``events`` to ``/events`` as a JSON array; fail unless all are accepted."""
+        reply = httpx.post(f"{self.url}/events", json=events, timeout=10)
+        assert reply.status_code == 200, reply.text
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one sample of ``/metrics`` (None when it is not there)."""
+        body = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+        sample = f"{name}{{{body}}} " if labels else f"{name} "
+        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
+            if line.startswith(sample):
+                return float(line[len(sample) :])
+        return None
+
+    def cycles(self) -> int:
+        """How many cycles it has logged so far."""
+        found = re.findall(r"\bcycle (\d+): total_ops=", self.logs())
+        return int(found[-1]) if found else 0
+
+    def wait_cycles(self, count: int = 1, timeout: float = 15.0) -> None:
+        """Wait until ``count`` more cycles have run."""
+        target = self.cycles() + count
+        wait_for(lambda: self.cycles() >= target, timeout, what=f"cycle {target}")
 
 
 class DaemonFactory:
