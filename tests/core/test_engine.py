@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ast
 import textwrap
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from types import SimpleNamespace
 
 import anyio
