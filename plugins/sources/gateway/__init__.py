@@ -1,0 +1,183 @@
+"""The ``gateway`` source: observe the calls agents make to the gateway.
+
+Two ways in (CONTRACT §6):
+
+- a reverse proxy, when ``listen`` is set: agents in any language point at it
+  instead of the gateway; each call is forwarded unchanged, streamed back, and
+  recorded as an op (source ``mcp``);
+- a Python API for agents written in Python: :class:`ObservedGateway` and
+  :class:`AsyncObservedGateway` (see ``client.py``), which send their ops to the
+  daemon's ``/events``.
+
+With ``health_check`` it also watches ``GET {url}/health`` and reports it in
+``/health`` ``checks`` under the instance's name; a gateway that is down never
+stops the daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import ClassVar
+
+import anyio
+import httpx
+import msgspec
+
+from observer_core import ComponentConfig, Context, Emit, Source, hookimpl
+from observer_core.httpserver import HttpServer
+
+from .client import AsyncObservedGateway, ObservedGateway, OpRecorder
+from .health import HealthWatch
+from .proxy import MAX_BODY_BYTES, GatewayProxy, QuietBrokenReplies
+from .summarize import js_stringify, summarize
+
+__all__ = [
+    "AsyncObservedGateway",
+    "GatewayConfig",
+    "GatewaySource",
+    "ObservedGateway",
+    "OpRecorder",
+    "js_stringify",
+    "summarize",
+]
+
+STOP_GRACE_SECS = 3.0
+"""At shutdown, how long calls in flight through the proxy get to finish."""
+MAX_CONNECTIONS = 1024
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:3701"`` for IPv6) as ``(host, port)``; ValueError if not."""
+    host, sep, port_text = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f'listen: expected "host:port", e.g. "127.0.0.1:3701", got {listen!r}')
+    return host, int(port_text)
+
+
+class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
+    """Keys of ``[sources.NAME]`` with ``plugin = "gateway"``."""
+
+    url: str = "http://localhost:3700"
+    """The gateway's base URL."""
+    listen: str | None = None
+    """Where the proxy listens, "host:port"; unset or "": no proxy."""
+    health_check: bool = True
+    """Watch GET {url}/health and report it in /health checks."""
+    timeout_secs: float = 300
+    """Per proxied call: seconds the gateway may take to answer (else 504) or stall mid-reply."""
+    exclude_paths: list[str] = msgspec.field(default_factory=lambda: ["/health"])
+    """Paths proxied but not recorded (exact match, without the query)."""
+
+    def __post_init__(self) -> None:
+        url = httpx.URL(self.url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"url: expected an http(s) URL, got {self.url!r}")
+        if self.listen == "":  # e.g. "${GATEWAY_PROXY_LISTEN:-}": no proxy
+            self.listen = None
+        if self.listen is not None:
+            parse_listen(self.listen)
+        if not self.timeout_secs > 0:
+            raise ValueError(f"timeout_secs: must be more than 0, got {self.timeout_secs}")
+        for path in self.exclude_paths:
+            if not path.startswith("/"):
+                raise ValueError(f"exclude_paths: a path starts with '/', got {path!r}")
+
+
+class GatewaySource(Source):
+    """Proxies calls to the gateway (``listen``) and records each as an op; watches its health."""
+
+    name: ClassVar[str] = "gateway"
+    Config = GatewayConfig
+    config: GatewayConfig
+
+    def __init__(self, config: GatewayConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self._client: httpx.AsyncClient | None = None
+        self._proxy: GatewayProxy | None = None
+        self._server: HttpServer | None = None
+        self._dropped = ctx.metrics.counter(
+            "observer_gateway_ops_dropped_total",
+            "Proxied calls whose op was lost (queue full or not accepted).",
+        )
+        ctx.status.update(url=config.url, listen=config.listen)
+
+    @property
+    def check_name(self) -> str:
+        """The key in /health ``checks``: the instance's name ("gateway" for [sources.gateway])."""
+        return self.ctx.instance.rpartition(".")[2]
+
+    async def open(self) -> None:
+        """Make the HTTP client; with ``listen``, bind the proxy (a taken port stops the daemon)."""
+        timeout = self.config.timeout_secs
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=100, keepalive_expiry=30
+            ),
+            follow_redirects=False,
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # a proxy keeps none
+        )
+        if self.config.listen is None:
+            return
+        self._proxy = GatewayProxy(
+            self.config.url,
+            self._client,
+            timeout=timeout,
+            exclude_paths=self.config.exclude_paths,
+            logger=self.ctx.logger,
+            on_drop=self._count_drop,
+            status=self.ctx.status,
+        )
+        host, port = parse_listen(self.config.listen)
+        server_log = self.ctx.logger.getChild("proxy")
+        server_log.addFilter(QuietBrokenReplies())
+        self._server = HttpServer(
+            self._proxy,
+            host=host,
+            port=port,
+            max_body_bytes=MAX_BODY_BYTES,
+            max_connections=MAX_CONNECTIONS,
+            logger=server_log,
+            server_name="",
+        )
+        await self._server.start()
+        self.ctx.logger.info(
+            "proxying http://%s:%d to %s", host, self._server.port, self.config.url
+        )
+
+    def _count_drop(self, count: int) -> None:
+        self._dropped.inc(count, instance=self.ctx.instance)
+        self.ctx.status["ops_dropped"] = int(self._dropped.get(instance=self.ctx.instance))
+
+    async def run(self, emit: Emit) -> None:
+        try:
+            async with anyio.create_task_group() as tasks:
+                if self.config.health_check and self._client is not None:
+                    watch = HealthWatch(self.config.url, self._client, self.ctx, self.check_name)
+                    tasks.start_soon(watch.run)
+                if self._proxy is not None:
+                    tasks.start_soon(self._proxy.pump, emit)
+                await anyio.sleep_forever()
+        finally:
+            with anyio.move_on_after(STOP_GRACE_SECS + 2, shield=True):
+                await self._stop_proxy(emit)
+
+    async def _stop_proxy(self, emit: Emit | None) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace=STOP_GRACE_SECS)
+        if emit is not None and self._proxy is not None:
+            await self._proxy.flush(emit)
+
+    async def aclose(self) -> None:
+        await self._stop_proxy(None)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+@hookimpl
+def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+    register(GatewaySource)

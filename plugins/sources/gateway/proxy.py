@@ -1,0 +1,322 @@
+"""The reverse proxy: forwards every request to the gateway unchanged and records it.
+
+The request goes on with its method, path, query, headers (hop-by-hop ones
+aside; ``Host`` becomes the gateway's) and body; the reply comes back with its
+status, headers (hop-by-hop ones aside) and body as they arrive, raw: a
+compressed body stays compressed and server-sent events reach the client chunk
+by chunk. The op is queued once the reply has ended and handed to the engine by
+:meth:`GatewayProxy.pump`, so recording never holds up a reply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+
+from observer_core import DropOldestQueue, Emit, NotAccepted, Op
+from observer_core.httpserver import Request, Response
+
+from .outcome import Outcome, make_op
+
+__all__ = ["MAX_BODY_BYTES", "GatewayProxy", "QuietBrokenReplies"]
+
+MAX_BODY_BYTES = 64 << 20
+"""The largest request body the proxy takes (413 beyond)."""
+JSON_CAPTURE_BYTES = 1 << 20
+"""How much of a reply that may be JSON is kept to summarise it (a longer one is
+summarised as text: its first 100 characters)."""
+TEXT_CAPTURE_BYTES = 4096
+"""How much of any other reply (an SSE stream, text) is kept: enough for 100 characters."""
+QUEUE_MAX = 10000
+EMIT_BATCH = 1000
+_CHUNK_ERRORS = (httpx.HTTPError, anyio.EndOfStream, anyio.BrokenResourceError)
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "expect"}
+_NO_BODY = frozenset((*range(100, 200), 204, 304))
+_Attributes = dict[str, str | int | float | bool]
+
+
+def _named_by_connection(values: list[str]) -> set[str]:
+    return {token.strip().lower() for value in values for token in value.split(",")}
+
+
+def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The client's headers that go on to the gateway."""
+    named = _named_by_connection(
+        [value.decode("latin-1") for name, value in headers if name == b"connection"]
+    )
+    return [
+        (name, value)
+        for name, value in headers
+        if name.decode("latin-1") not in _NOT_FORWARDED and name.decode("latin-1") not in named
+    ]
+
+
+def response_headers(
+    headers: list[tuple[bytes, bytes]], *, keep_length: bool
+) -> list[tuple[str, str]]:
+    """The gateway's headers that go back to the client (content-length only for a stream)."""
+    pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+    named = _named_by_connection([value for name, value in pairs if name.lower() == "connection"])
+    return [
+        (name, value)
+        for name, value in pairs
+        if (lower := name.lower()) not in _HOP_BY_HOP
+        and lower not in named
+        and (keep_length or lower != "content-length")
+    ]
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes | None:
+    """``body`` without its content-encoding (at most ``limit`` bytes), None if unknown."""
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    for wbits in (47, -15):  # gzip or zlib (auto-detected), then raw deflate
+        try:
+            return zlib.decompressobj(wbits).decompress(body, limit)
+        except zlib.error:
+            continue
+    return None
+
+
+@dataclass(slots=True)
+class _Call:
+    """One proxied request: what its op needs."""
+
+    method: str
+    path: str
+    recorded: bool
+    started: float = field(default_factory=time.perf_counter)
+
+
+class _Relay:
+    """Streams the gateway's reply body to the client and keeps its beginning.
+
+    The server iterates it and always ``aclose()``s it (even for HEAD, or when the
+    client leaves), which ends the op.
+    """
+
+    def __init__(self, proxy: GatewayProxy, call: _Call, reply: httpx.Response) -> None:
+        self._proxy = proxy
+        self._call = call
+        self._reply = reply
+        self._chunks = reply.aiter_raw()
+        content_type = reply.headers.get("content-type", "json").lower()
+        self._limit = JSON_CAPTURE_BYTES if "json" in content_type else TEXT_CAPTURE_BYTES
+        self._kept = bytearray()
+        self._size = 0
+        self._done = False
+
+    def __aiter__(self) -> _Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            await self._finish()
+            raise
+        except _CHUNK_ERRORS as exc:
+            await self._finish(f"the gateway's reply broke off: {_describe(exc)}")
+            raise
+        room = self._limit - len(self._kept)
+        if room > 0:
+            self._kept += chunk[:room]
+        self._size += len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        """Called by the server when it is done; before the end, the client has left."""
+        await self._finish(client_left=self._call.method != "HEAD")
+
+    async def _finish(self, error: str | None = None, *, client_left: bool = False) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            await self._reply.aclose()
+        finally:
+            outcome = Outcome.failed(error) if error else self._outcome()
+            attributes: _Attributes = {"http_status": self._reply.status_code}
+            if client_left:
+                attributes["client_left"] = True
+            self._proxy.record(self._call, outcome, attributes)
+
+    def _outcome(self) -> Outcome:
+        status = self._reply.status_code
+        encoding = self._reply.headers.get("content-encoding", "").strip().lower()
+        body = _decompress(bytes(self._kept), encoding, self._limit)
+        if body is None:
+            return Outcome.of_text(status, f"({encoding}-encoded body, {self._size} bytes)")
+        if self._size <= self._limit:
+            return Outcome.of_body(status, body)
+        return Outcome.of_text(status, body[:TEXT_CAPTURE_BYTES].decode("utf-8", "replace"))
+
+
+class QuietBrokenReplies(logging.Filter):
+    """For the proxy's server logger: a gateway reply that broke off is a one-line
+    warning (its op says what happened), not a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, _CHUNK_ERRORS):
+            record.msg = f"{record.getMessage()}: the gateway's reply broke off: {_describe(exc)}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(status, json.dumps({"error": message}).encode())
+
+
+class GatewayProxy:
+    """The proxy's request handler (for :class:`observer_core.httpserver.HttpServer`)."""
+
+    def __init__(
+        self,
+        url: str,
+        client: httpx.AsyncClient,
+        *,
+        timeout: float,
+        exclude_paths: list[str],
+        logger: logging.Logger,
+        on_drop: Callable[[int], None],
+        status: dict[str, Any],
+    ) -> None:
+        self._base = httpx.URL(url)
+        self._prefix = self._base.raw_path.split(b"?")[0].rstrip(b"/")
+        self._client = client
+        self._timeout = timeout
+        self._timeouts = client.timeout.as_dict()
+        self._exclude = frozenset(exclude_paths)
+        self._log = logger
+        self._on_drop = on_drop
+        self._status = status
+        status.update(proxied=0, recorded=0)
+        self.queue: DropOldestQueue[Op] = DropOldestQueue(QUEUE_MAX, on_drop)
+        self._refused_logged = False
+
+    # -- the server's Handler protocol ---------------------------------------------------
+
+    def precheck(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> Response | None:
+        return None  # everything goes to the gateway
+
+    async def handle(self, request: Request) -> Response:
+        self._status["proxied"] += 1
+        call = _Call(request.method, request.path, request.path not in self._exclude)
+        upstream = self._build(request)
+        try:
+            reply = await self._client.send(upstream, stream=True)
+        except httpx.HTTPError as exc:
+            return self._failed(call, exc)
+        if reply.status_code in _NO_BODY:
+            return await self._answer_empty(call, reply)
+        return Response(
+            reply.status_code,
+            headers=response_headers(reply.headers.raw, keep_length=True),
+            content_type=None,
+            stream=_Relay(self, call, reply),
+        )
+
+    def _build(self, request: Request) -> httpx.Request:
+        target = self._prefix + request.path.encode("latin-1")
+        if request.query:
+            target += b"?" + request.query.encode("latin-1")
+        # A bare Request, not client.build_request: no default headers, no cookies added.
+        return httpx.Request(
+            request.method,
+            self._base.copy_with(raw_path=target),
+            headers=request_headers(request.headers),
+            content=request.body,
+            extensions={"timeout": self._timeouts},
+        )
+
+    async def _answer_empty(self, call: _Call, reply: httpx.Response) -> Response:
+        try:
+            await reply.aread()
+        finally:
+            await reply.aclose()
+        self.record(
+            call, Outcome.of_body(reply.status_code, b""), {"http_status": reply.status_code}
+        )
+        return Response(
+            reply.status_code,
+            headers=response_headers(reply.headers.raw, keep_length=False),
+            content_type=None,
+        )
+
+    def _failed(self, call: _Call, exc: httpx.HTTPError) -> Response:
+        """502 when the gateway cannot be reached, 504 when it did not answer in time."""
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            status, message = 504, f"the gateway did not answer within {self._timeout:g}s"
+        else:
+            status, message = 502, f"cannot reach the gateway: {_describe(exc)}"
+        self.record(call, Outcome.failed(message), None)
+        return _error(status, message)
+
+    # -- recording -----------------------------------------------------------------------
+
+    def record(self, call: _Call, outcome: Outcome, attributes: _Attributes | None) -> None:
+        """Queue the op of a call that just ended (unless its path is excluded)."""
+        if not call.recorded:
+            return
+        duration = (time.perf_counter() - call.started) * 1000
+        self.queue.put_many(
+            [make_op(call.path, f"{call.method} {call.path}", duration, outcome, attributes)]
+        )
+        self._status["recorded"] += 1
+
+    async def pump(self, emit: Emit) -> None:
+        """Hand queued ops to the engine, in batches, until cancelled."""
+        while batch := await self.queue.get_batch(EMIT_BATCH):
+            await self._emit(emit, batch)
+
+    async def flush(self, emit: Emit) -> None:
+        """Hand over what is still queued (at shutdown)."""
+        batch = self.queue.drain()
+        if batch:
+            await self._emit(emit, batch)
+
+    async def _emit(self, emit: Emit, batch: list[Op]) -> None:
+        try:
+            await emit(batch)
+        except NotAccepted as exc:
+            self._on_drop(len(batch))
+            if not self._refused_logged:
+                self._log.warning("%d proxied op(s) dropped: %s", len(batch), exc)
+            self._refused_logged = True
+        else:
+            self._refused_logged = False
