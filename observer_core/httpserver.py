@@ -1,0 +1,735 @@
+"""A lean HTTP/1.1 server: the ``httptools`` (llhttp) parser under an asyncio ``Protocol``.
+
+It has one job: turn bytes into `Request` objects, hand them to a `Handler`, and write
+the `Response` back. It does what a real server must: keep-alive, pipelining (the
+requests of one connection are handled one after another, in order), Content-Length
+and chunked request bodies, ``Expect: 100-continue``, a body limit, header and idle
+timeouts, a bound on connections, streamed responses and a graceful stop.
+Why not uvicorn and ASGI: their layers cost more than the work (HTTP-SERVERS.md).
+
+Framing headers (Content-Length, Transfer-Encoding, Connection) belong to the server;
+a handler sets only a ``content-length`` header, and only on a streamed response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from types import TracebackType
+from typing import Protocol, cast
+
+import httptools
+
+__all__ = ["Handler", "HttpServer", "Request", "Response"]
+
+_PIPELINE_LIMIT = 16  # requests queued on one connection before it stops reading
+_RESUME_AT = _PIPELINE_LIMIT // 2  # ... and starts again
+_LINGER_SECONDS = 2.0  # after an error response, how long to drain unread input
+_STOP_CANCEL_WAIT = 1.0  # at the end of stop(), how long cancelled handlers get
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_SPECIAL_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+_NO_BODY_STATUSES = frozenset((*range(100, 200), 204, 304))
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+@dataclass(slots=True)
+class Request:
+    """A complete request. ``path`` and ``query`` are as sent: not percent-decoded, the bytes
+    read as latin-1. Header names are lower-cased."""
+
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (give it lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(slots=True)
+class Response:
+    """A response. With ``stream`` set, ``body`` is ignored and chunks are sent as they come:
+    raw if ``headers`` has a content-length, else with ``Transfer-Encoding: chunked``."""
+
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str | None = "application/json"
+    stream: AsyncIterator[bytes] | None = None
+
+
+class Handler(Protocol):
+    """What the server calls for each request."""
+
+    def precheck(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> Response | None:
+        """Called when the headers are complete, before the body is read.
+        Return a Response to answer early (404, 405, 401...), None to go on."""
+        ...
+
+    async def handle(self, request: Request) -> Response:
+        """Answer a complete request."""
+        ...
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(status, json.dumps({"error": message}).encode())
+
+
+def _header_line(name: str, value: str) -> bytes:
+    line = f"{name}: {value}"
+    if "\r" in line or "\n" in line:
+        raise ValueError(f"CR or LF in response header {name!r}")
+    return line.encode("latin-1") + _CRLF
+
+
+_BUSY_BODY = _error(503, "too many connections").body
+_BUSY = b"".join(
+    (
+        _STATUS_LINES[503],
+        b"Content-Type: application/json\r\nConnection: close\r\n",
+        b"Content-Length: %d\r\n\r\n" % len(_BUSY_BODY),
+        _BUSY_BODY,
+    )
+)
+
+# One queued unit of work: a Request for the handler, or a ready Response (sent in
+# turn), with the request's keep-alive, "HTTP/1.0" and "HEAD" flags.
+_Item = tuple[Request | Response, bool, bool, bool]
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback after the connection was told to stop reading."""
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests and answers them in order."""
+
+    _transport: asyncio.Transport
+
+    def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self._loop = loop
+        self._handler = server._handler
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[_Item] = deque()
+        self._task: asyncio.Task[None] | None = None  # answers requests; lives with the connection
+        self._busy = False  # the task is answering requests (else it waits for one)
+        self._wakeup: asyncio.Future[None] | None = None
+        # The request being parsed.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._content_length = 0
+        self._chunked = False
+        self._expect = False
+        self._method = ""
+        self._path = ""
+        self._query = ""
+        self._http10 = False
+        self._early: Response | None = None
+        self._in_message = False
+        # The connection.
+        self._stopped = False  # no further request will be parsed
+        self._linger_on_close = False  # input may be left unread: drain it before closing
+        self._lingering = False
+        self._closed = False  # no further response will be written
+        self._lost = False
+        self._eof = False
+        self._shutdown = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._continue_pending = False
+        self._streaming = False
+        # One timer serves the header, idle and linger timeouts: it is re-armed only
+        # when it fires early or a nearer deadline comes, not once per request.
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        server = self._server
+        if server._closing or len(server._connections) >= server._max_connections:
+            self._stopped = self._closed = True
+            if not server._closing:
+                self._transport.write(_BUSY)
+                server._rejected(503)
+            transport.close()
+            return
+        server._connections.add(self)
+        self._set_deadline(server._header_timeout)  # the first request, like any other
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = self._closed = self._stopped = True
+        self._queue.clear()
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._task is None:
+            self._server._forget(self)
+        elif not self._busy:
+            self._wake()  # the task sees the connection is gone, ends, and forgets it
+        elif self._streaming:
+            self._task.cancel()  # stop waiting for the next chunk; _send_stream swallows it
+
+    def data_received(self, data: bytes) -> None:
+        if self._stopped:
+            return  # lingering, or nothing more is read on this connection
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if self._method == "CONNECT":  # what follows is a tunnel we do not offer
+                self._stopped = self._linger_on_close = True
+                self._pause_reading()
+            else:  # ignore the upgrade offer and go on with HTTP/1.1
+                self.data_received(data[exc.args[0] :])
+        except httptools.HttpParserCallbackError:
+            if not self._stopped:  # not our _StopParsing: a bug in a callback
+                self._server._logger.exception("HTTP parser callback failed")
+                self._fail(_error(500, "internal error"))
+        except httptools.HttpParserError as exc:
+            if not self._stopped:  # else: data after "Connection: close", ignored
+                self._fail(_error(400, f"bad request: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        # A half-closed connection still gets the answers to what it sent, then is closed;
+        # but a stream (server-sent events) is for a reader that has left: end it.
+        return True if self._busy and not self._streaming and not self._lingering else None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        self._drain_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._body_size = self._content_length = 0
+        self._chunked = self._expect = False
+        self._early = None
+        self._set_deadline(self._server._header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self._headers.append((name, value))
+        if name in _SPECIAL_HEADERS:
+            if name == b"content-length":
+                self._content_length = int(value)  # llhttp has validated it
+            elif name == b"transfer-encoding":
+                self._chunked = True  # llhttp rejects a request body framed otherwise
+            else:
+                self._expect = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        server = self._server
+        method = parser.get_method()
+        self._method = _METHODS.get(method) or method.decode("ascii")
+        self._http10 = parser.get_http_version() == "1.0"
+        url = self._url
+        has_body = self._chunked or self._content_length > 0
+        if url[:1] == b"/":  # origin-form: nearly always
+            path, _, query = url.partition(b"?")
+        else:  # absolute-form, "*", authority-form (CONNECT)
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserError:
+                self._fail(_error(400, "bad request: invalid URL"))
+                raise _StopParsing from None
+            path, query = parsed.path or b"/", parsed.query or b""
+        self._path = path.decode("latin-1")
+        self._query = query.decode("latin-1")
+
+        if has_body and parser.should_upgrade():  # the body would be taken as the new protocol
+            self._fail(_error(400, "bad request: upgrade with a body"))
+            raise _StopParsing
+        try:
+            early = self._handler.precheck(self._method, self._path, self._headers)
+        except Exception:
+            server._logger.exception("precheck failed for %s %s", self._method, self._path)
+            server._rejected(500)
+            early = _error(500, "internal error")
+        if early is None and self._content_length > server._max_body:
+            server._rejected(413)
+            early = _error(413, "request body too large")
+        if early is not None:
+            if has_body:  # answer without reading the body, then close
+                self._fail(early, own=False)
+                raise _StopParsing
+            self._early = early  # sent in turn when the (empty) message completes
+        elif self._expect and has_body and not self._http10:
+            if not self._busy:
+                self._transport.write(_CONTINUE)
+            else:  # earlier responses go first
+                self._continue_pending = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+        self._body_size += len(body)
+        if self._body_size > self._server._max_body:  # only a chunked body gets here
+            self._body = []
+            self._fail(_error(413, "request body too large"))
+            raise _StopParsing
+
+    def on_message_complete(self) -> None:
+        self._in_message = self._continue_pending = False
+        self._deadline = None
+        keep_alive = self._parser.should_keep_alive()
+        if not keep_alive:
+            self._stopped = True
+            self._pause_reading()
+        head = self._method == "HEAD"
+        early = self._early
+        if early is not None:
+            self._enqueue((early, keep_alive, self._http10, head))
+        else:
+            body = self._body
+            request = Request(
+                self._method,
+                self._path,
+                self._query,
+                self._headers,
+                b"".join(body) if body else b"",
+            )
+            self._enqueue((request, keep_alive, self._http10, head))
+
+    # -- answering -------------------------------------------------------------------------
+
+    def _enqueue(self, item: _Item) -> None:
+        self._queue.append(item)
+        if not self._busy:
+            self._busy = True
+            if self._task is None:
+                self._task = self._loop.create_task(self._run())
+            else:
+                self._wake()
+        elif len(self._queue) >= _PIPELINE_LIMIT:
+            self._pause_reading()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        self._wakeup = None
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def _run(self) -> None:
+        """Answer the queued requests in order, then wait for more, until the connection ends.
+        One task per connection rather than per request: waking it costs less."""
+        queue = self._queue
+        server = self._server
+        try:
+            while not self._closed:
+                if not queue:
+                    self._busy = False
+                    self._became_idle()
+                    if not self._closed:
+                        self._wakeup = self._loop.create_future()
+                        await self._wakeup  # by _enqueue, or connection_lost
+                    continue
+                item, keep_alive, http10, head = queue.popleft()
+                if self._reading_paused and not self._stopped and len(queue) <= _RESUME_AT:
+                    self._resume_reading()
+                if isinstance(item, Request):
+                    try:
+                        response = await self._handler.handle(item)
+                    except Exception:
+                        server._logger.exception("handler failed for %s %s", item.method, item.path)
+                        server._rejected(500)
+                        response = _error(500, "internal error")
+                    if self._closed:
+                        if response.stream is not None:
+                            await self._aclose(response.stream)
+                        break
+                else:
+                    response = item
+                if self._shutdown or (self._stopped and not queue):
+                    keep_alive = False  # the last response on this connection
+                try:
+                    if response.stream is None:
+                        self._send(response, keep_alive, http10, head)
+                    else:
+                        keep_alive = await self._send_stream(response, keep_alive, http10, head)
+                except Exception:  # a malformed Response: nothing of it was written
+                    server._logger.exception("invalid response (status %r)", response.status)
+                    server._rejected(500)
+                    if response.stream is not None:
+                        await self._aclose(response.stream)
+                    self._send(_error(500, "internal error"), keep_alive, http10, head)
+                if not keep_alive:
+                    self._close()
+                    break
+                if self._write_paused:
+                    await self._drain()
+        except Exception:  # a bug: do not leave the client waiting
+            server._logger.exception("failed to answer a request")
+            self.abort()
+        finally:
+            self._busy = False
+            self._task = None
+            if self._lost:
+                server._forget(self)
+
+    def _head(
+        self, response: Response, framing: bytes, keep_alive: bool, http10: bool
+    ) -> list[bytes]:
+        parts = [self._server._prefix(response.status, response.content_type)]
+        for name, value in response.headers:
+            parts.append(_header_line(name, value))
+        parts.append(framing)
+        if not keep_alive:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif http10:
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(_CRLF)
+        return parts
+
+    def _send(self, response: Response, keep_alive: bool, http10: bool, head: bool) -> None:
+        body = response.body
+        if response.status in _NO_BODY_STATUSES:
+            framing = body = b""
+        else:
+            framing = b"Content-Length: %d\r\n" % len(body)
+            if head:
+                body = b""
+        if keep_alive and not http10 and not response.headers:  # the usual case
+            prefix = self._server._prefix(response.status, response.content_type)
+            self._transport.write(b"".join((prefix, framing, _CRLF, body)))
+        else:
+            parts = self._head(response, framing, keep_alive, http10)
+            parts.append(body)
+            self._transport.write(b"".join(parts))
+
+    async def _send_stream(
+        self, response: Response, keep_alive: bool, http10: bool, head: bool
+    ) -> bool:
+        """Send a streamed response; return whether the connection may be kept."""
+        stream = cast(AsyncIterator[bytes], response.stream)
+        length: int | None = None
+        for name, value in response.headers:
+            if name.lower() == "content-length":
+                length = int(value)
+        chunked = length is None and not http10
+        if length is None and http10:
+            keep_alive = False  # HTTP/1.0 has no chunked framing: the close ends the body
+        framing = b"Transfer-Encoding: chunked\r\n" if chunked and not head else b""
+        write = self._transport.write
+        write(b"".join(self._head(response, framing, keep_alive, http10)))
+        sent = 0
+        self._streaming = True
+        try:
+            if head:
+                return keep_alive
+            async for chunk in stream:
+                if self._lost:
+                    return False
+                if not chunk:
+                    continue  # an empty chunk would end a chunked body
+                if chunked:
+                    write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                else:
+                    sent += len(chunk)
+                    if length is not None and sent > length:
+                        self._server._logger.error("stream exceeds content-length %d", length)
+                        return False
+                    write(chunk)
+                if self._write_paused:
+                    await self._drain()
+            if chunked:
+                write(_LAST_CHUNK)
+            elif length is not None and sent != length:
+                self._server._logger.error("stream shorter than content-length %d", length)
+                return False
+            return keep_alive
+        except asyncio.CancelledError:
+            if not self._lost:
+                raise
+            _uncancel()  # our own cancel from connection_lost: the client left
+            return False
+        except Exception:
+            if not self._lost:
+                self._server._logger.exception("response stream failed")
+            return False  # the body is cut short: closing tells the client
+        finally:
+            self._streaming = False
+            await self._aclose(stream)
+
+    async def _aclose(self, stream: AsyncIterator[bytes]) -> None:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is None:
+            return
+        try:
+            await aclose()
+        except asyncio.CancelledError:
+            if not self._lost:
+                raise
+            _uncancel()
+        except Exception:
+            self._server._logger.exception("closing the response stream failed")
+
+    async def _drain(self) -> None:
+        """Wait for the client to read what was written: at most ``idle_timeout``."""
+        if self._lost or not self._write_paused:
+            return
+        if self._drain_waiter is None:
+            self._drain_waiter = self._loop.create_future()
+        timed = self._deadline is None
+        if timed:
+            self._set_deadline(self._server._idle_timeout)
+        await self._drain_waiter
+        if timed:
+            self._deadline = None
+
+    # -- connection state ------------------------------------------------------------------
+
+    def _fail(self, response: Response, *, own: bool = True) -> None:
+        """Read no more requests; send ``response`` after those queued, then close.
+        ``own``: the server's error, not the handler's answer (counted by on_reject)."""
+        if own:
+            self._server._rejected(response.status)
+        self._stopped = self._linger_on_close = True
+        self._in_message = self._continue_pending = False
+        self._deadline = None
+        self._pause_reading()
+        self._enqueue((response, False, False, False))
+
+    def _became_idle(self) -> None:
+        if self._eof or (self._shutdown and not self._in_message):
+            self._close()
+            return
+        if self._continue_pending:
+            self._continue_pending = False
+            self._transport.write(_CONTINUE)
+        if self._reading_paused and not self._stopped:
+            self._resume_reading()
+        if not self._in_message:
+            self._set_deadline(self._server._idle_timeout)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self._lost:
+            self._reading_paused = False
+            self._transport.resume_reading()
+            if self._in_message:  # the pause was ours, not the client's
+                self._set_deadline(self._server._header_timeout)
+
+    def _close(self) -> None:
+        """Close after the written data is flushed (lingering if input may be unread)."""
+        if self._closed:
+            return
+        self._closed = self._stopped = True
+        self._deadline = None
+        transport = self._transport
+        if self._linger_on_close and not self._eof and transport.can_write_eof():
+            # Closing with unread input makes the kernel send a reset, which can destroy
+            # the response before the client reads it: half-close, drain, then close.
+            self._lingering = True
+            transport.write_eof()
+            self._resume_reading()
+            self._set_deadline(_LINGER_SECONDS)
+        else:
+            transport.close()
+            self._set_deadline(self._server._idle_timeout)  # for the client to read the rest
+
+    def shutdown(self) -> None:
+        """Stop keeping the connection alive: close it now if idle, else after its response."""
+        self._shutdown = True
+        if not self._busy and not self._in_message:
+            self._close()
+
+    def abort(self) -> asyncio.Task[None] | None:
+        """Close at once; return the running task, if any."""
+        self._closed = self._stopped = True
+        if not self._lost:
+            self._transport.abort()
+        return self._task
+
+    def _set_deadline(self, timeout: float) -> None:
+        deadline = self._loop.time() + timeout
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or self._timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self._loop.time() + 1e-3 >= deadline:
+            self.abort()  # slow headers or body, idle keep-alive, or lingering done
+        else:
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+
+class HttpServer:
+    """An HTTP/1.1 server calling one `Handler`.
+
+    ``header_timeout``: a request's headers and body must arrive within it (and a new
+    connection's first request). ``idle_timeout``: how long a keep-alive connection may
+    sit idle, or a client leave a response unread. ``on_reject(status)`` is called for
+    each error the server itself answers: 400, 413, 500 (a failing handler), 503.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        host: str,
+        port: int,
+        max_body_bytes: int = 1 << 20,
+        max_connections: int = 1024,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
+        on_reject: Callable[[int], None] | None = None,
+        logger: logging.Logger | None = None,
+        server_name: str = "observer-core",
+    ) -> None:
+        self._handler = handler
+        self._host = host
+        self._port = port
+        self._max_body = max_body_bytes
+        self._max_connections = max_connections
+        self._header_timeout = header_timeout
+        self._idle_timeout = idle_timeout
+        self._on_reject = on_reject
+        self._logger = logger or logging.getLogger(__name__)
+        self._server_header = _header_line("Server", server_name) if server_name else b""
+        self._prefixes: dict[tuple[int, str | None], bytes] = {}
+        self._connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._closing = False
+        self._all_closed: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        """Bind and listen; raises OSError if the address is taken."""
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self, loop),
+            self._host,
+            self._port,
+            reuse_address=True,
+            backlog=min(max(self._max_connections, 128), 4096),
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port (of the first socket, if the host resolved to several)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("server not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, close idle connections now, give in-flight requests up to
+        ``grace`` seconds to finish, then close what is left."""
+        server = self._server
+        if server is None or self._closing:
+            return
+        self._closing = True
+        server.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+        if self._connections:
+            self._all_closed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+        tasks = [task for conn in list(self._connections) if (task := conn.abort()) is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_STOP_CANCEL_WAIT)
+            if pending:
+                self._logger.warning("%d request handlers ignored cancellation", len(pending))
+        await server.wait_closed()
+
+    async def __aenter__(self) -> HttpServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- for _Connection ---------------------------------------------------------------------
+
+    def _prefix(self, status: int, content_type: str | None) -> bytes:
+        """The status line, Server and Content-Type headers, cached per (status, type)."""
+        key = (status, content_type)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            if not 100 <= status <= 999:
+                raise ValueError(f"invalid status {status}")
+            prefix = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+            prefix += self._server_header
+            if content_type is not None:
+                prefix += _header_line("Content-Type", content_type)
+            if len(self._prefixes) < 256:
+                self._prefixes[key] = prefix
+        return prefix
+
+    def _rejected(self, status: int) -> None:
+        if self._on_reject is not None:
+            self._on_reject(status)
+
+    def _forget(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+        if not self._connections and self._all_closed is not None:
+            self._all_closed.set()

@@ -1,0 +1,617 @@
+"""observer_core.httpserver over real loopback sockets.
+
+Protocol-level behaviour is checked with raw asyncio streams (exact bytes on the wire);
+ordinary requests go through httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import anyio
+import httpx
+import pytest
+
+from observer_core.httpserver import HttpServer, Request, Response
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class App:
+    """The test handler: a few routes, and a record of what it saw."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.release = asyncio.Event()  # /wait blocks until set
+        self.next_chunk = asyncio.Event()  # /stream sends its second event once set
+        self.stream_closed = asyncio.Event()
+        self.cancelled = False
+
+    def precheck(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> Response | None:
+        if path == "/missing":
+            return Response(404, b'{"error": "not found"}')
+        if path == "/private" and (b"authorization", b"Bearer t") not in headers:
+            return Response(401, b'{"error": "unauthorized"}')
+        return None
+
+    async def handle(self, request: Request) -> Response:
+        self.requests.append(request)
+        path = request.path
+        if path == "/boom":
+            raise RuntimeError("boom")
+        if path == "/wait":
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+        if path == "/yield":  # finishes later than a request pipelined behind it would
+            for _ in range(50):
+                await asyncio.sleep(0)
+        if path == "/stream":
+            return Response(200, content_type="text/event-stream", stream=self._events())
+        if path == "/sized":
+            return Response(
+                200, headers=[("content-length", "10")], stream=_chunks(b"01234", b"56789")
+            )
+        if path == "/endless":
+            return Response(200, stream=self._endless(), content_type=None)
+        if path == "/bad-header":
+            return Response(200, headers=[("X-Injected", "a\r\nSet-Cookie: b")])
+        if path == "/plain":
+            return Response(201, b"hi", headers=[("X-Extra", "1")], content_type=None)
+        echo = {
+            "method": request.method,
+            "path": path,
+            "query": request.query,
+            "body": request.body.decode("latin-1"),
+            "ua": (request.header(b"user-agent") or b"").decode(),
+        }
+        return Response(200, json.dumps(echo).encode())
+
+    async def _endless(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"x" * 65536
+        finally:
+            self.stream_closed.set()
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        try:
+            yield b"data: 1\n\n"
+            await self.next_chunk.wait()
+            yield b"data: 2\n\n"
+        finally:
+            self.stream_closed.set()
+
+
+async def _chunks(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+@contextlib.asynccontextmanager
+async def serving(app: App | None = None, **options: object) -> AsyncIterator[HttpServer]:
+    server = HttpServer(app or App(), host="127.0.0.1", port=0, **options)  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(grace=1.0)
+
+
+@dataclass
+class Raw:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Conn:
+    """A raw client connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, server: HttpServer) -> Conn:
+        return cls(*await asyncio.open_connection("127.0.0.1", server.port))
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self, *, head: bool = False) -> Raw:
+        with anyio.fail_after(5):
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+            status_line, *lines = raw.decode("latin-1").split("\r\n")[:-2]
+            headers = {}
+            for line in lines:
+                name, value = line.split(":", 1)
+                assert name.lower() not in headers, f"duplicate header {name}"
+                headers[name.lower()] = value.strip()
+            status = int(status_line.split()[1])
+            if head or status < 200:
+                body = b""
+            elif "content-length" in headers:
+                body = await self.reader.readexactly(int(headers["content-length"]))
+            elif headers.get("transfer-encoding") == "chunked":
+                body = b"".join([chunk async for chunk in self.chunks()])
+            else:
+                body = await self.reader.read()
+            return Raw(status, headers, body)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            with anyio.fail_after(5):
+                size = int((await self.reader.readuntil(b"\r\n"))[:-2], 16)
+                data = await self.reader.readexactly(size + 2)
+            if size == 0:
+                return
+            yield data[:-2]
+
+    async def closed_by_server(self) -> bool:
+        with anyio.fail_after(5):
+            return await self.reader.read() == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def connection(server: HttpServer) -> AsyncIterator[Conn]:
+    conn = await Conn.open(server)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def get(path: str, *headers: str, version: str = "1.1") -> bytes:
+    lines = [f"GET {path} HTTP/{version}", "Host: test", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def post(path: str, body: bytes, *headers: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: test", f"Content-Length: {len(body)}", *headers]
+    return "\r\n".join([*lines, "", ""]).encode() + body
+
+
+# -- ordinary requests ------------------------------------------------------------------
+
+
+async def test_request_fields_and_response_headers() -> None:
+    app = App()
+    async with serving(app) as server, httpx.AsyncClient() as client:
+        base = f"http://127.0.0.1:{server.port}"
+        r = await client.post(
+            f"{base}/echo%20x?a=1&b=%2F", content=b'{"k": 1}', headers={"User-Agent": "t/1"}
+        )
+        assert r.status_code == 200
+        assert r.json() == {
+            "method": "POST",
+            "path": "/echo%20x",
+            "query": "a=1&b=%2F",
+            "body": '{"k": 1}',
+            "ua": "t/1",
+        }
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["content-length"] == str(len(r.content))
+        assert r.headers["server"] == "observer-core"
+        assert (b"user-agent", b"t/1") in app.requests[0].headers  # names lower-cased
+
+        r = await client.get(f"{base}/plain")
+        assert (r.status_code, r.content, r.headers["x-extra"]) == (201, b"hi", "1")
+        assert "content-type" not in r.headers
+        assert app.requests[-1].query == ""
+
+
+async def test_head_response_has_no_body() -> None:
+    async with serving() as server, connection(server) as conn:
+        await conn.send(b"HEAD /echo HTTP/1.1\r\nHost: test\r\n\r\n" + get("/echo?after"))
+        head = await conn.response(head=True)
+        assert head.status == 200 and int(head.headers["content-length"]) > 0
+        after = await conn.response()  # the body was not sent: the next response parses
+        assert json.loads(after.body)["query"] == "after"
+
+
+# -- connection management --------------------------------------------------------------
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection() -> None:
+    async with serving() as server, connection(server) as conn:
+        for i in range(3):
+            await conn.send(get(f"/echo?{i}"))
+            r = await conn.response()
+            assert r.status == 200 and json.loads(r.body)["query"] == str(i)
+            assert "connection" not in r.headers
+
+
+async def test_connection_close_is_honoured() -> None:
+    async with serving() as server, connection(server) as conn:
+        await conn.send(get("/echo", "Connection: close"))
+        r = await conn.response()
+        assert r.status == 200 and r.headers["connection"] == "close"
+        assert await conn.closed_by_server()
+
+
+async def test_http10_closes_unless_keep_alive_is_asked() -> None:
+    async with serving() as server:
+        async with connection(server) as conn:
+            await conn.send(get("/echo", version="1.0"))
+            r = await conn.response()
+            assert r.status == 200 and r.headers["connection"] == "close"
+            assert await conn.closed_by_server()
+        async with connection(server) as conn:
+            for _ in range(2):
+                await conn.send(get("/echo", "Connection: keep-alive", version="1.0"))
+                r = await conn.response()
+                assert r.status == 200 and r.headers["connection"] == "keep-alive"
+
+
+async def test_half_closed_client_still_gets_its_answer() -> None:
+    async with serving() as server, connection(server) as conn:
+        await conn.send(get("/yield"))
+        conn.writer.write_eof()
+        assert (await conn.response()).status == 200
+        assert await conn.closed_by_server()
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with serving() as server, connection(server) as conn:
+        await conn.send(get("/yield?1") + post("/echo?2", b"body") + get("/echo?3"))
+        queries = [json.loads((await conn.response()).body)["query"] for _ in range(3)]
+        assert queries == ["1", "2", "3"]
+
+
+async def test_pipelining_backlog_pauses_reading() -> None:
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(b"".join(get(f"/wait?{i}") for i in range(100)))
+        await eventually(lambda: len(server._connections) == 1)
+        (server_conn,) = server._connections
+        await eventually(lambda: not server_conn._transport.is_reading())
+        app.release.set()
+        queries = [json.loads((await conn.response()).body)["query"] for _ in range(100)]
+        assert queries == [str(i) for i in range(100)]
+        assert server_conn._transport.is_reading()
+
+
+async def test_upgrade_offer_is_ignored() -> None:
+    async with serving() as server, connection(server) as conn:
+        await conn.send(get("/echo?1", "Connection: Upgrade", "Upgrade: h2c") + get("/echo?2"))
+        assert json.loads((await conn.response()).body)["query"] == "1"
+        assert json.loads((await conn.response()).body)["query"] == "2"
+
+
+# -- request bodies ---------------------------------------------------------------------
+
+
+async def test_chunked_request_body() -> None:
+    async with serving() as server, connection(server) as conn:
+        head = b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        await conn.send(head + b"5\r\nhello\r\n")
+        await conn.send(b"6\r\n world\r\n0\r\n\r\n")
+        r = await conn.response()
+        assert r.status == 200 and json.loads(r.body)["body"] == "hello world"
+        await conn.send(get("/echo"))  # still usable
+        assert (await conn.response()).status == 200
+
+
+async def test_chunked_request_body_with_httpx() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a" * 1000
+        yield b"b" * 1000
+
+    async with serving() as server, httpx.AsyncClient() as client:
+        r = await client.post(f"http://127.0.0.1:{server.port}/echo", content=body())
+        assert json.loads(r.content)["body"] == "a" * 1000 + "b" * 1000
+
+
+async def test_expect_100_continue() -> None:
+    async with serving() as server, connection(server) as conn:
+        await conn.send(post("/echo", b"", "Expect: 100-continue").replace(b": 0", b": 4"))
+        interim = await conn.response()
+        assert interim.status == 100
+        await conn.send(b"data")
+        r = await conn.response()
+        assert r.status == 200 and json.loads(r.body)["body"] == "data"
+
+
+async def test_expect_100_continue_rejected_by_precheck() -> None:
+    async with serving() as server, connection(server) as conn:
+        await conn.send(post("/private", b"", "Expect: 100-continue").replace(b": 0", b": 4"))
+        r = await conn.response()  # the final answer, with no 100 before it
+        assert r.status == 401 and r.headers["connection"] == "close"
+        assert await conn.closed_by_server()
+
+
+async def test_expect_100_continue_over_the_limit() -> None:
+    rejects: list[int] = []
+    async with (
+        serving(max_body_bytes=100, on_reject=rejects.append) as server,
+        connection(server) as conn,
+    ):
+        headers = "Expect: 100-continue"
+        await conn.send(post("/echo", b"", headers).replace(b": 0", b": 101"))
+        r = await conn.response()
+        assert r.status == 413 and json.loads(r.body) == {"error": "request body too large"}
+        assert await conn.closed_by_server()
+    assert rejects == [413]
+
+
+async def test_content_length_over_the_limit_is_refused_unread() -> None:
+    rejects: list[int] = []
+    app = App()
+    async with serving(app, max_body_bytes=1000, on_reject=rejects.append) as server:
+        async with connection(server) as conn:
+            # Announce 10 MB, send only the headers: the answer must not wait for the body.
+            await conn.send(post("/echo", b"").replace(b": 0", b": 10000000"))
+            r = await conn.response()
+            assert r.status == 413 and r.headers["connection"] == "close"
+            assert await conn.closed_by_server()
+        async with connection(server) as conn:  # a body the client sends anyway
+            await conn.send(post("/echo", b"x" * 200_000))
+            assert (await conn.response()).status == 413
+            assert await conn.closed_by_server()
+    assert rejects == [413, 413] and app.requests == []
+
+
+async def test_chunked_body_over_the_limit() -> None:
+    rejects: list[int] = []
+    async with (
+        serving(max_body_bytes=1000, on_reject=rejects.append) as server,
+        connection(server) as conn,
+    ):
+        head = b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        await conn.send(head + b"200\r\n" + b"x" * 512 + b"\r\n")
+        await conn.send(b"200\r\n" + b"x" * 512 + b"\r\n")
+        r = await conn.response()
+        assert r.status == 413 and r.headers["connection"] == "close"
+        assert await conn.closed_by_server()
+    assert rejects == [413]
+
+
+# -- early and error responses ----------------------------------------------------------
+
+
+async def test_precheck_rejection_without_body_keeps_the_connection() -> None:
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(get("/missing") + get("/echo"))
+        r = await conn.response()
+        assert r.status == 404 and "connection" not in r.headers
+        assert (await conn.response()).status == 200
+        assert [req.path for req in app.requests] == ["/echo"]
+
+
+async def test_precheck_rejection_with_body_closes() -> None:
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(post("/private", b"x" * 100))
+        r = await conn.response()
+        assert r.status == 401 and r.headers["connection"] == "close"
+        assert json.loads(r.body) == {"error": "unauthorized"}
+        assert await conn.closed_by_server()
+        assert app.requests == []
+
+
+async def test_malformed_request_gets_400_and_close() -> None:
+    rejects: list[int] = []
+    async with serving(on_reject=rejects.append) as server:
+        for bad in (
+            b"GARBAGE\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        ):
+            async with connection(server) as conn:
+                await conn.send(bad)
+                r = await conn.response()
+                assert r.status == 400 and r.headers["connection"] == "close"
+                assert json.loads(r.body)["error"].startswith("bad request: ")
+                assert await conn.closed_by_server()
+    assert rejects == [400, 400, 400]
+
+
+async def test_handler_exception_is_a_logged_500_and_the_connection_stays(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rejects: list[int] = []
+    async with serving(on_reject=rejects.append) as server, connection(server) as conn:
+        with caplog.at_level(logging.ERROR, logger="observer_core.httpserver"):
+            await conn.send(get("/boom"))
+            r = await conn.response()
+        assert r.status == 500 and json.loads(r.body) == {"error": "internal error"}
+        assert "connection" not in r.headers
+        await conn.send(get("/echo"))
+        assert (await conn.response()).status == 200
+    assert rejects == [500]
+    (record,) = [rec for rec in caplog.records if rec.exc_info]
+    assert "boom" in str(record.exc_info[1])  # type: ignore[index]
+
+
+async def test_malformed_response_is_a_500(caplog: pytest.LogCaptureFixture) -> None:
+    rejects: list[int] = []
+    async with serving(on_reject=rejects.append) as server, connection(server) as conn:
+        with caplog.at_level(logging.ERROR, logger="observer_core.httpserver"):
+            await conn.send(get("/bad-header") + get("/echo"))
+            r = await conn.response()
+        assert r.status == 500 and "set-cookie" not in r.headers
+        assert (await conn.response()).status == 200
+    assert rejects == [500]
+    assert any("invalid response" in rec.getMessage() for rec in caplog.records)
+
+
+# -- timeouts and limits ----------------------------------------------------------------
+
+
+async def test_header_timeout_disconnects_slow_clients() -> None:
+    async with serving(header_timeout=0.3, idle_timeout=60) as server:
+        for partial in (
+            b"",  # connects and says nothing
+            b"GET /echo HTTP/1.1\r\nHost: te",  # slow headers
+            post("/echo", b"12345").replace(b": 5", b": 10"),  # slow body
+        ):
+            started = time.monotonic()  # before the server can start its clock
+            async with connection(server) as conn:
+                await conn.send(partial)
+                assert await conn.closed_by_server()
+                assert 0.29 <= time.monotonic() - started < 4
+
+
+async def test_idle_timeout_closes_keep_alive_connections() -> None:
+    async with serving(header_timeout=0.2, idle_timeout=0.6) as server, connection(server) as conn:
+        started = time.monotonic()
+        await conn.send(get("/echo"))
+        assert (await conn.response()).status == 200
+        assert await conn.closed_by_server()
+        assert 0.59 <= time.monotonic() - started < 4  # the idle timeout, not the header one
+
+
+async def test_max_connections() -> None:
+    rejects: list[int] = []
+    async with serving(max_connections=2, on_reject=rejects.append) as server:
+        first, second = await Conn.open(server), await Conn.open(server)
+        for conn in (first, second):
+            await conn.send(get("/echo"))
+            assert (await conn.response()).status == 200
+        async with connection(server) as third:
+            r = await third.response()
+            assert r.status == 503 and r.headers["connection"] == "close"
+            assert await third.closed_by_server()
+        assert rejects == [503]
+        await first.close()
+        await eventually(lambda: len(server._connections) < 2)
+        async with connection(server) as fourth:
+            await fourth.send(get("/echo"))
+            assert (await fourth.response()).status == 200
+        await second.close()
+
+
+async def test_port_in_use_raises() -> None:
+    async with serving() as server:
+        other = HttpServer(App(), host="127.0.0.1", port=server.port)
+        with pytest.raises(OSError):
+            await other.start()
+
+
+async def test_client_not_reading_is_dropped_after_idle_timeout() -> None:
+    app = App()
+    async with serving(app, idle_timeout=0.3) as server, connection(server) as conn:
+        await conn.send(get("/endless"))  # and never read the response
+        with anyio.fail_after(5):
+            await app.stream_closed.wait()
+        await eventually(lambda: not server._connections)
+
+
+# -- streamed responses -----------------------------------------------------------------
+
+
+async def test_stream_is_chunked_and_flushed_chunk_by_chunk() -> None:
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(get("/stream"))
+        r = await conn.response(head=True)
+        assert r.headers["transfer-encoding"] == "chunked"
+        assert r.headers["content-type"] == "text/event-stream"
+        assert "content-length" not in r.headers
+        chunks = conn.chunks()
+        assert await anext(chunks) == b"data: 1\n\n"  # arrives before the next one exists
+        app.next_chunk.set()
+        assert [chunk async for chunk in chunks] == [b"data: 2\n\n"]
+        await conn.send(get("/echo"))  # the terminating chunk was sent: still in step
+        assert (await conn.response()).status == 200
+
+
+async def test_stream_with_content_length_is_sent_raw() -> None:
+    async with serving() as server, connection(server) as conn:
+        await conn.send(get("/sized") + get("/echo"))
+        r = await conn.response()
+        assert r.body == b"0123456789" and "transfer-encoding" not in r.headers
+        assert (await conn.response()).status == 200
+
+
+async def test_stream_to_http10_client_ends_with_close() -> None:
+    app = App()
+    app.next_chunk.set()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(get("/stream", "Connection: keep-alive", version="1.0"))
+        r = await conn.response()
+        assert r.body == b"data: 1\n\ndata: 2\n\n" and r.headers["connection"] == "close"
+
+
+async def test_client_leaving_mid_stream_closes_the_iterator() -> None:
+    app = App()
+    async with serving(app) as server:
+        conn = await Conn.open(server)
+        await conn.send(get("/stream"))
+        await conn.response(head=True)
+        assert await anext(conn.chunks()) == b"data: 1\n\n"
+        await conn.close()
+        with anyio.fail_after(5):
+            await app.stream_closed.wait()  # the generator was waiting: it was closed
+        await eventually(lambda: not server._connections)
+
+
+# -- stop -------------------------------------------------------------------------------
+
+
+async def test_stop_is_graceful() -> None:
+    app = App()
+    server = HttpServer(app, host="127.0.0.1", port=0)
+    await server.start()
+    port = server.port
+    idle, busy = await Conn.open(server), await Conn.open(server)
+    try:
+        await idle.send(get("/echo"))
+        assert (await idle.response()).status == 200
+        await busy.send(get("/wait"))
+        await eventually(lambda: len(app.requests) == 2)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.stop, 5.0)
+            assert await idle.closed_by_server()  # idle keep-alive: closed at once
+            with pytest.raises(OSError):
+                await asyncio.open_connection("127.0.0.1", port)  # no longer accepting
+            app.release.set()  # the in-flight request finishes
+            r = await busy.response()
+            assert r.status == 200 and r.headers["connection"] == "close"
+            assert await busy.closed_by_server()
+        assert not app.cancelled
+    finally:
+        await idle.close()
+        await busy.close()
+
+
+async def test_stop_closes_what_is_left_after_the_grace_period() -> None:
+    app = App()
+    server = HttpServer(app, host="127.0.0.1", port=0)
+    await server.start()
+    async with connection(server) as conn:
+        await conn.send(get("/wait"))
+        await eventually(lambda: len(app.requests) == 1)
+        started = time.monotonic()
+        await server.stop(grace=0.2)
+        assert 0.19 <= time.monotonic() - started < 3
+        assert await conn.closed_by_server()
+        assert app.cancelled
