@@ -9,7 +9,7 @@ sink or a backed-up input answers 503 with ``Retry-After``.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import anyio
@@ -164,7 +164,7 @@ class HttpSource(Source):
         await self._server.start()
         self.ctx.logger.info("listening on http://%s:%d", self.config.host, self._server.port)
 
-    async def _emit_later(self, ops: list[Op]) -> None:
+    async def _emit_later(self, ops: Sequence[Op]) -> None:
         if self._emit is None:
             raise NotAccepted("not serving yet", retry_after=1)
         await self._emit(ops)

@@ -1,9 +1,9 @@
 """The diagnosis analyzer against a real model (llama.cpp's OpenAI-compatible server).
 
 Needs ``LLAMA_URL`` (``bash ci/llama-server.sh start`` prints it): the
-``llama_url`` fixture skips without it locally and fails in CI. Model output is not deterministic, so this checks the
-structure of what reaches the gateway's ``/log`` and that the text is not
-empty, never its wording.
+``llama_url`` fixture skips without it locally and fails in CI. Model output
+is not deterministic, so this checks the structure of what reaches the
+gateway's ``/log`` and that the text is not empty, never its wording.
 """
 
 from __future__ import annotations
