@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib.resources import files
@@ -96,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:  # e.g. `observer-core check | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _load(args: argparse.Namespace) -> tuple[ObserverConfig, Registry]:
@@ -187,14 +191,27 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _describe(info: PluginInfo, verbose: bool) -> list[str]:
+def _describe(info: PluginInfo, verbose: bool, detail: bool = False) -> list[str]:
+    """One plugin: name and distribution; ``verbose`` adds version, summary and config keys;
+    ``detail`` adds its entry point and each key's docstring."""
     lines = [f"  {info.name:<16} {info.origin.distribution}"]
-    if verbose:
-        lines[0] += f" {info.origin.version}"
-        if info.summary:
-            lines.append(f"      {info.summary}")
-        for key, type_name, default in info.config_keys():
-            lines.append(f"      {key:<22} {type_name:<22} {default}")
+    if not verbose:
+        return lines
+    lines[0] += f" {info.origin.version}".rstrip()
+    indent = " " * 6
+    if info.summary:
+        lines.append(indent + info.summary)
+    if detail and info.origin.entry_point:
+        lines.append(f"{indent}a {info.kind[:-1]}, entry point {info.origin.entry_point!r}")
+    keys = info.config_keys()
+    if not keys:
+        return lines
+    key_width = max(len(key.key) for key in keys)
+    type_width = max(len(key.type) for key in keys)
+    for key in keys:
+        lines.append(f"{indent}{key.key:<{key_width}}  {key.type:<{type_width}}  {key.default}")
+        if detail and key.doc:
+            lines.append(f"{indent}    {key.doc}")
     return lines
 
 
@@ -210,12 +227,16 @@ def _plugins(args: argparse.Namespace) -> int:
         found = True
         print(f"{kind}:")
         for info in infos:
-            print("\n".join(_describe(info, args.verbose or bool(args.name))))
-    if registry.errors:
+            print("\n".join(_describe(info, args.verbose or bool(args.name), bool(args.name))))
+    errors = registry.errors
+    if args.name:
+        broken = registry.broken_names.get(args.name)
+        errors = [broken] if broken is not None else []
+    if errors:
         print("not loaded:")
-        for error in registry.errors:
+        for error in errors:
             print(f"  {error}")
-    if args.name and not found:
+    if args.name and not found and not errors:
         print(f"observer-core: no plugin named {args.name!r}", file=sys.stderr)
     return EXIT_OK
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -21,8 +22,16 @@ def pip(*args: str, python: str = sys.executable) -> None:
 
 @pytest.mark.slow
 def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(tmp_path):
+    source = tmp_path / "source"  # build from the tracked files only, away from the work tree
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, tracked.split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(source)],
         check=True,
         capture_output=True,
     )
