@@ -383,6 +383,7 @@ class StubServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = -1  # one write per reply: no Nagle delay between headers and body
 
             def log_message(self, *args: Any) -> None:
                 pass
