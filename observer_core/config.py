@@ -43,6 +43,13 @@ _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 class ConfigError(Exception):
     """A config that cannot be used; ``str()`` is the one line to show the user."""
 
+    def __init__(self, message: str) -> None:
+        # A key or table name may hold a newline ("a\nb" = 1): keep the message one line.
+        super().__init__(_CONTROL.sub(lambda found: repr(found.group())[1:-1], message))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 
 class ObserverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The ``[observer]`` table."""
@@ -257,11 +264,15 @@ def _instance(label: str, kind: str, name: str, table: Any, registry: Registry) 
         raise ConfigError(
             f"{where} plugin: unknown {kind[:-1]} plugin {plugin_name!r} (installed: {installed})"
         )
-    config = _convert(table, plugin.cls.Config, where)
     try:
+        config = _convert(table, plugin.cls.Config, where)
         plugin.cls.validate_config(config, registry)
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise ConfigError(f"{where} {exc}") from None
+    except Exception as exc:  # a plugin's check failing another way is still a config error
+        raise ConfigError(f"{where} {type(exc).__name__}: {exc}") from None
     if isinstance(config, SinkConfig):
         for record_kind in config.accepts:
             if record_kind not in registry.record_kinds:

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from .records import AttributeValue, Op, now_timestamp, parse_timestamp
+from .records import UNSET, AttributeValue, Op, now_timestamp, parse_timestamp
 
 __all__ = ["REQUIRED_OP_FIELDS", "EventDecoder", "InvalidEvent"]
 
@@ -135,7 +135,9 @@ class EventDecoder:
             raise InvalidEvent(_describe(exc)[1]) from None
         except msgspec.DecodeError as exc:
             raise InvalidEvent(f"invalid JSON: {exc}") from None
-        return self._to_op(raw)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise InvalidEvent(_unreadable(exc)) from None
+        return self._to_op(raw, len(body) > self.max_field_bytes)
 
     def decode_array(self, body: bytes) -> list[Op]:
         """Decode a JSON array of objects; errors name the item, counted from 1."""
@@ -147,25 +149,48 @@ class EventDecoder:
             raise InvalidEvent(f"{where}{message}") from None
         except msgspec.DecodeError as exc:
             raise InvalidEvent(f"invalid JSON: {exc}") from None
-        ops = []
-        for number, raw in enumerate(raws, 1):
-            try:
-                ops.append(self._to_op(raw))
-            except InvalidEvent as exc:
-                raise InvalidEvent(f"item {number}: {exc}") from None
-        return ops
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise InvalidEvent(_unreadable(exc)) from None
+        return self._to_ops(raws, len(body) > self.max_field_bytes, "item")
 
     def decode_lines(self, body: bytes) -> list[Op]:
         """Decode NDJSON; blank lines are skipped, errors name the line, counted from 1."""
-        ops = []
-        for number, line in enumerate(body.split(b"\n"), 1):
-            if not line.strip():
-                continue
+        lines = body.split(b"\n")
+        decode = self._one.decode
+        try:
+            raws = [decode(line) for line in lines if not line.isspace() and line]
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            raws = None  # the slow path below finds the line and words the error
+        if raws is not None:
+            return self._to_ops(raws, len(body) > self.max_field_bytes, "line", lines)
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    self.decode(line)
+                except InvalidEvent as exc:
+                    raise InvalidEvent(f"line {number}: {exc}") from None
+        raise AssertionError("a line failed to decode once but not twice")
+
+    def _to_ops(
+        self,
+        raws: list[_EventIn],
+        check_sizes: bool,
+        unit: str,
+        lines: list[bytes] | None = None,
+    ) -> list[Op]:
+        """Convert decoded items; an error names the item or (nonblank) line, from 1."""
+        to_op = self._to_op
+        try:
+            return [to_op(raw, check_sizes) for raw in raws]
+        except InvalidEvent:
+            pass
+        for index, raw in enumerate(raws):
             try:
-                ops.append(self.decode(line))
+                to_op(raw, check_sizes)
             except InvalidEvent as exc:
-                raise InvalidEvent(f"line {number}: {exc}") from None
-        return ops
+                number = index + 1 if lines is None else _line_number(lines, index)
+                raise InvalidEvent(f"{unit} {number}: {exc}") from None
+        raise AssertionError("an item failed to convert once but not twice")
 
     def convert(self, row: Any) -> Op:
         """Validate an already-parsed JSON value (e.g. a dict) as an event."""
@@ -175,8 +200,10 @@ class EventDecoder:
             raise InvalidEvent(_describe(exc)[1]) from None
         return self._to_op(raw)
 
-    def _to_op(self, raw: _EventIn) -> Op:
-        self._check_sizes(raw)
+    def _to_op(self, raw: _EventIn, check_sizes: bool = True) -> Op:
+        """``check_sizes`` may be False when the body is no longer than ``max_field_bytes``."""
+        if check_sizes:
+            self._check_sizes(raw)
         if self.require_all:
             missing = [name for name in REQUIRED_OP_FIELDS if getattr(raw, name) is None]
             if missing:
@@ -195,15 +222,8 @@ class EventDecoder:
             except ValueError:
                 raise InvalidEvent("timestamp: not a valid date and time") from None
         success = bool(raw.success)
-        optional: dict[str, Any] = {}
-        for name in _OPTIONAL_FIELDS:
-            value = getattr(raw, name)
-            if value is not None:
-                optional[name] = value
-        if not self.require_all:
-            optional.setdefault("rescue_attempted", False)
-            optional.setdefault("rescue_succeeded", False)
-        return Op(
+        rescue = UNSET if self.require_all else False
+        op = Op(
             timestamp=timestamp,
             endpoint=raw.endpoint if raw.endpoint is not None else "scenario:fill",
             input_summary=(
@@ -217,8 +237,15 @@ class EventDecoder:
                 else ("filled" if success else (raw.error if raw.error is not None else "failed"))
             ),
             source=raw.source if raw.source is not None else "scenario",
-            **optional,
+            rescue_attempted=rescue,
+            rescue_succeeded=rescue,
         )
+        # Set only what was given: a keyword per field costs more than these.
+        for name in _OPTIONAL_FIELDS:
+            value = getattr(raw, name)
+            if value is not None:
+                setattr(op, name, value)
+        return op
 
     def _check_sizes(self, raw: _EventIn) -> None:
         limit = self.max_field_bytes
@@ -232,6 +259,24 @@ class EventDecoder:
                     raise InvalidEvent(
                         f"attributes.{key[:40]}: string longer than max_field_bytes ({limit})"
                     )
+
+
+def _line_number(lines: list[bytes], index: int) -> int:
+    """The number, from 1, of the ``index``-th (from 0) nonblank line."""
+    seen = -1
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            seen += 1
+            if seen == index:
+                return number
+    raise IndexError(index)
+
+
+def _unreadable(exc: UnicodeDecodeError | RecursionError) -> str:
+    """What msgspec raises outside its own errors: a string that is not UTF-8, deep nesting."""
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return "invalid JSON: a string is not valid UTF-8"
 
 
 def _default_input(raw: _EventIn) -> str:

@@ -7,6 +7,7 @@ A :class:`Finding` is what an analyzer emits: a kind and its payload (§2).
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
@@ -106,9 +107,20 @@ def format_timestamp(moment: datetime) -> str:
     )
 
 
+_second: tuple[int, str] = (-1, "")
+"""The last whole second :func:`now_timestamp` formatted, and its text up to the dot."""
+
+
 def now_timestamp() -> str:
-    """The current time in the record's timestamp format."""
-    return format_timestamp(datetime.now(UTC))
+    """The current time in the record's timestamp format (the second's text is cached)."""
+    global _second
+    now = time.time()
+    second = int(now)
+    cached, prefix = _second
+    if second != cached:
+        prefix = format_timestamp(datetime.fromtimestamp(second, UTC))[:-4]
+        _second = (second, prefix)
+    return f"{prefix}{int((now - second) * 1000):03d}Z"
 
 
 def parse_timestamp(text: str) -> str:

@@ -171,7 +171,12 @@ def _apply(pending: dict[int, _Queued], line: _Line) -> None:
 
 
 def _append_dead_letter(path: Path, row: bytes) -> None:
-    with open(path, "ab") as handle:
+    with open(path, "a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":  # a row torn by a crash keeps a line of its own
+                row = b"\n" + row
         handle.write(row)
         handle.flush()
         os.fsync(handle.fileno())

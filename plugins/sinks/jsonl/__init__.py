@@ -3,22 +3,26 @@
 It holds acknowledgements: an op is acknowledged only after the batch holding
 it was written by write(2) (and, with ``fsync = "always"``, made durable).
 Concurrent requests share one write: the engine hands over every op waiting
-at that moment as one batch (group commit).
+at that moment as one batch (group commit). A write that fails (a full disk)
+leaves no partial line, refuses the batch, and marks the file unhealthy in
+``/health`` checks until a write succeeds again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import anyio
 import msgspec
 
-from observer_core import Finding, Record, Sink, SinkConfig, hookimpl
+from observer_core import Finding, Record, Sink, SinkConfig, hookimpl, now_timestamp
 
 __all__ = ["JsonlSink"]
 
@@ -31,7 +35,7 @@ class JsonlConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     fsync: Literal["batch", "never", "always"] = "batch"
     """never: write(2) before the ack; batch: also fdatasync every fsync_interval_ms;
     always: fdatasync before the ack."""
-    fsync_interval_ms: int = 1000
+    fsync_interval_ms: Annotated[int, msgspec.Meta(ge=1)] = 1000
     accepts: list[str] = msgspec.field(default_factory=lambda: ["op"])
 
 
@@ -54,6 +58,58 @@ class _SyncThread:
         self._thread.join(timeout=5)
 
 
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+class _WriterThread:
+    """One thread that runs a sink's file calls in order, so the event loop never blocks.
+
+    Cheaper than a worker-thread hop per write: a queue put, and one
+    ``call_soon_threadsafe`` to settle the caller's future. The call runs to the
+    end even when its caller is cancelled (a write is never cut in half).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="jsonl-writer", daemon=True)
+        self._thread.start()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._jobs.put((fn, args, future))
+        return await future
+
+    def _work(self) -> None:
+        settle = self._loop.call_soon_threadsafe
+        while (job := self._next_job()) is not None:
+            fn, args, future = job
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                settle(_fail, future, exc)
+            else:
+                settle(_succeed, future, result)
+
+    def _next_job(self) -> _Job | None:
+        """Wait for work (a profiler counts time in here as idle)."""
+        return self._jobs.get()
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=5)
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 class JsonlSink(Sink):
     """Appends records to a JSONL file; ops are acknowledged only once written."""
 
@@ -72,9 +128,13 @@ class JsonlSink(Sink):
         self._lock = anyio.Lock()
         self._encoder = msgspec.json.Encoder()
         self._syncer: _SyncThread | None = None
+        self._writer: _WriterThread | None = None
+        self._failing = False
+        """The last write failed: /health shows the file unhealthy until one succeeds."""
 
     async def open(self) -> None:
-        await anyio.to_thread.run_sync(self._open_file)
+        self._writer = _WriterThread(asyncio.get_running_loop())
+        await self._writer.run(self._open_file)
         if self.config.fsync == "batch":
             self._syncer = _SyncThread(self, self.config.fsync_interval_ms / 1000)
         self.ctx.status["path"] = str(self.path)
@@ -137,29 +197,46 @@ class JsonlSink(Sink):
             self._dirty = self.config.fsync == "batch"
 
     def sync_if_dirty(self) -> None:
+        """fdatasync a duplicate of the fd outside the lock: writes never queue behind it."""
         with self._io:
-            if self._dirty and self._fd >= 0:
-                self._dirty = False
-                try:
-                    os.fdatasync(self._fd)
-                except OSError as exc:
-                    self.ctx.error("fdatasync of %s failed: %s", self.path, exc)
+            if not self._dirty or self._fd < 0:
+                return
+            self._dirty = False
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            self.ctx.error("fdatasync of %s failed: %s", self.path, exc)
+        finally:
+            os.close(fd)
 
     async def write(self, records: Sequence[Record]) -> None:
         """Append ``records``; returns once write(2) (and fdatasync when "always") is done."""
         data = self._encode(records)
+        assert self._writer is not None, "write() before open()"
         async with self._lock:
-            await anyio.to_thread.run_sync(self._append, data)
+            try:
+                await self._writer.run(self._append, data)
+            except OSError as exc:
+                if not self._failing:
+                    self._failing = True
+                    error = exc.strerror or str(exc)
+                    self.ctx.set_check(self.ctx.instance, False, now_timestamp(), error=error)
+                raise
+        if self._failing:
+            self._failing = False
+            self.ctx.set_check(self.ctx.instance, True, now_timestamp())
 
     async def flush(self) -> None:
         async with self._lock:
-            if self._fd >= 0:
-                await anyio.to_thread.run_sync(os.fsync, self._fd)
+            if self._fd >= 0 and self._writer is not None:
+                await self._writer.run(os.fsync, self._fd)
 
     async def reopen(self) -> None:
         """Reopen the path (after logrotate moved the file away)."""
         async with self._lock:
-            await anyio.to_thread.run_sync(self._reopen)
+            assert self._writer is not None, "reopen() before open()"
+            await self._writer.run(self._reopen)
 
     def _reopen(self) -> None:
         with self._io:
@@ -173,9 +250,13 @@ class JsonlSink(Sink):
         if self._syncer is not None:
             self._syncer.stop()
         async with self._lock:
+            writer, self._writer = self._writer, None
+            if writer is None:
+                return
             if self._fd >= 0:
                 fd, self._fd = self._fd, -1
-                await anyio.to_thread.run_sync(os.close, fd)
+                await writer.run(os.close, fd)
+            await anyio.to_thread.run_sync(writer.stop)
 
 
 @hookimpl

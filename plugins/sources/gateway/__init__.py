@@ -71,7 +71,10 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Paths proxied but not recorded (exact match, without the query)."""
 
     def __post_init__(self) -> None:
-        url = httpx.URL(self.url)
+        try:
+            url = httpx.URL(self.url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"url: {exc}, in {self.url!r}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"url: expected an http(s) URL, got {self.url!r}")
         if self.listen == "":  # e.g. "${GATEWAY_PROXY_LISTEN:-}": no proxy

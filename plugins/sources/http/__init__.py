@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import anyio
 import msgspec
@@ -22,21 +22,15 @@ from observer_core import (
     EventDecoder,
     InvalidEvent,
     NotAccepted,
+    Observer,
     Op,
     Source,
     hookimpl,
 )
 from observer_core.httpserver import HttpServer, Request, Response
 
-__all__ = ["HttpSource"]
+__all__ = ["HttpSource", "ReadRoutes"]
 
-_ROUTES = {
-    "/health": "GET",
-    "/stats": "GET",
-    "/metrics": "GET",
-    "/event": "POST",
-    "/events": "POST",
-}
 _encode = msgspec.json.Encoder().encode
 
 
@@ -44,35 +38,40 @@ class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sources.NAME]`` with ``plugin = "http"``."""
 
     host: str = "127.0.0.1"
-    port: int = 3800
-    token: str | None = None
-    """When set, every endpoint but /health needs ``Authorization: Bearer <token>``."""
-    max_body_bytes: int = 1048576
-    max_connections: int = 1024
-    header_timeout_secs: float = 10
-    idle_timeout_secs: float = 60
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 3800
+    token: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    """When set, every endpoint but /health needs ``Authorization: Bearer <token>``.
+    Empty is refused (a ``${VAR:-}`` left empty must not silently turn auth off)."""
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1048576
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    header_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 10
+    idle_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 60
 
 
 def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
     return Response(status, _encode({"error": message}), headers or [])
 
 
-class _Routes:
-    """Routing, auth and the endpoint handlers (the server calls ``precheck`` then ``handle``)."""
+class ReadRoutes:
+    """``GET /health``, ``/stats`` and ``/metrics``, with the checks every route gets.
 
-    def __init__(self, source: HttpSource, emit: Emit) -> None:
-        self._source = source
-        self._emit = emit
-        self._observer = source.ctx.observer
-        self._decoder = EventDecoder(max_field_bytes=source.ctx.max_field_bytes)
-        token = source.config.token
+    The server calls ``precheck`` then ``handle``. Unknown path: 404; wrong method:
+    405 with ``Allow``; with a ``token``, every path but ``/health`` needs
+    ``Authorization: Bearer <token>`` (401). Rejections are counted by ``count(status)``.
+    The ``status`` source serves exactly these; the ``http`` source adds ingest routes.
+    """
+
+    routes: ClassVar[dict[str, str]] = {"/health": "GET", "/stats": "GET", "/metrics": "GET"}
+
+    def __init__(self, observer: Observer, token: str | None, count: Callable[[int], None]) -> None:
+        self._observer = observer
         self._expected = f"Bearer {token}".encode() if token else None
-        self._count = source.reject
+        self._count = count
 
     def precheck(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]]
     ) -> Response | None:
-        allowed = _ROUTES.get(path)
+        allowed = self.routes.get(path)
         if allowed is None:
             return self._reject(404, f"no such endpoint: {path}")
         if method != allowed and not (method == "HEAD" and allowed == "GET"):
@@ -93,10 +92,6 @@ class _Routes:
 
     async def handle(self, request: Request) -> Response:
         path = request.path
-        if path == "/event":
-            return await self._accept(request.body, single=True)
-        if path == "/events":
-            return await self._accept(request.body, single=False)
         if path == "/health":
             return Response(200, _encode(self._observer.health()))
         if path == "/stats":
@@ -106,6 +101,24 @@ class _Routes:
             self._observer.metrics_text().encode(),
             content_type="text/plain; version=0.0.4; charset=utf-8",
         )
+
+
+class _Routes(ReadRoutes):
+    """The read routes plus ``POST /event`` and ``POST /events``."""
+
+    routes: ClassVar[dict[str, str]] = {**ReadRoutes.routes, "/event": "POST", "/events": "POST"}
+
+    def __init__(self, source: HttpSource, emit: Emit) -> None:
+        super().__init__(source.ctx.observer, source.config.token, source.reject)
+        self._emit = emit
+        self._decoder = EventDecoder(max_field_bytes=source.ctx.max_field_bytes)
+
+    async def handle(self, request: Request) -> Response:
+        if request.path == "/event":
+            return await self._accept(request.body, single=True)
+        if request.path == "/events":
+            return await self._accept(request.body, single=False)
+        return await super().handle(request)
 
     async def _accept(self, body: bytes, *, single: bool) -> Response:
         try:
@@ -151,7 +164,7 @@ class HttpSource(Source):
     async def open(self) -> None:
         """Bind the port now, so a taken port stops the daemon before anything runs."""
         self._server = HttpServer(
-            _Routes(self, self._emit_later),
+            self._routes(),
             host=self.config.host,
             port=self.config.port,
             max_body_bytes=self.config.max_body_bytes,
@@ -163,6 +176,10 @@ class HttpSource(Source):
         )
         await self._server.start()
         self.ctx.logger.info("listening on http://%s:%d", self.config.host, self._server.port)
+
+    def _routes(self) -> ReadRoutes:
+        """What the server answers (a subclass may serve fewer routes)."""
+        return _Routes(self, self._emit_later)
 
     async def _emit_later(self, ops: Sequence[Op]) -> None:
         if self._emit is None:

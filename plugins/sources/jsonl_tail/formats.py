@@ -64,6 +64,10 @@ def _lines_of(block: bytes) -> list[bytes]:
     return lines
 
 
+_UNDECODABLE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
+"""What msgspec raises on a bad line: its own errors, a string not UTF-8, deep nesting."""
+
+
 class OpFormat:
     """The ``op`` format: each row is an op as in CONTRACT §1, with the required fields present.
 
@@ -91,7 +95,7 @@ class OpFormat:
         decode = self._fast.decode
         try:
             ops = [decode(line) for line in lines if line]
-        except msgspec.MsgspecError:
+        except _UNDECODABLE:  # the slow path says which line, and why
             return None
         return ops if self._valid(ops) else None
 
@@ -99,7 +103,7 @@ class OpFormat:
         if len(line) <= self._limit:
             try:
                 op = self._fast.decode(line)
-            except msgspec.MsgspecError:
+            except _UNDECODABLE:
                 pass
             else:
                 if self._valid([op]):
