@@ -20,8 +20,9 @@ from servers import start_core
 from wrk import WrkResult, run_wrk, write_script
 
 _LINE = re.compile(r" \(([^:()]+):\d+\)$")
-_IDLE_FRAME = "Condition.wait (threading.py"
-"""anyio's worker threads waiting for work: counted apart, not as server time."""
+_IDLE_FRAMES = ("Condition.wait (threading.py", "_WriterThread._next_job (")
+"""anyio's worker threads, and the jsonl sink's writer thread, waiting for work:
+counted apart, not as server time."""
 
 
 def _function(frame: str, keep_line: bool) -> str:
@@ -39,7 +40,7 @@ def summarize(raw: Path, top: int = 25) -> dict[str, Any]:
         stack, _, count = entry.rpartition(" ")
         frames = stack.split(";")
         samples = int(count)
-        if frames[-1].startswith(_IDLE_FRAME):
+        if frames[-1].startswith(_IDLE_FRAMES):
             idle += samples
             continue
         total += samples
