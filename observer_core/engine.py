@@ -10,6 +10,7 @@ A cycle task polls the per-cycle sources and runs the analyzers that are due.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from msgspec import UNSET
 
 from .components import Analyzer, Component, Context, NotAccepted, Sink, Source
 from .config import InstanceConfig, ObserverConfig
@@ -331,14 +333,13 @@ class Engine:
         timeout: float | None,
     ) -> None:
         try:
-            with anyio.fail_after(timeout) if timeout else _no_limit():
+            with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
                 await fn(*args)
         except TimeoutError:
             ctx.error("%s timed out after %ss", getattr(fn, "__name__", "task"), timeout)
-        except Exception as exc:
+        except Exception:
             ctx.logger.exception("%s failed", getattr(fn, "__name__", "task"))
             ctx.metrics.instance_errors.inc(instance=ctx.instance)
-            del exc
 
     async def _probe_loop_lag(self) -> None:
         """Measure how late a short sleep wakes: what anything blocking the loop costs."""
@@ -567,14 +568,6 @@ class Engine:
             log.info("shutdown complete")
 
 
-class _no_limit:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 async def _quietly(work: Awaitable[Any], ctx: Context | None = None) -> None:
     try:
         await work
@@ -597,6 +590,4 @@ def _reason(exc: BaseException) -> str:
 
 
 def _or_none(value: Any) -> Any:
-    from msgspec import UNSET
-
     return None if value is UNSET else value
