@@ -13,6 +13,12 @@ Providers: ``lakehouse`` (``POST {url}/ai/generate``), ``ollama``
 (``POST {url}/api/generate``) and ``openai`` (any OpenAI-compatible server,
 ``POST {url}/v1/chat/completions``). ``api_key_env`` names the environment
 variable holding a bearer token, sent as ``Authorization: Bearer ...``.
+
+With a ``fleet`` table the diagnosis instances of every observer in a fleet
+diagnose each failure once between them: before a call, each new failure is
+marked in a NATS key-value bucket (create-if-absent); the call is made only when
+this observer marked at least one, and a failed call removes its marks so the
+failures are tried again. See ``docs/scaling.md``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from observer_core import (
     hookimpl,
     now_timestamp,
 )
+
+from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
 
 __all__ = ["DEFAULT_PROMPT", "DiagnosisAnalyzer", "DiagnosisConfig", "error_line"]
 
@@ -74,6 +82,8 @@ class DiagnosisConfig(AnalyzerConfig, kw_only=True, forbid_unknown_fields=True):
     prompt: str = DEFAULT_PROMPT
     """The prompt; ``{errors}`` is replaced by the error lines."""
     every: int = 1
+    fleet: FleetConfig | None = None
+    """Diagnose each failure once across the observers sharing it (NATS key-value)."""
 
 
 class _Failed(Exception):
@@ -86,11 +96,13 @@ class _Failed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
-    """What one call diagnoses: the error lines, the failure count, the newest failure."""
+    """What one call diagnoses: the error lines, the failure count, the newest failure,
+    and (in a fleet) the identities of the failures not diagnosed here yet."""
 
     lines: str
     failures: int
     newest_seq: int
+    fresh: tuple[str, ...] = ()
 
 
 # -- providers: (path, body) to send, and where the text is in the reply ------
@@ -192,6 +204,8 @@ class DiagnosisAnalyzer(Analyzer):
         self._next_seq = 0
         """Failures with a smaller sequence number are diagnosed."""
         self._busy = False
+        self._fleet = shared_memory(config.fleet, ctx)
+        self._identity = msgspec.json.Encoder().encode
         self._failures = ctx.metrics.counter(
             "observer_diagnosis_failures_total",
             "Diagnosis calls that gave no finding, by instance and reason.",
@@ -210,6 +224,7 @@ class DiagnosisAnalyzer(Analyzer):
             raise ValueError(f"prompt: must contain {ERRORS_MARK} where the error lines go")
         if not config.url.startswith(("http://", "https://")):
             raise ValueError(f"url: expected an http:// or https:// URL, got {config.url!r}")
+        check_fleet(config.fleet)
 
     async def open(self) -> None:
         headers = {}
@@ -225,10 +240,12 @@ class DiagnosisAnalyzer(Analyzer):
             headers=headers, timeout=httpx.Timeout(self.config.timeout_secs)
         )
         self.ctx.status["url"] = self._url
+        await self._fleet.open()
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+        await self._fleet.aclose()
 
     async def analyze(self, window: Window) -> Sequence[Finding]:
         batch = self._pending(window)
@@ -252,13 +269,22 @@ class DiagnosisAnalyzer(Analyzer):
         if not failures or failures[-1][0] < self._next_seq:
             return None
         lines = "\n".join(error_line(op) for _, op in failures[-FAILURES_SENT:])
-        return _Batch(lines, len(failures), failures[-1][0])
+        fresh: tuple[str, ...] = ()
+        if self._fleet.shared:
+            fresh = tuple(
+                self._identity(op).decode() for seq, op in failures if seq >= self._next_seq
+            )
+        return _Batch(lines, len(failures), failures[-1][0], fresh)
 
     async def _diagnose(self, batch: _Batch) -> None:
         try:
+            mine = await self._mark(batch)
+            if mine is None:
+                return
             try:
                 text = await self._ask(self.config.prompt.replace(ERRORS_MARK, batch.lines))
             except _Failed as exc:
+                await self._unmark(mine)
                 self._failures.inc(instance=self.ctx.instance, reason=exc.reason)
                 self.ctx.status["last_error"] = f"{now_timestamp()} {exc.reason}: {exc}"
                 self.ctx.error(
@@ -281,6 +307,39 @@ class DiagnosisAnalyzer(Analyzer):
         finally:
             self._busy = False
             self.ctx.status["in_flight"] = False
+
+    async def _mark(self, batch: _Batch) -> list[str] | None:
+        """Mark the batch's new failures for this observer: those it marked, or None when
+        there is nothing for it to diagnose (they are another observer's, or NATS is away).
+
+        The oldest new failure's marker decides: observers that see the same failures at
+        the same moment race for it, and the loser leaves the whole batch to the winner.
+        """
+        fresh = batch.fresh
+        try:
+            mine = await self._won(fresh[:1])
+            if mine:
+                mine += await self._won(fresh[1:])
+        except FleetUnavailable as exc:
+            self._failures.inc(instance=self.ctx.instance, reason="fleet_unavailable")
+            self.ctx.error("cannot mark failures in the fleet, retrying next cycle: %s", exc)
+            return None
+        if fresh and not mine:
+            self._next_seq = batch.newest_seq + 1
+            self.ctx.logger.info("these failures are diagnosed by another observer")
+            return None
+        return mine
+
+    async def _won(self, identities: tuple[str, ...]) -> list[str]:
+        """Those of ``identities`` whose marker this call created."""
+        created = await self._fleet.mark_new(identities)
+        return [identity for identity, new in zip(identities, created, strict=True) if new]
+
+    async def _unmark(self, identities: list[str]) -> None:
+        try:
+            await self._fleet.unmark(identities)
+        except FleetUnavailable as exc:
+            self.ctx.error("could not unmark failures (they stay marked for a day): %s", exc)
 
     async def _ask(self, prompt: str) -> str:
         assert self._client is not None, "open() was not called"

@@ -14,12 +14,18 @@ connection, timeout, any non-2xx answer, a reply that is not a JSON object) is
 logged, counted in ``observer_escalation_failures_total{instance, reason}`` and
 retried on a later cycle, up to ``max_attempts`` in all. Calls run beside the
 cycle (``ctx.spawn``), one per sig_hash and at most a few at once.
+
+With a ``fleet`` table the escalation instances of every observer in a fleet
+share one memory in a NATS key-value bucket: a sig_hash is claimed
+(create-if-absent) before the call and marked done after the row is published,
+so it is escalated once fleet-wide; a claim whose holder died is taken over
+after the call's time limit. See ``docs/scaling.md``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Annotated, Any, ClassVar
 
 import anyio
@@ -37,6 +43,15 @@ from observer_core import (
     Window,
     hookimpl,
     now_timestamp,
+)
+
+from ...fleet.claims import (
+    Claim,
+    FleetConfig,
+    FleetUnavailable,
+    Outcome,
+    check_fleet,
+    shared_memory,
 )
 
 __all__ = ["EscalationAnalyzer", "EscalationConfig", "escalation_input", "escalation_row"]
@@ -66,6 +81,8 @@ class EscalationConfig(AnalyzerConfig, kw_only=True, forbid_unknown_fields=True)
     reescalate_after_secs: Annotated[float, msgspec.Meta(ge=0)] = 0
     """Escalate a sig_hash again this long after the last time; 0: never."""
     every: int = 1
+    fleet: FleetConfig | None = None
+    """Share the escalated set with the same instance on other observers (NATS key-value)."""
 
 
 class SigRecord(msgspec.Struct, kw_only=True):
@@ -152,6 +169,7 @@ class EscalationAnalyzer(Analyzer):
         self._records: dict[str, SigRecord] = {}
         self._in_flight: set[str] = set()
         self._save_lock = anyio.Lock()
+        self._fleet = shared_memory(config.fleet, ctx)
         self._failures = ctx.metrics.counter(
             "observer_escalation_failures_total",
             "Escalation attempts that gave no row, by instance and reason.",
@@ -164,17 +182,20 @@ class EscalationAnalyzer(Analyzer):
     def validate_config(cls, config: Any, registry: object) -> None:
         if not config.url.startswith(("http://", "https://")):
             raise ValueError(f"url: expected an http:// or https:// URL, got {config.url!r}")
+        check_fleet(config.fleet)
 
     async def open(self) -> None:
         self._records = await anyio.to_thread.run_sync(
             self.ctx.state.load, STATE_FILE, dict[str, SigRecord], {}
         )
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.config.timeout_secs))
+        await self._fleet.open()
         self._report()
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+        await self._fleet.aclose()
 
     async def analyze(self, window: Window) -> Sequence[Finding]:
         now = time.time()
@@ -219,6 +240,9 @@ class EscalationAnalyzer(Analyzer):
 
     async def _escalate(self, sig_hash: str, cluster: list[Op]) -> None:
         try:
+            claim = await self._claim(sig_hash)
+            if claim is None:
+                return
             record = self._records.setdefault(sig_hash, SigRecord())
             try:
                 reply = await self._post(escalation_input(sig_hash, cluster))
@@ -226,11 +250,13 @@ class EscalationAnalyzer(Analyzer):
                 record.attempts += 1
                 record.last_attempt_at = time.time()
                 self._failed(sig_hash, record, exc)
+                await self._settle(self._fleet.release(sig_hash, claim))
             else:
                 row = escalation_row(sig_hash, cluster, reply)
                 await self.ctx.publish([Finding("escalation", row)])
                 record.attempts += 1
                 record.last_attempt_at = record.escalated_at = time.time()
+                await self._settle(self._fleet.finish(sig_hash))
                 self._done.inc(instance=self.ctx.instance)
                 self.ctx.logger.info(
                     "escalated sig_hash=%s cluster=%d facts=%d entities=%d",
@@ -243,6 +269,35 @@ class EscalationAnalyzer(Analyzer):
         finally:
             self._in_flight.discard(sig_hash)
             self._report()
+
+    async def _claim(self, sig_hash: str) -> Claim | None:
+        """Claim ``sig_hash`` for this observer; None when another one has it (or had it).
+
+        Without a ``fleet`` table the claim is always won.
+        """
+        try:
+            claim = await self._fleet.claim(
+                sig_hash,
+                lease_secs=self.config.timeout_secs + PUBLISH_MARGIN_SECS,
+                again_after_secs=self.config.reescalate_after_secs,
+            )
+        except FleetUnavailable as exc:
+            self._failures.inc(instance=self.ctx.instance, reason="fleet_unavailable")
+            self.ctx.error("cannot claim sig_hash=%s, retrying next cycle: %s", sig_hash, exc)
+            return None
+        if claim.outcome is Outcome.DONE:
+            record = self._records.setdefault(sig_hash, SigRecord())
+            record.escalated_at = record.last_attempt_at = claim.at
+            self.ctx.logger.info("sig_hash=%s was escalated by another observer", sig_hash)
+            await self._save()
+        return claim if claim.outcome is Outcome.WON else None
+
+    async def _settle(self, work: Awaitable[None]) -> None:
+        """Tell the fleet how an attempt ended; if NATS is away, the claim's lease runs out."""
+        try:
+            await work
+        except FleetUnavailable as exc:
+            self.ctx.error("could not record the outcome in the fleet: %s", exc)
 
     def _failed(self, sig_hash: str, record: SigRecord, exc: _Failed) -> None:
         self._failures.inc(instance=self.ctx.instance, reason=exc.reason)

@@ -8,6 +8,11 @@ finding carrying a :class:`~observer_core.LogEntry`.
 "Gained" is tracked by ring sequence number (the ring evicts, so counts lie)
 and, across restarts, by the newest timestamp each entry covered (kept under
 ``state_dir``), so ops replayed after a restart are not posted again.
+
+With a ``fleet`` table the playbook instances of every observer in a fleet post
+each group once between them: an entry is emitted only by the observer that
+moves the group's mark (the newest timestamp it covers) forward in a NATS
+key-value bucket, compare-and-set. See ``docs/scaling.md``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Annotated, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import anyio
 import msgspec
@@ -30,6 +35,8 @@ from observer_core import (
     Window,
     hookimpl,
 )
+
+from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
 
 __all__ = ["PlaybookAnalyzer", "PlaybookConfig", "round_half_away"]
 
@@ -50,6 +57,8 @@ class PlaybookConfig(AnalyzerConfig, kw_only=True, forbid_unknown_fields=True):
     """Successes one endpoint needs for an entry."""
     exclude_sources: list[str] = msgspec.field(default_factory=lambda: ["overseer_correction"])
     every: int = 5
+    fleet: FleetConfig | None = None
+    """Post each group once across the observers sharing it (NATS key-value)."""
 
 
 class _Group:
@@ -86,6 +95,11 @@ def _mean(ops: Sequence[Op]) -> Fraction:
     return total / len(ops)
 
 
+def _newest(group: _Group) -> str:
+    """The newest timestamp among the group's successes."""
+    return max(op.timestamp for op in group.ops)
+
+
 def playbook_entry(endpoint: str, ops: Sequence[Op]) -> LogEntry:
     """The log entry for one endpoint's successes (oldest first)."""
     count = len(ops)
@@ -114,11 +128,20 @@ class PlaybookAnalyzer(Analyzer):
         self._covered_ts: dict[str, str] = {}
         """Per endpoint: the newest timestamp its last entry covered (persisted)."""
         self._save_lock = anyio.Lock()
+        self._fleet = shared_memory(config.fleet, ctx)
+
+    @classmethod
+    def validate_config(cls, config: Any, registry: object) -> None:
+        check_fleet(config.fleet)
 
     async def open(self) -> None:
         self._covered_ts = await anyio.to_thread.run_sync(
             self.ctx.state.load, _STATE_FILE, dict[str, str], {}
         )
+        await self._fleet.open()
+
+    async def aclose(self) -> None:
+        await self._fleet.aclose()
 
     async def analyze(self, window: Window) -> Sequence[Finding]:
         groups = self._successes(window)
@@ -126,12 +149,18 @@ class PlaybookAnalyzer(Analyzer):
             return []
         findings = []
         for endpoint, group in groups.items():
-            if len(group.ops) >= self.config.min_group and self._gained(endpoint, group):
-                findings.append(Finding("playbook", playbook_entry(endpoint, group.ops)))
-                self._remember(endpoint, group)
+            if len(group.ops) < self.config.min_group or not self._gained(endpoint, group):
+                continue
+            try:
+                if await self._fleet.advance(endpoint, _newest(group)):
+                    findings.append(Finding("playbook", playbook_entry(endpoint, group.ops)))
+            except FleetUnavailable as exc:
+                self.ctx.error("cannot reach the fleet, the rest waits for a later run: %s", exc)
+                break
+            self._remember(endpoint, group)
         if findings:
-            self.ctx.status["entries_emitted"] = (
-                self.ctx.status.get("entries_emitted", 0) + len(findings)
+            self.ctx.status["entries_emitted"] = self.ctx.status.get("entries_emitted", 0) + len(
+                findings
             )
             self.ctx.spawn(self._save)
         return findings
@@ -158,7 +187,7 @@ class PlaybookAnalyzer(Analyzer):
 
     def _remember(self, endpoint: str, group: _Group) -> None:
         _put_newest(self._next_seq, endpoint, group.newest_seq + 1)
-        _put_newest(self._covered_ts, endpoint, max(op.timestamp for op in group.ops))
+        _put_newest(self._covered_ts, endpoint, _newest(group))
 
     async def _save(self) -> None:
         async with self._save_lock:

@@ -1,0 +1,42 @@
+"""The ``status`` source: ``GET /health``, ``/stats`` and ``/metrics`` on an address of its own.
+
+For an observer that takes no events over HTTP (a fleet node that consumes from
+NATS, a tailer): it answers exactly as the ``http`` source does on those three
+paths (same token rule: every path but ``/health`` needs the bearer token when
+one is set) and nothing else; ``POST /event`` is a 404. It binds at start, so a
+taken port stops the daemon (exit 1); like every listener, it is not started
+under ``--once``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from observer_core import Source, hookimpl
+
+from ..http import HttpConfig, HttpSource, ReadRoutes
+
+__all__ = ["StatusConfig", "StatusSource"]
+
+
+class StatusConfig(HttpConfig, kw_only=True, forbid_unknown_fields=True):
+    """Keys of ``[sources.NAME]`` with ``plugin = "status"`` (those of ``http``)."""
+
+    port: int = 3801
+
+
+class StatusSource(HttpSource):
+    """Serves /health, /stats and /metrics (no ingest) for observers without an http source."""
+
+    name: ClassVar[str] = "status"
+    Config = StatusConfig
+    config: StatusConfig
+
+    def _routes(self) -> ReadRoutes:
+        return ReadRoutes(self.ctx.observer, self.config.token, self.reject)
+
+
+@hookimpl
+def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+    register(StatusSource)
