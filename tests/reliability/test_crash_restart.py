@@ -104,7 +104,7 @@ class TailWriter:
                 row = {
                     "timestamp": "2026-01-01T00:00:00.000Z",
                     "endpoint": "/tail",
-                    "input_summary": "tailed",
+                    "input_summary": f"tailed {self.written}",  # keeps /log entries unique
                     "success": True,
                     "duration_ms": 1,
                     "output_summary": "ok",
