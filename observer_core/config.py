@@ -121,18 +121,35 @@ class ObserverConfig:
         return notes
 
     def to_toml(self, *, mask_secrets: bool = True) -> str:
-        """The whole config with every default filled in, as TOML."""
+        """The whole config with every default filled in, as TOML.
+
+        Unset values (``None``) are left out, at any depth, since TOML has no
+        null; with ``mask_secrets`` the values of secret-named keys are masked.
+        """
         document: dict[str, Any] = {"observer": msgspec.to_builtins(self.settings)}
         for item in self.instances:
-            table = {"plugin": item.plugin.name, "enabled": item.enabled}
-            for key, value in msgspec.to_builtins(item.config).items():
-                if value is None:
-                    continue
-                if mask_secrets and SECRET_KEY.match(key):
-                    value = "********"
-                table[key] = value
-            document.setdefault(item.kind, {})[item.name] = table
+            table = {
+                "plugin": item.plugin.name,
+                "enabled": item.enabled,
+                **msgspec.to_builtins(item.config),
+            }
+            document.setdefault(item.kind, {})[item.name] = _resolved(table, mask_secrets)
         return tomli_w.dumps(document)
+
+
+def _resolved(value: Any, mask_secrets: bool) -> Any:
+    """``value`` ready for TOML: no ``None`` anywhere, secrets masked when asked."""
+    if isinstance(value, dict):
+        return {
+            key: "********"
+            if mask_secrets and SECRET_KEY.match(key)
+            else _resolved(item, mask_secrets)
+            for key, item in value.items()
+            if item is not None
+        }
+    if isinstance(value, list):
+        return [_resolved(item, mask_secrets) for item in value if item is not None]
+    return value
 
 
 def default_config_path() -> Path:
