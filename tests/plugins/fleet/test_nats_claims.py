@@ -18,9 +18,22 @@ async def fleets(tmp_path, url: str, count: int = 2) -> list[Fleet]:
     return [await opened(tmp_path / f"node{n}", "analyzers.escalation", url) for n in range(count)]
 
 
+_OPENED: list[Fleet] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_fleets(anyio_backend):
+    """Close every Fleet a test opened, so no client keeps reconnecting into the next test."""
+    yield
+    while _OPENED:
+        with anyio.move_on_after(5):
+            await _OPENED.pop().aclose()
+
+
 async def opened(directory, instance: str, url: str, **config) -> Fleet:
     fleet = Fleet(FleetConfig(url=url, **config), make_context(directory, instance))
     await fleet.open()
+    _OPENED.append(fleet)
     return fleet
 
 
