@@ -49,22 +49,19 @@ class StartupError(Exception):
     """An enabled instance could not start; the message names it."""
 
 
-class _Pending:
-    """Ops waiting for the dispatcher; ``done`` resolves to None or the refusal.
+_Pending = tuple[Sequence[Op], "asyncio.Future[None]"]
+"""Ops waiting for the dispatcher, and the future their emitter awaits. A bare asyncio
+future (anyio runs on asyncio here): an ``anyio.Event`` per request cost ten times as
+much on the ingest path."""
 
-    A bare asyncio future (anyio runs on asyncio here): an ``anyio.Event`` per
-    request cost ten times as much on the ingest path.
-    """
 
-    __slots__ = ("done", "ops")
-
-    def __init__(self, ops: Sequence[Op], loop: asyncio.AbstractEventLoop) -> None:
-        self.ops = ops
-        self.done: asyncio.Future[NotAccepted | None] = loop.create_future()
-
-    def settle(self, error: NotAccepted | None) -> None:
-        if not self.done.done():  # its emitter may have been cancelled
-            self.done.set_result(error)
+def _settle(done: asyncio.Future[None], error: NotAccepted | None) -> None:
+    if done.done():  # its emitter was cancelled
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
 
 
 class _Instance:
@@ -227,24 +224,25 @@ class Engine:
 
     # -- the ingest path --------------------------------------------------
 
-    async def emit(self, ops: Sequence[Op]) -> None:
-        """Accept ops: returns once every ack-holding op sink has them and they are in the ring."""
+    def emit(self, ops: Sequence[Op]) -> asyncio.Future[None]:
+        """Accept ops: the future resolves once every ack-holding op sink has them and they
+        are in the ring, or raises :class:`NotAccepted`. A plain function returning a future,
+        not a coroutine: one less frame per request on the ingest path."""
+        loop = self._loop or asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         if not ops:
-            return
+            done.set_result(None)
+            return done
         if self._closing:
             self.metrics.input_rejected.inc(len(ops), reason="shutting_down")
             raise NotAccepted("observer is shutting down", retry_after=5)
         if self._pending_ops + len(ops) > MAX_PENDING_OPS:
             self.metrics.input_rejected.inc(len(ops), reason="backlog")
             raise NotAccepted("input is backed up; retry shortly", retry_after=1)
-        loop = self._loop or asyncio.get_running_loop()
-        pending = _Pending(ops, loop)
-        self._pending.append(pending)
+        self._pending.append((ops, done))
         self._pending_ops += len(ops)
         self._poke()
-        error = await pending.done
-        if error is not None:
-            raise error
+        return done
 
     def _poke(self) -> None:
         """Wake the dispatcher if it is waiting for work."""
@@ -266,12 +264,12 @@ class Engine:
             batch = list(self._pending)
             self._pending.clear()
             self._pending_ops = 0
-            ops = batch[0].ops if len(batch) == 1 else [op for item in batch for op in item.ops]
+            ops = batch[0][0] if len(batch) == 1 else [op for item in batch for op in item[0]]
             error = await self._write_acked(ops)
             if error is None:
                 self._accept(ops)
-            for item in batch:
-                item.settle(error)
+            for _, done in batch:
+                _settle(done, error)
 
     async def _write_acked(self, ops: Sequence[Op]) -> NotAccepted | None:
         for item in self._ack_sinks:

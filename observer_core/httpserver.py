@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
@@ -34,7 +34,8 @@ _LINGER_SECONDS = 2.0  # after an error response, how long to drain unread input
 _STOP_CANCEL_WAIT = 1.0  # at the end of stop(), how long cancelled handlers get
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-_SPECIAL_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+_SPECIAL_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"connection"))
+_TARGET_CACHE_MAX = 256  # request targets whose (path, query) split is remembered
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _NO_BODY_STATUSES = frozenset((*range(100, 200), 204, 304))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -83,8 +84,9 @@ class Handler(Protocol):
         Return a Response to answer early (404, 405, 401...), None to go on."""
         ...
 
-    async def handle(self, request: Request) -> Response:
-        """Answer a complete request."""
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        """Answer a complete request: a Response, or an awaitable of one (a coroutine, or
+        a future the handler resolves; answering at once saves a frame per request)."""
         ...
 
 
@@ -146,6 +148,7 @@ class _Connection(asyncio.Protocol):
         self._content_length = 0
         self._chunked = False
         self._expect = False
+        self._connection_header = False  # HTTP/1.0 keeps a connection only with one
         self._method = ""
         self._path = ""
         self._query = ""
@@ -246,7 +249,7 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._body_size = self._content_length = 0
-        self._chunked = self._expect = False
+        self._chunked = self._expect = self._connection_header = False
         self._early = None
         self._set_deadline(self._server._header_timeout)
 
@@ -261,28 +264,21 @@ class _Connection(asyncio.Protocol):
                 self._content_length = int(value)  # llhttp has validated it
             elif name == b"transfer-encoding":
                 self._chunked = True  # llhttp rejects a request body framed otherwise
-            else:
+            elif name == b"expect":
                 self._expect = value.lower() == b"100-continue"
+            else:
+                self._connection_header = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         server = self._server
         method = parser.get_method()
         self._method = _METHODS.get(method) or method.decode("ascii")
-        self._http10 = parser.get_http_version() == "1.0"
-        url = self._url
         has_body = self._chunked or self._content_length > 0
-        if url[:1] == b"/":  # origin-form: nearly always
-            path, _, query = url.partition(b"?")
-        else:  # absolute-form, "*", authority-form (CONNECT)
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserError:
-                self._fail(_error(400, "bad request: invalid URL"))
-                raise _StopParsing from None
-            path, query = parsed.path or b"/", parsed.query or b""
-        self._path = path.decode("latin-1")
-        self._query = query.decode("latin-1")
+        target = server._targets.get(self._url)
+        if target is None:
+            target = self._split_target()
+        self._path, self._query = target
 
         if has_body and parser.should_upgrade():  # the body would be taken as the new protocol
             self._fail(_error(400, "bad request: upgrade with a body"))
@@ -301,11 +297,32 @@ class _Connection(asyncio.Protocol):
                 self._fail(early, own=False)
                 raise _StopParsing
             self._early = early  # sent in turn when the (empty) message completes
-        elif self._expect and has_body and not self._http10:
+        elif self._expect and has_body and not self._is_http10():
             if not self._busy:
                 self._transport.write(_CONTINUE)
             else:  # earlier responses go first
                 self._continue_pending = True
+
+    def _split_target(self) -> tuple[str, str]:
+        """(path, query) of the request target; origin-form targets are remembered."""
+        url = self._url
+        if url[:1] == b"/":  # origin-form: nearly always
+            path, _, query = url.partition(b"?")
+            target = path.decode("latin-1"), query.decode("latin-1")
+            targets = self._server._targets
+            if len(targets) < _TARGET_CACHE_MAX:
+                targets[url] = target
+            return target
+        try:  # absolute-form, "*", authority-form (CONNECT)
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserError:
+            self._fail(_error(400, "bad request: invalid URL"))
+            raise _StopParsing from None
+        return (parsed.path or b"/").decode("latin-1"), (parsed.query or b"").decode("latin-1")
+
+    def _is_http10(self) -> bool:
+        """Whether the request is HTTP/1.0 (asked only when it matters: the call is slow)."""
+        return self._parser.get_http_version() == "1.0"
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -319,6 +336,9 @@ class _Connection(asyncio.Protocol):
         self._in_message = self._continue_pending = False
         self._deadline = None
         keep_alive = self._parser.should_keep_alive()
+        # An HTTP/1.1 request keeps the connection unless it says otherwise; HTTP/1.0 only
+        # with a Connection header. So the version matters only in those two cases.
+        self._http10 = (not keep_alive or self._connection_header) and self._is_http10()
         if not keep_alive:
             self._stopped = True
             self._pause_reading()
@@ -375,7 +395,8 @@ class _Connection(asyncio.Protocol):
                     self._resume_reading()
                 if isinstance(item, Request):
                     try:
-                        response = await self._handler.handle(item)
+                        answer = self._handler.handle(item)
+                        response = answer if isinstance(answer, Response) else await answer
                     except Exception:
                         server._logger.exception("handler failed for %s %s", item.method, item.path)
                         server._rejected(500)
@@ -648,6 +669,7 @@ class HttpServer:
         self._logger = logger or logging.getLogger(__name__)
         self._server_header = _header_line("Server", server_name) if server_name else b""
         self._prefixes: dict[tuple[int, str | None], bytes] = {}
+        self._targets: dict[bytes, tuple[str, str]] = {}
         self._connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._closing = False

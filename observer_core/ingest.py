@@ -15,7 +15,7 @@ whose message starts with the field's name.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -35,7 +35,19 @@ REQUIRED_OP_FIELDS = (
     "source",
 )
 
-_CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+_CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", re.ASCII)
+_CANONICAL_TS_STRICT = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z"
+)
+_CANONICAL_TS_ONE = re.compile(_CANONICAL_TS_STRICT)
+_CANONICAL_TS_LINES = re.compile(f"(?:{_CANONICAL_TS_STRICT}\n)*{_CANONICAL_TS_STRICT}")
+"""Timestamps already in the record's format, one per line: a whole batch is checked in
+one call (the dates are checked apart, with a cache). Others take the general path."""
+_MAX_KNOWN_DATES = 4096
+_UNDECODABLE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
+"""What msgspec raises on bad input: its own errors, a string not UTF-8, deep nesting."""
+_MAX_ID_CHARS = 128
+_MAX_ATTRIBUTES = 64
 
 
 class InvalidEvent(ValueError):
@@ -65,8 +77,8 @@ class _EventIn(msgspec.Struct, kw_only=True):
     task_class: str | None = None
     correction: str | None = None
     applied_at_turn: int | None = None
-    id: Annotated[str, Meta(max_length=128)] | None = None
-    attributes: Annotated[dict[str, AttributeValue], Meta(max_length=64)] | None = None
+    id: Annotated[str, Meta(max_length=_MAX_ID_CHARS)] | None = None
+    attributes: Annotated[dict[str, AttributeValue], Meta(max_length=_MAX_ATTRIBUTES)] | None = None
 
 
 _STRING_FIELDS = (
@@ -119,6 +131,11 @@ class EventDecoder:
 
     ``require_all`` makes the §1 required fields mandatory (rows of a file);
     otherwise the ``/event`` defaults fill them in (posted events).
+
+    Complete events (every required field present, no ``null``, timestamps
+    already in the record's format) take a fast path: msgspec decodes them
+    straight into :class:`Op`, then a few checks run over the whole batch.
+    Anything else takes the general path, which also words every error.
     """
 
     def __init__(self, *, max_field_bytes: int = 65536, require_all: bool = False) -> None:
@@ -126,9 +143,20 @@ class EventDecoder:
         self.require_all = require_all
         self._one = msgspec.json.Decoder(_EventIn)
         self._many = msgspec.json.Decoder(list[_EventIn])
+        self._direct = msgspec.json.Decoder(Op)
+        self._direct_many = msgspec.json.Decoder(list[Op])
+        self._known_dates: set[str] = set()
 
     def decode(self, body: bytes | str) -> Op:
         """Decode one JSON object. Raises :class:`InvalidEvent`."""
+        if len(body) <= self.max_field_bytes:
+            try:
+                op = self._direct.decode(body)
+            except _UNDECODABLE:
+                pass
+            else:
+                if self._complete_one(op):
+                    return op
         try:
             raw = self._one.decode(body)
         except msgspec.ValidationError as exc:
@@ -141,6 +169,14 @@ class EventDecoder:
 
     def decode_array(self, body: bytes) -> list[Op]:
         """Decode a JSON array of objects; errors name the item, counted from 1."""
+        if len(body) <= self.max_field_bytes:
+            try:
+                ops = self._direct_many.decode(body)
+            except _UNDECODABLE:
+                pass
+            else:
+                if self._complete(ops):
+                    return ops
         try:
             raws = self._many.decode(body)
         except msgspec.ValidationError as exc:
@@ -156,6 +192,9 @@ class EventDecoder:
     def decode_lines(self, body: bytes) -> list[Op]:
         """Decode NDJSON; blank lines are skipped, errors name the line, counted from 1."""
         lines = body.split(b"\n")
+        ops = self.decode_complete(lines)
+        if ops is not None:
+            return ops
         decode = self._one.decode
         try:
             raws = [decode(line) for line in lines if not line.isspace() and line]
@@ -170,6 +209,82 @@ class EventDecoder:
                 except InvalidEvent as exc:
                     raise InvalidEvent(f"line {number}: {exc}") from None
         raise AssertionError("a line failed to decode once but not twice")
+
+    def decode_complete(self, lines: list[bytes]) -> list[Op] | None:
+        """The fast path for lines of JSON (empty ones skipped): their ops when every line
+        is a complete event, else ``None`` (then decode the lines one by one, or as a
+        whole with :meth:`decode_lines`, to learn which line fails and why)."""
+        if max(map(len, lines), default=0) > self.max_field_bytes:
+            return None  # a string may be over the limit: the general path checks
+        decode = self._direct.decode
+        try:
+            ops = [decode(line) for line in lines if line]
+        except _UNDECODABLE:
+            return None
+        return ops if self._complete(ops) else None
+
+    def _complete(self, ops: list[Op]) -> bool:
+        """Check ops decoded straight into :class:`Op` for what the input shape checks beyond
+        Op's types; fill in the ``/event`` defaults Op lacks. False: use the general path."""
+        if not ops:
+            return True
+        stamps = "\n".join([op.timestamp for op in ops])
+        # The length check keeps a timestamp holding a newline from passing as two.
+        if len(stamps) != 25 * len(ops) - 1 or _CANONICAL_TS_LINES.fullmatch(stamps) is None:
+            return False
+        if not all(
+            [
+                op.duration_ms >= 0
+                and op.source
+                and (op.id is UNSET or len(op.id) <= _MAX_ID_CHARS)
+                and (op.attributes is UNSET or len(op.attributes) <= _MAX_ATTRIBUTES)
+                for op in ops
+            ]
+        ):
+            return False
+        if not self._dates_exist({op.timestamp[:10] for op in ops}):
+            return False
+        if not self.require_all:
+            for op in ops:
+                if op.rescue_attempted is UNSET:
+                    op.rescue_attempted = False
+                if op.rescue_succeeded is UNSET:
+                    op.rescue_succeeded = False
+        return True
+
+    def _complete_one(self, op: Op) -> bool:
+        """:meth:`_complete` for one op: the same checks, cheaper than in a batch of one."""
+        timestamp = op.timestamp
+        if _CANONICAL_TS_ONE.fullmatch(timestamp) is None:
+            return False
+        if timestamp[:10] not in self._known_dates and not self._dates_exist({timestamp[:10]}):
+            return False
+        if op.duration_ms < 0 or not op.source:
+            return False
+        if op.id is not UNSET and len(op.id) > _MAX_ID_CHARS:
+            return False
+        if op.attributes is not UNSET and len(op.attributes) > _MAX_ATTRIBUTES:
+            return False
+        if not self.require_all:
+            if op.rescue_attempted is UNSET:
+                op.rescue_attempted = False
+            if op.rescue_succeeded is UNSET:
+                op.rescue_succeeded = False
+        return True
+
+    def _dates_exist(self, days: set[str]) -> bool:
+        unknown = days - self._known_dates
+        if not unknown:
+            return True
+        try:
+            for day in unknown:
+                date.fromisoformat(day)
+        except ValueError:
+            return False
+        if len(self._known_dates) > _MAX_KNOWN_DATES:
+            self._known_dates.clear()
+        self._known_dates |= unknown
+        return True
 
     def _to_ops(
         self,
@@ -247,13 +362,14 @@ class EventDecoder:
                 setattr(op, name, value)
         return op
 
-    def _check_sizes(self, raw: _EventIn) -> None:
+    def _check_sizes(self, raw: _EventIn | Op) -> None:
         limit = self.max_field_bytes
         for name in _STRING_FIELDS:
             value = getattr(raw, name)
-            if value is not None and len(value) * 4 > limit and len(value.encode()) > limit:
+            if isinstance(value, str) and len(value) * 4 > limit and len(value.encode()) > limit:
                 raise InvalidEvent(f"{name}: string longer than max_field_bytes ({limit})")
-        for key, value in (raw.attributes or {}).items():
+        attributes = raw.attributes
+        for key, value in (attributes if isinstance(attributes, dict) else {}).items():
             for text in (key, value):
                 if isinstance(text, str) and len(text) * 4 > limit and len(text.encode()) > limit:
                     raise InvalidEvent(

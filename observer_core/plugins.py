@@ -247,7 +247,7 @@ def _toml_value(value: Any) -> str:
         text = json.dumps(value, ensure_ascii=False)
         if len(text) <= _MAX_DEFAULT_CHARS:
             return text
-        return f"{text[: _MAX_DEFAULT_CHARS - 2]}…\" ({len(value)} characters)"
+        return f'{text[: _MAX_DEFAULT_CHARS - 2]}…" ({len(value)} characters)'
     if isinstance(value, list | tuple | set | frozenset):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, dict):

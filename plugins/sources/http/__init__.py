@@ -9,7 +9,7 @@ sink or a backed-up input answers 503 with ``Retry-After``.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, ClassVar
 
 import anyio
@@ -90,7 +90,7 @@ class ReadRoutes:
         self._count(status)
         return _error(status, message, headers)
 
-    async def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
         path = request.path
         if path == "/health":
             return Response(200, _encode(self._observer.health()))
@@ -103,30 +103,35 @@ class ReadRoutes:
         )
 
 
+async def _not_serving(ops: Sequence[Op]) -> None:
+    raise NotAccepted("not serving yet", retry_after=1)
+
+
 class _Routes(ReadRoutes):
     """The read routes plus ``POST /event`` and ``POST /events``."""
 
     routes: ClassVar[dict[str, str]] = {**ReadRoutes.routes, "/event": "POST", "/events": "POST"}
 
-    def __init__(self, source: HttpSource, emit: Emit) -> None:
+    def __init__(self, source: HttpSource) -> None:
         super().__init__(source.ctx.observer, source.config.token, source.reject)
-        self._emit = emit
+        self.emit: Emit = _not_serving
+        """Where accepted events go: set by the source's ``run``."""
         self._decoder = EventDecoder(max_field_bytes=source.ctx.max_field_bytes)
 
-    async def handle(self, request: Request) -> Response:
-        if request.path == "/event":
-            return await self._accept(request.body, single=True)
-        if request.path == "/events":
-            return await self._accept(request.body, single=False)
-        return await super().handle(request)
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        path = request.path
+        if path == "/event" or path == "/events":
+            single = path == "/event"
+            try:
+                ops = self._decode(request.body, single)
+            except InvalidEvent as exc:
+                return self._reject(400, str(exc))
+            return self._accept(ops, single)
+        return super().handle(request)
 
-    async def _accept(self, body: bytes, *, single: bool) -> Response:
+    async def _accept(self, ops: list[Op], single: bool) -> Response:
         try:
-            ops = self._decode(body, single)
-        except InvalidEvent as exc:
-            return self._reject(400, str(exc))
-        try:
-            await self._emit(ops)
+            await self.emit(ops)
         except NotAccepted as exc:
             return self._reject(503, str(exc), [("Retry-After", str(exc.retry_after))])
         if single:
@@ -156,7 +161,7 @@ class HttpSource(Source):
     def __init__(self, config: HttpConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self._server: HttpServer | None = None
-        self._emit: Emit | None = None
+        self._ingest: _Routes | None = None
 
     def reject(self, status: int) -> None:
         self.ctx.metrics.requests_rejected.inc(status=str(status))
@@ -179,15 +184,12 @@ class HttpSource(Source):
 
     def _routes(self) -> ReadRoutes:
         """What the server answers (a subclass may serve fewer routes)."""
-        return _Routes(self, self._emit_later)
-
-    async def _emit_later(self, ops: Sequence[Op]) -> None:
-        if self._emit is None:
-            raise NotAccepted("not serving yet", retry_after=1)
-        await self._emit(ops)
+        self._ingest = _Routes(self)
+        return self._ingest
 
     async def run(self, emit: Emit) -> None:
-        self._emit = emit
+        if self._ingest is not None:
+            self._ingest.emit = emit
         try:
             await anyio.sleep_forever()
         finally:

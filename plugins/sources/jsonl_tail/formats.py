@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import date
 from typing import Annotated, Any, Protocol
 
 import msgspec
-from msgspec import UNSET, Meta
+from msgspec import Meta
 
 from observer_core import EventDecoder, InvalidEvent, Op, now_timestamp, parse_timestamp
 
@@ -30,13 +29,6 @@ __all__ = [
 ]
 
 CORRECTION_SUMMARY_CHARS = 200
-_MAX_ID_CHARS = 128
-_MAX_ATTRIBUTES = 64
-_CANONICAL_TS = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z"
-_CANONICAL_TS_LINES = re.compile(f"(?:{_CANONICAL_TS}\n)*{_CANONICAL_TS}")
-"""Timestamps already in the record's format, one per line: a whole block is checked in
-one call. Other timestamps take the slow path, which normalises them."""
-_MAX_KNOWN_DATES = 4096
 
 
 class LineFormat(Protocol):
@@ -71,16 +63,13 @@ _UNDECODABLE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
 class OpFormat:
     """The ``op`` format: each row is an op as in CONTRACT §1, with the required fields present.
 
-    Valid rows take a fast path (msgspec decodes a whole block straight into
-    ops, then a few checks); any line that fails it is decoded again by
-    :class:`~observer_core.EventDecoder`, which is the authority on what an op is.
+    Decoded by :class:`~observer_core.EventDecoder`, the authority on what an op is:
+    a block of complete rows takes its fast path (straight into ops, then a few
+    checks over the whole block); otherwise the lines are decoded one by one.
     """
 
     def __init__(self, max_field_bytes: int = 65536) -> None:
-        self._limit = max_field_bytes
         self._events = EventDecoder(max_field_bytes=max_field_bytes, require_all=True)
-        self._fast = msgspec.json.Decoder(Op)
-        self._dates: set[str] = set()
 
     def __call__(self, row: Any) -> Op:
         return self._events.convert(row)
@@ -89,60 +78,10 @@ class OpFormat:
         return OpFormat(max_field_bytes)
 
     def decode_block(self, block: bytes) -> list[Op] | None:
-        lines = _lines_of(block)
-        if len(block) > self._limit and max(map(len, lines)) > self._limit:
-            return None
-        decode = self._fast.decode
-        try:
-            ops = [decode(line) for line in lines if line]
-        except _UNDECODABLE:  # the slow path says which line, and why
-            return None
-        return ops if self._valid(ops) else None
+        return self._events.decode_complete(_lines_of(block))
 
     def decode_line(self, line: bytes) -> Op:
-        if len(line) <= self._limit:
-            try:
-                op = self._fast.decode(line)
-            except _UNDECODABLE:
-                pass
-            else:
-                if self._valid([op]):
-                    return op
         return self._events.decode(line)
-
-    def _valid(self, ops: list[Op]) -> bool:
-        """What EventDecoder checks beyond Op's types, for ops whose timestamp needs no rewrite."""
-        if not ops:
-            return True
-        stamps = "\n".join([op.timestamp for op in ops])
-        # The length check keeps a timestamp holding a newline from passing as two.
-        if len(stamps) != 25 * len(ops) - 1 or _CANONICAL_TS_LINES.fullmatch(stamps) is None:
-            return False
-        if not all(
-            [
-                op.duration_ms >= 0
-                and op.source
-                and (op.id is UNSET or len(op.id) <= _MAX_ID_CHARS)
-                and (op.attributes is UNSET or len(op.attributes) <= _MAX_ATTRIBUTES)
-                for op in ops
-            ]
-        ):
-            return False
-        return self._dates_exist({op.timestamp[:10] for op in ops})
-
-    def _dates_exist(self, days: set[str]) -> bool:
-        unknown = days - self._dates
-        if not unknown:
-            return True
-        try:
-            for day in unknown:
-                date.fromisoformat(day)
-        except ValueError:
-            return False
-        if len(self._dates) > _MAX_KNOWN_DATES:
-            self._dates.clear()
-        self._dates |= unknown
-        return True
 
 
 class _MappedLines:
