@@ -21,7 +21,15 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from .records import UNSET, AttributeValue, Op, now_timestamp, parse_timestamp
+from .records import (
+    MAX_ATTRIBUTES,
+    MAX_ID_CHARS,
+    UNSET,
+    AttributeValue,
+    Op,
+    now_timestamp,
+    parse_timestamp,
+)
 
 __all__ = ["REQUIRED_OP_FIELDS", "EventDecoder", "InvalidEvent"]
 
@@ -46,8 +54,6 @@ one call (the dates are checked apart, with a cache). Others take the general pa
 _MAX_KNOWN_DATES = 4096
 _UNDECODABLE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
 """What msgspec raises on bad input: its own errors, a string not UTF-8, deep nesting."""
-_MAX_ID_CHARS = 128
-_MAX_ATTRIBUTES = 64
 
 
 class InvalidEvent(ValueError):
@@ -77,8 +83,8 @@ class _EventIn(msgspec.Struct, kw_only=True):
     task_class: str | None = None
     correction: str | None = None
     applied_at_turn: int | None = None
-    id: Annotated[str, Meta(max_length=_MAX_ID_CHARS)] | None = None
-    attributes: Annotated[dict[str, AttributeValue], Meta(max_length=_MAX_ATTRIBUTES)] | None = None
+    id: Annotated[str, Meta(max_length=MAX_ID_CHARS)] | None = None
+    attributes: Annotated[dict[str, AttributeValue], Meta(max_length=MAX_ATTRIBUTES)] | None = None
 
 
 _STRING_FIELDS = (
@@ -224,23 +230,13 @@ class EventDecoder:
         return ops if self._complete(ops) else None
 
     def _complete(self, ops: list[Op]) -> bool:
-        """Check ops decoded straight into :class:`Op` for what the input shape checks beyond
-        Op's types; fill in the ``/event`` defaults Op lacks. False: use the general path."""
+        """Check what decoding straight into :class:`Op` leaves unchecked (the timestamp's
+        format and date); fill in the ``/event`` defaults Op lacks. False: the general path."""
         if not ops:
             return True
         stamps = "\n".join([op.timestamp for op in ops])
         # The length check keeps a timestamp holding a newline from passing as two.
         if len(stamps) != 25 * len(ops) - 1 or _CANONICAL_TS_LINES.fullmatch(stamps) is None:
-            return False
-        if not all(
-            [
-                op.duration_ms >= 0
-                and op.source
-                and (op.id is UNSET or len(op.id) <= _MAX_ID_CHARS)
-                and (op.attributes is UNSET or len(op.attributes) <= _MAX_ATTRIBUTES)
-                for op in ops
-            ]
-        ):
             return False
         if not self._dates_exist({op.timestamp[:10] for op in ops}):
             return False
@@ -258,12 +254,6 @@ class EventDecoder:
         if _CANONICAL_TS_ONE.fullmatch(timestamp) is None:
             return False
         if timestamp[:10] not in self._known_dates and not self._dates_exist({timestamp[:10]}):
-            return False
-        if op.duration_ms < 0 or not op.source:
-            return False
-        if op.id is not UNSET and len(op.id) > _MAX_ID_CHARS:
-            return False
-        if op.attributes is not UNSET and len(op.attributes) > _MAX_ATTRIBUTES:
             return False
         if not self.require_all:
             if op.rescue_attempted is UNSET:

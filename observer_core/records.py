@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any, Final, TypeAlias
+from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET, Meta, UnsetType
 
 __all__ = [
     "BUILTIN_FINDING_KINDS",
@@ -32,17 +32,25 @@ __all__ = [
 AttributeValue: TypeAlias = str | int | float | bool
 
 
+MAX_ID_CHARS: Final = 128
+MAX_ATTRIBUTES: Final = 64
+
+
 class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One observed operation. Field names and order are the wire format."""
+    """One observed operation. Field names and order are the wire format.
+
+    The ``Meta`` constraints are the contract's input rules: msgspec checks them when
+    it decodes an op from JSON, not when a plugin builds one.
+    """
 
     timestamp: str
     endpoint: str
     input_summary: str
     success: bool
-    duration_ms: int | float
+    duration_ms: Annotated[int, Meta(ge=0)] | Annotated[float, Meta(ge=0)]
     output_summary: str
     error: str | UnsetType = UNSET
-    source: str
+    source: Annotated[str, Meta(min_length=1)]
     staffer_id: str | UnsetType = UNSET
     sig_hash: str | UnsetType = UNSET
     event_kind: str | UnsetType = UNSET
@@ -55,8 +63,10 @@ class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
     task_class: str | UnsetType = UNSET
     correction: str | UnsetType = UNSET
     applied_at_turn: int | UnsetType = UNSET
-    id: str | UnsetType = UNSET
-    attributes: dict[str, AttributeValue] | UnsetType = UNSET
+    id: Annotated[str, Meta(max_length=MAX_ID_CHARS)] | UnsetType = UNSET
+    attributes: (
+        Annotated[dict[str, AttributeValue], Meta(max_length=MAX_ATTRIBUTES)] | UnsetType
+    ) = UNSET
 
 
 class LogEntry(msgspec.Struct):
