@@ -207,7 +207,8 @@ class Sink(Component):
     """True when an op may be acknowledged only after ``write`` returned for it."""
 
     async def write(self, records: Sequence[Record]) -> None:
-        """Accept a batch, in order. Raise when it cannot; the engine counts it."""
+        """Accept a batch, in order: ops, or findings (the engine never mixes them in one
+        batch). Raise when it cannot; the engine counts it."""
         raise NotImplementedError
 
     async def flush(self) -> None:

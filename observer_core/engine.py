@@ -18,6 +18,7 @@ from collections import Counter as Tally
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from operator import attrgetter
 from typing import Any
 
 import anyio
@@ -287,9 +288,15 @@ class Engine:
         self.ring.extend(ops)
         counter = self.metrics.ops_received
         label = self.metrics.source_label
-        tally: Tally[tuple[str, bool]] = Tally((op.source, op.success) for op in ops)
-        for (source, success), count in tally.items():
-            counter.inc(count, source=label(source), outcome="success" if success else "failure")
+        # Counted by source, then the (rarer) failures apart: cheaper than a pair per op.
+        totals: Tally[str] = Tally(map(_source_of, ops))
+        failures: Tally[str] = Tally([op.source for op in ops if not op.success])
+        for source, total in totals.items():
+            failed = failures[source]
+            if total > failed:
+                counter.inc(total - failed, source=label(source), outcome="success")
+            if failed:
+                counter.inc(failed, source=label(source), outcome="failure")
         for pump in self._pumps:
             pump.queue.put_many(ops)
 
@@ -574,6 +581,9 @@ async def _quietly(work: Awaitable[Any], ctx: Context | None = None) -> None:
             ctx.error("%r", exc)
         else:
             log.warning("while closing: %r", exc)
+
+
+_source_of = attrgetter("source")
 
 
 def _holds_ack(item: _Instance) -> bool:

@@ -44,13 +44,19 @@ REQUIRED_OP_FIELDS = (
 )
 
 _CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", re.ASCII)
-_CANONICAL_TS_STRICT = (
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z"
+_TIME = r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z"
+_ANY_DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+_SURE_DATE = (
+    r"(?!0000)[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+    r"|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
 )
-_CANONICAL_TS_ONE = re.compile(_CANONICAL_TS_STRICT)
-_CANONICAL_TS_LINES = re.compile(f"(?:{_CANONICAL_TS_STRICT}\n)*{_CANONICAL_TS_STRICT}")
-"""Timestamps already in the record's format, one per line: a whole batch is checked in
-one call (the dates are checked apart, with a cache). Others take the general path."""
+"""A date valid in any year: every real one but February 29 (which is checked apart)."""
+_SURE_TS = re.compile(_SURE_DATE + _TIME)
+_SURE_TS_LINES = re.compile(f"(?:{_SURE_DATE}{_TIME}\n)*{_SURE_DATE}{_TIME}")
+_SHAPED_TS = re.compile(_ANY_DATE + _TIME)
+_SHAPED_TS_LINES = re.compile(f"(?:{_ANY_DATE}{_TIME}\n)*{_ANY_DATE}{_TIME}")
+"""Timestamps already in the record's format, one per line, so that a whole batch is checked
+in one call: "sure" ones need nothing more; "shaped" ones need their dates checked."""
 _MAX_KNOWN_DATES = 4096
 _UNDECODABLE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
 """What msgspec raises on bad input: its own errors, a string not UTF-8, deep nesting."""
@@ -236,10 +242,13 @@ class EventDecoder:
             return True
         stamps = "\n".join([op.timestamp for op in ops])
         # The length check keeps a timestamp holding a newline from passing as two.
-        if len(stamps) != 25 * len(ops) - 1 or _CANONICAL_TS_LINES.fullmatch(stamps) is None:
+        if len(stamps) != 25 * len(ops) - 1:
             return False
-        if not self._dates_exist({op.timestamp[:10] for op in ops}):
-            return False
+        if _SURE_TS_LINES.fullmatch(stamps) is None:
+            if _SHAPED_TS_LINES.fullmatch(stamps) is None:
+                return False
+            if not self._dates_exist({op.timestamp[:10] for op in ops}):
+                return False
         if not self.require_all:
             for op in ops:
                 if op.rescue_attempted is UNSET:
@@ -251,10 +260,11 @@ class EventDecoder:
     def _complete_one(self, op: Op) -> bool:
         """:meth:`_complete` for one op: the same checks, cheaper than in a batch of one."""
         timestamp = op.timestamp
-        if _CANONICAL_TS_ONE.fullmatch(timestamp) is None:
-            return False
-        if timestamp[:10] not in self._known_dates and not self._dates_exist({timestamp[:10]}):
-            return False
+        if _SURE_TS.fullmatch(timestamp) is None:
+            if _SHAPED_TS.fullmatch(timestamp) is None:
+                return False
+            if not self._dates_exist({timestamp[:10]}):
+                return False
         if not self.require_all:
             if op.rescue_attempted is UNSET:
                 op.rescue_attempted = False

@@ -17,7 +17,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import anyio
 import msgspec
@@ -176,9 +176,10 @@ class JsonlSink(Sink):
         return position
 
     def _encode(self, records: Sequence[Record]) -> bytes:
-        return self._encoder.encode_lines(
-            [record.data if isinstance(record, Finding) else record for record in records]
-        )
+        """A batch is ops or findings (Sink.write); a finding's line is its payload."""
+        if records and isinstance(records[0], Finding):
+            return self._encoder.encode_lines([cast(Finding, record).data for record in records])
+        return self._encoder.encode_lines(records)
 
     def _append(self, data: bytes) -> None:
         with self._io:
