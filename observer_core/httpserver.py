@@ -243,18 +243,20 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
+    def on_url(self, url: bytes) -> None:
+        # The first piece of a request's URL begins the message: one callback fewer per
+        # request than on_message_begin (the request line's method is all that came before).
+        if self._in_message:
+            self._url += url
+            return
         self._in_message = True
-        self._url = b""
+        self._url = url
         self._headers = []
         self._body = []
         self._body_size = self._content_length = 0
         self._chunked = self._expect = self._connection_header = False
         self._early = None
         self._set_deadline(self._server._header_timeout)
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -363,10 +365,13 @@ class _Connection(asyncio.Protocol):
         self._queue.append(item)
         if not self._busy:
             self._busy = True
-            if self._task is None:
+            wakeup = self._wakeup
+            if wakeup is not None:
+                self._wakeup = None
+                if not wakeup.done():
+                    wakeup.set_result(None)
+            elif self._task is None:
                 self._task = self._loop.create_task(self._run())
-            else:
-                self._wake()
         elif len(self._queue) >= _PIPELINE_LIMIT:
             self._pause_reading()
 

@@ -125,7 +125,7 @@ class JsonlSink(Sink):
         self._size = 0
         self._dirty = False
         self._io = threading.Lock()
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # no extra trip around the event loop per write
         self._encoder = msgspec.json.Encoder()
         self._syncer: _SyncThread | None = None
         self._writer: _WriterThread | None = None
