@@ -38,8 +38,10 @@ __all__ = [
     "ComponentConfig",
     "Context",
     "Emit",
+    "Emitter",
     "NotAccepted",
     "Observer",
+    "OnAccepted",
     "Sink",
     "SinkConfig",
     "Source",
@@ -61,6 +63,27 @@ class NotAccepted(Exception):
 Emit = Callable[[Sequence[Op]], Awaitable[None]]
 """Hand ops to the engine. Returns once every ack-holding op sink has accepted
 them (and they are in the ring); raises :class:`NotAccepted` otherwise."""
+
+OnAccepted = Callable[["NotAccepted | None"], object]
+"""Called once submitted ops are accepted (with None) or refused (with the refusal)."""
+
+
+class Emitter:
+    """The ``emit`` the engine hands to sources. ``await emit(ops)`` as :data:`Emit`
+    says; or, where a coroutine per call costs too much (an ingest listener),
+    ``emit.submit(ops, on_accepted)``: it returns at once, raising :class:`NotAccepted`
+    if the ops are refused outright, and ``on_accepted`` is called later, on the event
+    loop, exactly once. A source should not count on ``submit``: a test may hand it
+    a plain ``Emit`` function."""
+
+    __slots__ = ("_emit", "submit")
+
+    def __init__(self, emit: Emit, submit: Callable[[Sequence[Op], OnAccepted], None]) -> None:
+        self._emit = emit
+        self.submit = submit
+
+    def __call__(self, ops: Sequence[Op]) -> Awaitable[None]:
+        return self._emit(ops)
 
 
 class ComponentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

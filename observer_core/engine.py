@@ -18,6 +18,7 @@ from collections import Counter as Tally
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from operator import attrgetter
 from typing import Any
 
@@ -25,7 +26,16 @@ import anyio
 import anyio.abc
 from msgspec import UNSET
 
-from .components import Analyzer, Component, Context, NotAccepted, Sink, Source
+from .components import (
+    Analyzer,
+    Component,
+    Context,
+    Emitter,
+    NotAccepted,
+    OnAccepted,
+    Sink,
+    Source,
+)
 from .config import InstanceConfig, ObserverConfig
 from .metrics import Metrics
 from .queues import DropOldestQueue
@@ -50,13 +60,13 @@ class StartupError(Exception):
     """An enabled instance could not start; the message names it."""
 
 
-_Pending = tuple[Sequence[Op], "asyncio.Future[None]"]
-"""Ops waiting for the dispatcher, and the future their emitter awaits. A bare asyncio
-future (anyio runs on asyncio here): an ``anyio.Event`` per request cost ten times as
-much on the ingest path."""
+_Pending = tuple[Sequence[Op], OnAccepted]
+"""Ops waiting for the dispatcher, and what to call once they are accepted or refused."""
 
 
 def _settle(done: asyncio.Future[None], error: NotAccepted | None) -> None:
+    """Resolve an ``emit`` future. A bare asyncio future (anyio runs on asyncio here): an
+    ``anyio.Event`` per request cost ten times as much on the ingest path."""
     if done.done():  # its emitter was cancelled
         return
     if error is None:
@@ -117,6 +127,8 @@ class Engine:
         self._wake: asyncio.Future[None] | None = None
         """What the idle dispatcher awaits; the first emit resolves it."""
         self._idle = asyncio.Event()
+        self.emitter = Emitter(self.emit, self.submit)
+        """What sources get as ``emit``."""
         self._closing = False
         self._background: anyio.abc.TaskGroup | None = None
         self._sink_runners: anyio.CancelScope | None = None
@@ -231,19 +243,28 @@ class Engine:
         not a coroutine: one less frame per request on the ingest path."""
         loop = self._loop or asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        if not ops:
+        if ops:
+            self.submit(ops, partial(_settle, done))
+        else:
             done.set_result(None)
-            return done
+        return done
+
+    def submit(self, ops: Sequence[Op], on_accepted: OnAccepted) -> None:
+        """Queue ops for the next group commit; ``on_accepted(None)`` is called once every
+        ack-holding op sink has them and they are in the ring, ``on_accepted(refusal)``
+        if a sink refused them. Raises :class:`NotAccepted` at once when shutting down or
+        backed up. ``emit`` without a future: what a callback-style source uses."""
         if self._closing:
             self.metrics.input_rejected.inc(len(ops), reason="shutting_down")
             raise NotAccepted("observer is shutting down", retry_after=5)
         if self._pending_ops + len(ops) > MAX_PENDING_OPS:
             self.metrics.input_rejected.inc(len(ops), reason="backlog")
             raise NotAccepted("input is backed up; retry shortly", retry_after=1)
-        self._pending.append((ops, done))
+        self._pending.append((ops, on_accepted))
         self._pending_ops += len(ops)
-        self._poke()
-        return done
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def _poke(self) -> None:
         """Wake the dispatcher if it is waiting for work."""
@@ -269,8 +290,11 @@ class Engine:
             error = await self._write_acked(ops)
             if error is None:
                 self._accept(ops)
-            for _, done in batch:
-                _settle(done, error)
+            for _, on_accepted in batch:
+                try:
+                    on_accepted(error)
+                except Exception:
+                    log.exception("a source failed to take its answer")
 
     async def _write_acked(self, ops: Sequence[Op]) -> NotAccepted | None:
         for item in self._ack_sinks:
@@ -368,7 +392,7 @@ class Engine:
             source = item.component
             assert isinstance(source, Source)
             if source.is_polled():
-                await self._step(item, source.poll(self.emit), "poll")
+                await self._step(item, source.poll(self.emitter), "poll")
         window = self.ring.window(self.cycle)
         for item in self._of(Analyzer):
             analyzer = item.component
@@ -499,7 +523,7 @@ class Engine:
 
     async def _run_source(self, item: _Instance, source: Source) -> None:
         try:
-            await source.run(self.emit)
+            await source.run(self.emitter)
         except Exception:
             item.ctx.logger.exception("stopped with an error")
             self.metrics.instance_errors.inc(instance=item.spec.qualified)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 from collections import deque
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import httptools
 
@@ -43,6 +44,17 @@ _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
+class Later(enum.Enum):
+    """The type of :data:`LATER`."""
+
+    LATER = "later"
+
+
+LATER: Final = Later.LATER
+"""What ``Handler.handle`` returns to answer later, with :meth:`Request.reply`: no
+coroutine or future per request, for handlers whose answer comes from a callback."""
+
+
 @dataclass(slots=True)
 class Request:
     """A complete request. ``path`` and ``query`` are as sent: not percent-decoded, the bytes
@@ -53,6 +65,7 @@ class Request:
     query: str
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    _connection: Any = field(default=None, repr=False, compare=False)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (give it lower-case), or None."""
@@ -60,6 +73,13 @@ class Request:
             if key == name:
                 return value
         return None
+
+    def reply(self, response: Response) -> None:
+        """Answer this request, after its handler returned :data:`LATER`: exactly once, on
+        the event loop, and not from inside ``handle``. A client that left is not answered."""
+        if self._connection is None:
+            raise RuntimeError("reply() for a request the server did not receive")
+        self._connection._reply(self, response)
 
 
 @dataclass(slots=True)
@@ -84,9 +104,9 @@ class Handler(Protocol):
         Return a Response to answer early (404, 405, 401...), None to go on."""
         ...
 
-    def handle(self, request: Request) -> Response | Awaitable[Response]:
-        """Answer a complete request: a Response, or an awaitable of one (a coroutine, or
-        a future the handler resolves; answering at once saves a frame per request)."""
+    def handle(self, request: Request) -> Response | Awaitable[Response] | Later:
+        """Answer a complete request: a Response, an awaitable of one, or :data:`LATER` and
+        then ``request.reply(response)``. Requests on one connection are answered in order."""
         ...
 
 
@@ -111,9 +131,9 @@ _BUSY = b"".join(
     )
 )
 
-# One queued unit of work: a Request for the handler, or a ready Response (sent in
-# turn), with the request's keep-alive, "HTTP/1.0" and "HEAD" flags.
-_Item = tuple[Request | Response, bool, bool, bool]
+# One queued unit of work: a Request for the handler, a ready Response (sent in turn), or
+# the handler's awaitable answer, with the request's keep-alive, "HTTP/1.0" and "HEAD" flags.
+_Item = tuple["Request | Response | Awaitable[Response]", bool, bool, bool]
 
 
 def _uncancel() -> None:
@@ -140,6 +160,8 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None  # answers requests; lives with the connection
         self._busy = False  # the task is answering requests (else it waits for one)
         self._wakeup: asyncio.Future[None] | None = None
+        self._later: _Item | None = None  # the request whose handler returned LATER
+        self._later_waiter: asyncio.Future[Response] | None = None  # the task awaits its reply
         # The request being parsed.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -356,30 +378,122 @@ class _Connection(asyncio.Protocol):
                 self._query,
                 self._headers,
                 b"".join(body) if body else b"",
+                self,
             )
             self._enqueue((request, keep_alive, self._http10, head))
 
     # -- answering -------------------------------------------------------------------------
 
     def _enqueue(self, item: _Item) -> None:
+        if not self._busy and not self._queue and not self._write_paused:
+            next_item = self._answer_now(item)
+            if next_item is None:
+                return
+            item = next_item
         self._queue.append(item)
         if not self._busy:
-            self._busy = True
-            wakeup = self._wakeup
-            if wakeup is not None:
-                self._wakeup = None
-                if not wakeup.done():
-                    wakeup.set_result(None)
-            elif self._task is None:
-                self._task = self._loop.create_task(self._run())
+            self._start_task()
         elif len(self._queue) >= _PIPELINE_LIMIT:
             self._pause_reading()
+
+    def _start_task(self) -> None:
+        """Have the connection's task answer what is queued (starting it if need be)."""
+        self._busy = True
+        if self._wakeup is not None:
+            self._wake()
+        elif self._task is None:
+            self._task = self._loop.create_task(self._run())
 
     def _wake(self) -> None:
         wakeup = self._wakeup
         self._wakeup = None
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
+
+    # On an idle connection, the usual request is answered without the task: at once when
+    # the handler returns a Response, or by request.reply() when it returns LATER. An
+    # awaitable, a streamed response, or a request arriving while another is being
+    # answered goes to the task, which answers in order.
+
+    def _answer_now(self, item: _Item) -> _Item | None:
+        """Answer ``item`` outside the task if it can be; else the item for the task."""
+        request, keep_alive, http10, head = item
+        if isinstance(request, Request):
+            answer = self._call_handler(request)
+            if answer is LATER:
+                self._busy = True
+                self._later = item
+                return None
+        else:
+            answer = request
+        if isinstance(answer, Response) and answer.stream is None:
+            self._deliver(answer, keep_alive, http10, head)
+            return None
+        return (answer, keep_alive, http10, head)
+
+    def _reply(self, request: Request, response: Response) -> None:
+        later = self._later
+        if later is None or later[0] is not request:
+            raise RuntimeError("reply() for a request that is not waiting for one")
+        self._later = None
+        waiter = self._later_waiter
+        if waiter is not None:  # the task is waiting for it
+            self._later_waiter = None
+            if not waiter.done():
+                waiter.set_result(response)
+            return
+        self._busy = False
+        if self._closed:
+            return  # the client left, or the server is stopping: nobody to answer
+        _, keep_alive, http10, head = later
+        if response.stream is None:
+            self._deliver(response, keep_alive, http10, head)
+        else:
+            self._queue.appendleft((response, keep_alive, http10, head))
+            self._start_task()
+
+    def _deliver(self, response: Response, keep_alive: bool, http10: bool, head: bool) -> None:
+        """Send a (non-streamed) response outside the task, then go idle or on."""
+        if self._shutdown or (self._stopped and not self._queue):
+            keep_alive = False  # the last response on this connection
+        self._send_checked(response, keep_alive, http10, head)
+        if not keep_alive:
+            self._close()
+        elif self._queue or self._write_paused:
+            self._start_task()  # waits for the client to read, then answers what is queued
+        else:
+            self._became_idle()
+
+    def _call_handler(self, request: Request) -> Response | Awaitable[Response] | Later:
+        try:
+            return self._handler.handle(request)
+        except Exception:
+            return self._handler_failed(request)
+
+    def _handler_failed(self, request: Request | None) -> Response:
+        """Log the exception being handled; a 500 to send instead."""
+        where = f" for {request.method} {request.path}" if request is not None else ""
+        self._server._logger.exception("handler failed%s", where)
+        self._server._rejected(500)
+        return _error(500, "internal error")
+
+    async def _answer(self, item: Request | Response | Awaitable[Response]) -> Response:
+        """The response to a queued item (the task's side of answering)."""
+        if isinstance(item, Response):
+            return item
+        request = item if isinstance(item, Request) else None
+        answer = self._call_handler(item) if isinstance(item, Request) else item
+        if isinstance(answer, Response):
+            return answer
+        try:
+            if answer is LATER:
+                self._later = (item, False, False, False)
+                waiter: asyncio.Future[Response] = self._loop.create_future()
+                self._later_waiter = waiter
+                return await waiter
+            return await answer
+        except Exception:
+            return self._handler_failed(request)
 
     async def _run(self) -> None:
         """Answer the queued requests in order, then wait for more, until the connection ends.
@@ -388,6 +502,9 @@ class _Connection(asyncio.Protocol):
         server = self._server
         try:
             while not self._closed:
+                if self._write_paused:
+                    await self._drain()
+                    continue
                 if not queue:
                     self._busy = False
                     self._became_idle()
@@ -398,38 +515,20 @@ class _Connection(asyncio.Protocol):
                 item, keep_alive, http10, head = queue.popleft()
                 if self._reading_paused and not self._stopped and len(queue) <= _RESUME_AT:
                     self._resume_reading()
-                if isinstance(item, Request):
-                    try:
-                        answer = self._handler.handle(item)
-                        response = answer if isinstance(answer, Response) else await answer
-                    except Exception:
-                        server._logger.exception("handler failed for %s %s", item.method, item.path)
-                        server._rejected(500)
-                        response = _error(500, "internal error")
-                    if self._closed:
-                        if response.stream is not None:
-                            await self._aclose(response.stream)
-                        break
-                else:
-                    response = item
-                if self._shutdown or (self._stopped and not queue):
-                    keep_alive = False  # the last response on this connection
-                try:
-                    if response.stream is None:
-                        self._send(response, keep_alive, http10, head)
-                    else:
-                        keep_alive = await self._send_stream(response, keep_alive, http10, head)
-                except Exception:  # a malformed Response: nothing of it was written
-                    server._logger.exception("invalid response (status %r)", response.status)
-                    server._rejected(500)
+                response = await self._answer(item)
+                if self._closed:
                     if response.stream is not None:
                         await self._aclose(response.stream)
-                    self._send(_error(500, "internal error"), keep_alive, http10, head)
+                    break
+                if self._shutdown or (self._stopped and not queue):
+                    keep_alive = False  # the last response on this connection
+                if response.stream is None:
+                    self._send_checked(response, keep_alive, http10, head)
+                else:
+                    keep_alive = await self._send_stream_checked(response, keep_alive, http10, head)
                 if not keep_alive:
                     self._close()
                     break
-                if self._write_paused:
-                    await self._drain()
         except Exception:  # a bug: do not leave the client waiting
             server._logger.exception("failed to answer a request")
             self.abort()
@@ -438,6 +537,29 @@ class _Connection(asyncio.Protocol):
             self._task = None
             if self._lost:
                 server._forget(self)
+
+    def _send_checked(self, response: Response, keep_alive: bool, http10: bool, head: bool) -> None:
+        """Send ``response``, or a 500 if it is malformed (then nothing of it was written)."""
+        try:
+            self._send(response, keep_alive, http10, head)
+        except Exception:
+            self._invalid_response(response)
+            self._send(_error(500, "internal error"), keep_alive, http10, head)
+
+    async def _send_stream_checked(
+        self, response: Response, keep_alive: bool, http10: bool, head: bool
+    ) -> bool:
+        try:
+            return await self._send_stream(response, keep_alive, http10, head)
+        except Exception:  # a malformed Response: nothing of it was written
+            self._invalid_response(response)
+            await self._aclose(cast(AsyncIterator[bytes], response.stream))
+            self._send(_error(500, "internal error"), keep_alive, http10, head)
+            return keep_alive
+
+    def _invalid_response(self, response: Response) -> None:
+        self._server._logger.exception("invalid response (status %r)", response.status)
+        self._server._rejected(500)
 
     def _head(
         self, response: Response, framing: bytes, keep_alive: bool, http10: bool

@@ -11,14 +11,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
 import httpx
 import pytest
 
-from observer_core.httpserver import HttpServer, Request, Response
+from observer_core.httpserver import LATER, HttpServer, Later, Request, Response
 
 pytestmark = pytest.mark.anyio
 
@@ -615,3 +615,120 @@ async def test_stop_closes_what_is_left_after_the_grace_period() -> None:
         assert 0.19 <= time.monotonic() - started < 3
         assert await conn.closed_by_server()
         assert app.cancelled
+
+
+# -- handlers that answer at once, or later with request.reply() -----------------------------
+
+
+class PromptApp(App):
+    """A handler answering without a coroutine: a Response at once (``/now``), LATER then
+    ``request.reply()`` when the test calls ``resolve()`` (``/later...``), else as App."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Request] = []
+
+    def handle(self, request: Request) -> Response | Awaitable[Response] | Later:  # type: ignore[override]
+        path = request.path
+        if path == "/now":
+            return Response(200, json.dumps({"answer": request.query}).encode())
+        if path == "/sync-boom":
+            raise RuntimeError("sync boom")
+        if path.startswith("/later"):
+            self.waiting.append(request)
+            return LATER
+        return super().handle(request)
+
+    def resolve(self) -> None:
+        """Answer every waiting request according to its path."""
+        waiting, self.waiting = self.waiting, []
+        for request in waiting:
+            if request.path == "/later-stream":
+                request.reply(Response(200, stream=_chunks(b"a", b"b"), content_type=None))
+            else:
+                request.reply(Response(200, json.dumps({"answer": request.query}).encode()))
+
+
+async def test_prompt_and_later_answers_keep_pipelined_order() -> None:
+    app = PromptApp()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(get("/now?1"))
+        assert json.loads((await conn.response()).body) == {"answer": "1"}
+        await conn.send(get("/later?2") + get("/now?3") + get("/echo?4") + get("/later?5"))
+        await eventually(lambda: len(app.waiting) == 1)
+        with pytest.raises(TimeoutError):  # nothing is answered before /later?2
+            with anyio.fail_after(0.2):
+                await conn.reader.readuntil(b"\r\n\r\n")
+        app.resolve()  # answers ?2; then ?3 and ?4 go out, and ?5 waits (in the task)
+        await eventually(lambda: len(app.waiting) == 1)
+        app.resolve()
+        bodies = [json.loads((await conn.response()).body) for _ in range(4)]
+        assert [body.get("answer", body.get("query")) for body in bodies] == ["2", "3", "4", "5"]
+
+
+async def test_reply_twice_or_unasked_is_an_error() -> None:
+    app = PromptApp()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(get("/later?x"))
+        await eventually(lambda: len(app.waiting) == 1)
+        (request,) = app.waiting
+        app.resolve()
+        assert (await conn.response()).status == 200
+        with pytest.raises(RuntimeError):
+            request.reply(Response(200))
+    with pytest.raises(RuntimeError):
+        Request("GET", "/", "", [], b"").reply(Response(200))
+
+
+async def test_handler_raising_at_once_is_a_500_and_the_connection_stays() -> None:
+    rejects: list[int] = []
+    async with serving(PromptApp(), on_reject=rejects.append) as server, connection(server) as conn:
+        await conn.send(get("/sync-boom"))
+        assert (await conn.response()).status == 500
+        await conn.send(get("/now?ok"))
+        assert (await conn.response()).status == 200
+    assert rejects == [500]
+
+
+async def test_later_answer_may_stream() -> None:
+    app = PromptApp()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(get("/later-stream") + get("/now?after"))
+        await eventually(lambda: len(app.waiting) == 1)
+        app.resolve()
+        r = await conn.response()
+        assert r.headers["transfer-encoding"] == "chunked" and r.body == b"ab"
+        assert json.loads((await conn.response()).body) == {"answer": "after"}
+
+
+async def test_client_leaving_before_the_reply() -> None:
+    app = PromptApp()
+    async with serving(app) as server:
+        conn = await Conn.open(server)
+        await conn.send(get("/later?gone"))
+        await eventually(lambda: len(app.waiting) == 1)
+        await conn.close()  # the server sees a half-close: it still owes an answer
+        app.resolve()  # the answer finds the client gone; the connection is dropped
+        await eventually(lambda: not server._connections)
+        async with connection(server) as again:
+            await again.send(get("/now?next"))
+            assert (await again.response()).status == 200
+
+
+async def test_stop_waits_for_a_pending_reply() -> None:
+    app = PromptApp()
+    server = HttpServer(app, host="127.0.0.1", port=0)
+    await server.start()
+    conn = await Conn.open(server)
+    try:
+        await conn.send(get("/later?inflight"))
+        await eventually(lambda: len(app.waiting) == 1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.stop, 5.0)
+            await asyncio.sleep(0.05)
+            app.resolve()
+            r = await conn.response()
+            assert r.status == 200 and r.headers["connection"] == "close"
+            assert await conn.closed_by_server()
+    finally:
+        await conn.close()

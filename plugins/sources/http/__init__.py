@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Annotated, ClassVar
 
 import anyio
@@ -19,15 +20,17 @@ from observer_core import (
     ComponentConfig,
     Context,
     Emit,
+    Emitter,
     EventDecoder,
     InvalidEvent,
     NotAccepted,
     Observer,
+    OnAccepted,
     Op,
     Source,
     hookimpl,
 )
-from observer_core.httpserver import HttpServer, Request, Response
+from observer_core.httpserver import LATER, HttpServer, Later, Request, Response
 
 __all__ = ["HttpSource", "ReadRoutes"]
 
@@ -90,7 +93,7 @@ class ReadRoutes:
         self._count(status)
         return _error(status, message, headers)
 
-    def handle(self, request: Request) -> Response | Awaitable[Response]:
+    def handle(self, request: Request) -> Response | Awaitable[Response] | Later:
         path = request.path
         if path == "/health":
             return Response(200, _encode(self._observer.health()))
@@ -108,35 +111,61 @@ async def _not_serving(ops: Sequence[Op]) -> None:
 
 
 class _Routes(ReadRoutes):
-    """The read routes plus ``POST /event`` and ``POST /events``."""
+    """The read routes plus ``POST /event`` and ``POST /events``.
+
+    With the engine's :class:`~observer_core.Emitter`, an event is answered from the
+    commit's callback (``submit`` and ``LATER``): no coroutine, future or task step per
+    request. Any other ``emit`` is awaited in a coroutine.
+    """
 
     routes: ClassVar[dict[str, str]] = {**ReadRoutes.routes, "/event": "POST", "/events": "POST"}
 
     def __init__(self, source: HttpSource) -> None:
         super().__init__(source.ctx.observer, source.config.token, source.reject)
-        self.emit: Emit = _not_serving
-        """Where accepted events go: set by the source's ``run``."""
+        self._emit: Emit = _not_serving
+        self._submit: Callable[[Sequence[Op], OnAccepted], None] | None = None
         self._decoder = EventDecoder(max_field_bytes=source.ctx.max_field_bytes)
 
-    def handle(self, request: Request) -> Response | Awaitable[Response]:
+    def serve(self, emit: Emit) -> None:
+        """Start taking events: accepted ones go to ``emit``."""
+        self._emit = emit
+        self._submit = emit.submit if isinstance(emit, Emitter) else None
+
+    def handle(self, request: Request) -> Response | Awaitable[Response] | Later:
         path = request.path
-        if path == "/event" or path == "/events":
-            single = path == "/event"
-            try:
-                ops = self._decode(request.body, single)
-            except InvalidEvent as exc:
-                return self._reject(400, str(exc))
+        if path != "/event" and path != "/events":
+            return super().handle(request)
+        single = path == "/event"
+        try:
+            ops = self._decode(request.body, single)
+        except InvalidEvent as exc:
+            return self._reject(400, str(exc))
+        if self._submit is None:
             return self._accept(ops, single)
-        return super().handle(request)
+        try:
+            self._submit(ops, partial(self._answer, request, len(ops) if not single else 0))
+        except NotAccepted as exc:
+            return self._refused(exc)
+        return LATER
+
+    def _answer(self, request: Request, batch: int, refusal: NotAccepted | None) -> None:
+        request.reply(self._refused(refusal) if refusal else self._accepted(batch))
 
     async def _accept(self, ops: list[Op], single: bool) -> Response:
         try:
-            await self.emit(ops)
+            await self._emit(ops)
         except NotAccepted as exc:
-            return self._reject(503, str(exc), [("Retry-After", str(exc.retry_after))])
-        if single:
-            return Response(200, b'{"accepted":true,"ring_size":%d}' % self._observer.ring_len())
-        return Response(200, b'{"accepted":%d}' % len(ops))
+            return self._refused(exc)
+        return self._accepted(0 if single else len(ops))
+
+    def _accepted(self, batch: int) -> Response:
+        """200 for ``/event`` (``batch`` 0) or for a batch of that many events."""
+        if batch:
+            return Response(200, b'{"accepted":%d}' % batch)
+        return Response(200, b'{"accepted":true,"ring_size":%d}' % self._observer.ring_len())
+
+    def _refused(self, refusal: NotAccepted) -> Response:
+        return self._reject(503, str(refusal), [("Retry-After", str(refusal.retry_after))])
 
     def _decode(self, body: bytes, single: bool) -> list[Op]:
         if single:
@@ -189,7 +218,7 @@ class HttpSource(Source):
 
     async def run(self, emit: Emit) -> None:
         if self._ingest is not None:
-            self._ingest.emit = emit
+            self._ingest.serve(emit)
         try:
             await anyio.sleep_forever()
         finally:
