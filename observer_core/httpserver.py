@@ -27,7 +27,7 @@ from typing import Any, Final, Protocol, cast
 
 import httptools
 
-__all__ = ["Handler", "HttpServer", "Request", "Response"]
+__all__ = ["LATER", "Handler", "HttpServer", "Later", "Request", "Response"]
 
 _PIPELINE_LIMIT = 16  # requests queued on one connection before it stops reading
 _RESUME_AT = _PIPELINE_LIMIT // 2  # ... and starts again
@@ -237,6 +237,8 @@ class _Connection(asyncio.Protocol):
             if self._method == "CONNECT":  # what follows is a tunnel we do not offer
                 self._stopped = self._linger_on_close = True
                 self._pause_reading()
+                if not self._busy and not self._queue:
+                    self._close()  # its answer went out already, before the tunnel began
             else:  # ignore the upgrade offer and go on with HTTP/1.1
                 self.data_received(data[exc.args[0] :])
         except httptools.HttpParserCallbackError:

@@ -732,3 +732,10 @@ async def test_stop_waits_for_a_pending_reply() -> None:
             assert await conn.closed_by_server()
     finally:
         await conn.close()
+
+
+async def test_connect_answered_at_once_then_closed() -> None:
+    async with serving(PromptApp()) as server, connection(server) as conn:
+        await conn.send(b"CONNECT /now HTTP/1.1\r\nHost: test\r\n\r\ntunnel bytes")
+        assert (await conn.response()).status == 200
+        assert await conn.closed_by_server()  # no tunnel: the connection ends with the answer
