@@ -25,7 +25,7 @@ from .components import (
     Window,
 )
 from .hookspecs import RowFormat, hookimpl
-from .ingest import EventDecoder, InvalidEvent
+from .ingest import EventDecoder, InvalidEvent, split_lines
 from .metrics import Counter, Gauge, Metrics
 from .queues import DropOldestQueue
 from .records import (
@@ -83,4 +83,5 @@ __all__ = [
     "hookimpl",
     "now_timestamp",
     "parse_timestamp",
+    "split_lines",
 ]

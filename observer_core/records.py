@@ -36,11 +36,13 @@ MAX_ID_CHARS: Final = 128
 MAX_ATTRIBUTES: Final = 64
 
 
-class Op(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Op(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """One observed operation. Field names and order are the wire format.
 
     The ``Meta`` constraints are the contract's input rules: msgspec checks them when
-    it decodes an op from JSON, not when a plugin builds one.
+    it decodes an op from JSON, not when a plugin builds one. ``gc=False``: an op holds
+    only strings, numbers and a dict of them, so it cannot be part of a reference cycle,
+    and the garbage collector need not track the thousands in the ring.
     """
 
     timestamp: str

@@ -18,7 +18,14 @@ from typing import Annotated, Any, Protocol
 import msgspec
 from msgspec import Meta
 
-from observer_core import EventDecoder, InvalidEvent, Op, now_timestamp, parse_timestamp
+from observer_core import (
+    EventDecoder,
+    InvalidEvent,
+    Op,
+    now_timestamp,
+    parse_timestamp,
+    split_lines,
+)
 
 __all__ = [
     "CORRECTION_SUMMARY_CHARS",
@@ -78,7 +85,7 @@ class OpFormat:
         return OpFormat(max_field_bytes)
 
     def decode_block(self, block: bytes) -> list[Op] | None:
-        return self._events.decode_complete(_lines_of(block))
+        return self._events.decode_complete(split_lines(block))
 
     def decode_line(self, line: bytes) -> Op:
         return self._events.decode(line)
