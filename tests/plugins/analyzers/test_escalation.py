@@ -122,8 +122,13 @@ def test_escalates_a_cluster_once_with_the_exact_row(observer_daemon, stub_serve
 def test_last_eight_failures_and_reply_fallbacks(observer_daemon, stub_server):
     service = stub_server()
     service.replies["/api/run"] = StubReply(
-        body={"run_id": None, "llm_team_run_id": "team-9", "files": ["b.py"], "response": 42,
-              "facts": None}
+        body={
+            "run_id": None,
+            "llm_team_run_id": "team-9",
+            "files": ["b.py"],
+            "response": 42,
+            "facts": None,
+        }
     )
     daemon = observer_daemon.start(config(service.url))
     daemon.post_events([failure("big", number) for number in range(10)])
@@ -194,9 +199,10 @@ def test_503_then_success_is_retried_and_written_once(observer_daemon, stub_serv
     daemon.wait_cycles(3)
     assert len(service.received("/api/run")) == 2
     assert [row["llm_team_run_id"] for row in rows(daemon.directory)] == ["after-retry"]
-    assert daemon.metric(
-        "observer_escalation_failures_total", instance=INSTANCE, reason="http_5xx"
-    ) == 1
+    assert (
+        daemon.metric("observer_escalation_failures_total", instance=INSTANCE, reason="http_5xx")
+        == 1
+    )
 
 
 FAILING = {
@@ -219,9 +225,10 @@ def test_max_attempts_is_respected(observer_daemon, stub_server, case):
     daemon.post_events([failure("doomed", number) for number in range(3)])
 
     def attempts() -> float:
-        return daemon.metric(
-            "observer_escalation_failures_total", instance=INSTANCE, reason=reason
-        ) or 0
+        return (
+            daemon.metric("observer_escalation_failures_total", instance=INSTANCE, reason=reason)
+            or 0
+        )
 
     wait_for(lambda: attempts() == 2, what="two failed attempts")
     daemon.wait_cycles(5)

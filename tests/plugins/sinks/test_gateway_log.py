@@ -68,9 +68,7 @@ def test_delivers_in_order(observer_daemon, stub_server):
     make_entries(daemon, range(5))
     wait_for(lambda: len(posted(gateway)) == 5, what="five entries")
     assert posted(gateway) == [entry(n) for n in range(5)]
-    assert {request.headers["content-type"] for request in gateway.requests} == {
-        "application/json"
-    }
+    assert {request.headers["content-type"] for request in gateway.requests} == {"application/json"}
     assert {request.method for request in gateway.requests} == {"POST"}
     wait_for(lambda: daemon.metric("observer_sink_queue_depth", instance=INSTANCE) == 0)
     assert daemon.metric("observer_gateway_log_delivered_total", instance=INSTANCE) == 5
