@@ -167,8 +167,17 @@ class EventDecoder:
                 op = self._direct.decode(body)
             except _UNDECODABLE:
                 pass
-            else:
-                if self._complete_one(op):
+            else:  # _complete for one op, inline: this runs for every posted event
+                timestamp = op.timestamp
+                if _SURE_TS.fullmatch(timestamp) is not None or (
+                    _SHAPED_TS.fullmatch(timestamp) is not None
+                    and self._dates_exist({timestamp[:10]})
+                ):
+                    if not self.require_all:
+                        if op.rescue_attempted is UNSET:
+                            op.rescue_attempted = False
+                        if op.rescue_succeeded is UNSET:
+                            op.rescue_succeeded = False
                     return op
         try:
             raw = self._one.decode(body)
@@ -256,21 +265,6 @@ class EventDecoder:
                     op.rescue_attempted = False
                 if op.rescue_succeeded is UNSET:
                     op.rescue_succeeded = False
-        return True
-
-    def _complete_one(self, op: Op) -> bool:
-        """:meth:`_complete` for one op: the same checks, cheaper than in a batch of one."""
-        timestamp = op.timestamp
-        if _SURE_TS.fullmatch(timestamp) is None:
-            if _SHAPED_TS.fullmatch(timestamp) is None:
-                return False
-            if not self._dates_exist({timestamp[:10]}):
-                return False
-        if not self.require_all:
-            if op.rescue_attempted is UNSET:
-                op.rescue_attempted = False
-            if op.rescue_succeeded is UNSET:
-                op.rescue_succeeded = False
         return True
 
     def _dates_exist(self, days: set[str]) -> bool:

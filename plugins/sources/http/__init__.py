@@ -125,6 +125,7 @@ class _Routes(ReadRoutes):
         self._emit: Emit = _not_serving
         self._submit: Callable[[Sequence[Op], OnAccepted], None] | None = None
         self._decoder = EventDecoder(max_field_bytes=source.ctx.max_field_bytes)
+        self._ring_len = source.ctx.observer.ring_len
 
     def serve(self, emit: Emit) -> None:
         """Start taking events: accepted ones go to ``emit``."""
@@ -133,43 +134,46 @@ class _Routes(ReadRoutes):
 
     def handle(self, request: Request) -> Response | Awaitable[Response] | Later:
         path = request.path
-        if path != "/event" and path != "/events":
-            return super().handle(request)
-        single = path == "/event"
         try:
-            ops = self._decode(request.body, single)
+            if path == "/event":
+                ops = [self._decoder.decode(request.body)]
+                batch = 0
+            elif path == "/events":
+                ops = self._decode_batch(request.body)
+                batch = len(ops)
+            else:
+                return super().handle(request)
         except InvalidEvent as exc:
             return self._reject(400, str(exc))
         if self._submit is None:
-            return self._accept(ops, single)
+            return self._accept(ops, batch)
         try:
-            self._submit(ops, partial(self._answer, request, len(ops) if not single else 0))
+            self._submit(ops, partial(self._answer, request, batch))
         except NotAccepted as exc:
             return self._refused(exc)
         return LATER
 
     def _answer(self, request: Request, batch: int, refusal: NotAccepted | None) -> None:
-        request.reply(self._refused(refusal) if refusal else self._accepted(batch))
+        request.reply(self._accepted(batch) if refusal is None else self._refused(refusal))
 
-    async def _accept(self, ops: list[Op], single: bool) -> Response:
+    async def _accept(self, ops: list[Op], batch: int) -> Response:
         try:
             await self._emit(ops)
         except NotAccepted as exc:
             return self._refused(exc)
-        return self._accepted(0 if single else len(ops))
+        return self._accepted(batch)
 
     def _accepted(self, batch: int) -> Response:
         """200 for ``/event`` (``batch`` 0) or for a batch of that many events."""
         if batch:
             return Response(200, b'{"accepted":%d}' % batch)
-        return Response(200, b'{"accepted":true,"ring_size":%d}' % self._observer.ring_len())
+        return Response(200, b'{"accepted":true,"ring_size":%d}' % self._ring_len())
 
     def _refused(self, refusal: NotAccepted) -> Response:
         return self._reject(503, str(refusal), [("Retry-After", str(refusal.retry_after))])
 
-    def _decode(self, body: bytes, single: bool) -> list[Op]:
-        if single:
-            return [self._decoder.decode(body)]
+    def _decode_batch(self, body: bytes) -> list[Op]:
+        """``POST /events``: NDJSON or a JSON array, at least one event."""
         stripped = body.lstrip()
         if stripped[:1] == b"[":
             ops = self._decoder.decode_array(stripped)
