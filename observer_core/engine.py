@@ -126,7 +126,10 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Future[None] | None = None
         """What the idle dispatcher awaits; the first emit resolves it."""
-        self._idle = asyncio.Event()
+        self._dispatching = False
+        """The dispatcher is committing a batch (else it waits for work, or never started)."""
+        self._drained: asyncio.Future[None] | None = None
+        """What shutdown awaits: resolved when the dispatcher next finds nothing to do."""
         self.emitter = Emitter(self.emit, self.submit)
         """What sources get as ``emit``."""
         self._closing = False
@@ -276,13 +279,18 @@ class Engine:
         loop = self._loop = asyncio.get_running_loop()
         while True:
             while not self._pending:
-                self._idle.set()
+                self._dispatching = False
+                drained = self._drained
+                if drained is not None:
+                    self._drained = None
+                    if not drained.done():
+                        drained.set_result(None)
                 self._wake = loop.create_future()
                 try:
                     await self._wake
                 finally:
                     self._wake = None
-            self._idle.clear()
+            self._dispatching = True
             batch = list(self._pending)
             self._pending.clear()
             self._pending_ops = 0
@@ -310,19 +318,25 @@ class Engine:
 
     def _accept(self, ops: Sequence[Op]) -> None:
         self.ring.extend(ops)
-        counter = self.metrics.ops_received
-        label = self.metrics.source_label
-        # Counted by source, then the (rarer) failures apart: cheaper than a pair per op.
-        totals: Tally[str] = Tally(map(_source_of, ops))
-        failures: Tally[str] = Tally([op.source for op in ops if not op.success])
-        for source, total in totals.items():
-            failed = failures[source]
-            if total > failed:
-                counter.inc(total - failed, source=label(source), outcome="success")
-            if failed:
-                counter.inc(failed, source=label(source), outcome="failure")
+        # Counted in C (map, sum) for the usual batch, whose ops share a source.
+        sources = set(map(_source_of, ops))
+        if len(sources) == 1:
+            self._count_received(sources.pop(), len(ops), len(ops) - sum(map(_success_of, ops)))
+        else:
+            totals: Tally[str] = Tally(map(_source_of, ops))
+            failures: Tally[str] = Tally([op.source for op in ops if not op.success])
+            for source, total in totals.items():
+                self._count_received(source, total, failures[source])
         for pump in self._pumps:
             pump.queue.put_many(ops)
+
+    def _count_received(self, source: str, total: int, failed: int) -> None:
+        counter = self.metrics.ops_received
+        label = self.metrics.source_label(source)
+        if total > failed:
+            counter.inc(total - failed, source=label, outcome="success")
+        if failed:
+            counter.inc(failed, source=label, outcome="failure")
 
     async def publish(self, findings: Sequence[Finding]) -> None:
         """Hand findings to every sink that accepts their kind (each write under a timeout)."""
@@ -578,9 +592,10 @@ class Engine:
         self._closing = True
         timeout = float(self.settings.shutdown_timeout_secs)
         with anyio.move_on_after(timeout, shield=True) as scope:
-            self._poke()
-            while self._pending or not self._idle.is_set():
-                await self._idle.wait()
+            while self._pending or self._dispatching:
+                drained = self._drained = asyncio.get_running_loop().create_future()
+                self._poke()
+                await drained
             for pump in self._pumps:
                 pump.queue.close()
                 await pump.stopped.wait()
@@ -608,6 +623,7 @@ async def _quietly(work: Awaitable[Any], ctx: Context | None = None) -> None:
 
 
 _source_of = attrgetter("source")
+_success_of = attrgetter("success")
 
 
 def _holds_ack(item: _Instance) -> bool:

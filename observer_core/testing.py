@@ -653,7 +653,7 @@ class _KitEngine(Engine):
             self.spawned_running
             or self.writes_running
             or self._pending
-            or not self._idle.is_set()
+            or self._dispatching
             or any(len(pump.queue) for pump in self._pumps)
         )
 

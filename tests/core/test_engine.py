@@ -211,3 +211,18 @@ def test_the_core_never_imports_a_plugin():
                 else []
             )
             assert not any(name.startswith("observer_plugins") for name in names), module
+
+
+async def test_shutdown_commits_what_was_submitted_in_the_same_moment(tmp_path):
+    # Submitted, then the daemon stops before the dispatcher ever ran: the ops are still
+    # written and answered (this once spun forever: the drain saw "idle" and never yielded).
+    engine = make_engine(tmp_path, GATED)
+    GateSink.gate.set()
+    answers: list[object] = []
+    with anyio.fail_after(5):
+        async with engine.running():
+            await anyio.sleep(0.05)  # the dispatcher is waiting for work
+            engine.submit([op(1), op(2)], answers.append)
+            await engine.shutdown()  # at once: the dispatcher has not had a turn yet
+    assert answers == [None]
+    assert [record.endpoint for batch in GateSink.batches for record in batch] == ["/1", "/2"]

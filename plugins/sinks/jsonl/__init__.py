@@ -63,6 +63,8 @@ _Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 
 class _WriterThread:
     """One thread that runs a sink's file calls in order, so the event loop never blocks.
+    Being one, and first in first out, it is also what keeps writes, flushes, reopens and
+    the close from overlapping: the sink needs no lock of its own on the event loop.
 
     Cheaper than a worker-thread hop per write: a queue put, and one
     ``call_soon_threadsafe`` to settle the caller's future. The call runs to the
@@ -125,7 +127,6 @@ class JsonlSink(Sink):
         self._size = 0
         self._dirty = False
         self._io = threading.Lock()
-        self._lock = anyio.Lock(fast_acquire=True)  # no extra trip around the event loop per write
         self._encoder = msgspec.json.Encoder()
         self._syncer: _SyncThread | None = None
         self._writer: _WriterThread | None = None
@@ -215,48 +216,48 @@ class JsonlSink(Sink):
         """Append ``records``; returns once write(2) (and fdatasync when "always") is done."""
         data = self._encode(records)
         assert self._writer is not None, "write() before open()"
-        async with self._lock:
-            try:
-                await self._writer.run(self._append, data)
-            except OSError as exc:
-                if not self._failing:
-                    self._failing = True
-                    error = exc.strerror or str(exc)
-                    self.ctx.set_check(self.ctx.instance, False, now_timestamp(), error=error)
-                raise
+        try:
+            await self._writer.run(self._append, data)
+        except OSError as exc:
+            if not self._failing:
+                self._failing = True
+                error = exc.strerror or str(exc)
+                self.ctx.set_check(self.ctx.instance, False, now_timestamp(), error=error)
+            raise
         if self._failing:
             self._failing = False
             self.ctx.set_check(self.ctx.instance, True, now_timestamp())
 
     async def flush(self) -> None:
-        async with self._lock:
-            if self._fd >= 0 and self._writer is not None:
-                await self._writer.run(os.fsync, self._fd)
+        if self._writer is not None:
+            await self._writer.run(self._fsync)
+
+    def _fsync(self) -> None:
+        with self._io:
+            if self._fd >= 0:
+                os.fsync(self._fd)
 
     async def reopen(self) -> None:
         """Reopen the path (after logrotate moved the file away)."""
-        async with self._lock:
-            assert self._writer is not None, "reopen() before open()"
-            await self._writer.run(self._reopen)
+        assert self._writer is not None, "reopen() before open()"
+        await self._writer.run(self._reopen)
 
     def _reopen(self) -> None:
-        with self._io:
-            old = self._fd
-            self._fd = -1
-            if old >= 0:
-                os.close(old)
+        self._close_file()
         self._open_file()
+
+    def _close_file(self) -> None:
+        with self._io:
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
 
     async def aclose(self) -> None:
         if self._syncer is not None:
             self._syncer.stop()
-        async with self._lock:
-            writer, self._writer = self._writer, None
-            if writer is None:
-                return
-            if self._fd >= 0:
-                fd, self._fd = self._fd, -1
-                await writer.run(os.close, fd)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.run(self._close_file)
             await anyio.to_thread.run_sync(writer.stop)
 
 
