@@ -184,7 +184,7 @@ class Engine:
     # -- the Observer protocol (what /health, /stats and /metrics show) ----
 
     def ring_len(self) -> int:
-        return len(self.ring)
+        return self.ring.size()
 
     def health(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}

@@ -308,7 +308,13 @@ class _Connection(asyncio.Protocol):
             target = self._split_target()
         self._path, self._query = target
 
-        if has_body and parser.should_upgrade():  # the body would be taken as the new protocol
+        # The body would be taken as the new protocol. An upgrade needs "Connection: upgrade"
+        # or CONNECT: only then is llhttp asked (a call per request otherwise).
+        if (
+            has_body
+            and (self._connection_header or self._method == "CONNECT")
+            and parser.should_upgrade()
+        ):
             self._fail(_error(400, "bad request: upgrade with a body"))
             raise _StopParsing
         try:

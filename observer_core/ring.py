@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from .components import Window
 from .records import Op
@@ -16,6 +16,8 @@ class Ring:
 
     def __init__(self, size: int) -> None:
         self._ops: deque[Op] = deque(maxlen=size)
+        self.size: Callable[[], int] = self._ops.__len__
+        """``len(ring)`` without a Python call (the ingest path asks once per request)."""
         self.pushed = 0
         """How many ops were ever pushed: the next op's sequence number."""
 
