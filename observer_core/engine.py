@@ -127,6 +127,8 @@ class Engine:
         self._wake: asyncio.Future[None] | None = None
         """What the idle dispatcher awaits; the first emit resolves it."""
         self._dispatching = False
+        self._last_batch = 0
+        """How many submissions the last commit carried."""
         """The dispatcher is committing a batch (else it waits for work, or never started)."""
         self._drained: asyncio.Future[None] | None = None
         """What shutdown awaits: resolved when the dispatcher next finds nothing to do."""
@@ -291,9 +293,16 @@ class Engine:
                 finally:
                     self._wake = None
             self._dispatching = True
+            if len(self._pending) > 1 or self._last_batch > 1:
+                # Requests are arriving together: let the event loop read what is ready
+                # once more, so that this commit takes it too. Fewer, larger commits mean
+                # fewer hand-offs to a sink's writer thread (context switches); alone, a
+                # request is committed at once.
+                await asyncio.sleep(0)
             batch = list(self._pending)
             self._pending.clear()
             self._pending_ops = 0
+            self._last_batch = len(batch)
             ops = batch[0][0] if len(batch) == 1 else [op for item in batch for op in item[0]]
             error = await self._write_acked(ops)
             if error is None:
