@@ -127,9 +127,9 @@ class Engine:
         self._wake: asyncio.Future[None] | None = None
         """What the idle dispatcher awaits; the first emit resolves it."""
         self._dispatching = False
+        """The dispatcher is committing a batch (else it waits for work, or never started)."""
         self._last_batch = 0
         """How many submissions the last commit carried."""
-        """The dispatcher is committing a batch (else it waits for work, or never started)."""
         self._drained: asyncio.Future[None] | None = None
         """What shutdown awaits: resolved when the dispatcher next finds nothing to do."""
         self.emitter = Emitter(self.emit, self.submit)
