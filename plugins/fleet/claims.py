@@ -27,16 +27,16 @@ import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 import msgspec
 
 from observer_core import Context
 
-from .connection import Link, check_url, require_nats
+from .connection import Link, check_url, created_meanwhile, require_nats
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -57,6 +57,8 @@ CALL_TIMEOUT_SECS = 5.0
 MARK_TTL_SECS = 86400.0
 """How long a :meth:`Fleet.mark_new` marker lives (longer than any ring lasts)."""
 MARKS_AT_ONCE = 256
+NO_STREAM_RETRIES = 20
+NO_STREAM_RETRY_SECS = 0.05
 _T = TypeVar("_T")
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 """JetStream's error codes for a compare-and-set that lost."""
@@ -177,15 +179,21 @@ class Fleet:
             return found
 
     async def _open_bucket(self, name: str, ttl: float | None) -> KeyValue:
-        from nats.js.errors import BucketNotFoundError
+        from nats.js.errors import APIError, BucketNotFoundError
 
         js = self.link.js
         try:
             return await js.key_value(name)
         except BucketNotFoundError:
+            pass
+        try:
             return await js.create_key_value(
                 bucket=name, history=1, ttl=ttl, replicas=self.config.replicas
             )
+        except APIError as exc:
+            if not created_meanwhile(exc):
+                raise
+        return await js.key_value(name)
 
     async def _call(self, work: Awaitable[_T]) -> _T:
         """Await ``work`` under the call timeout; NATS errors become FleetUnavailable."""
@@ -218,7 +226,7 @@ class Fleet:
         key, now = self.key(identity), time.time()
         mine = msgspec.json.encode(_Value(state="claimed", by=self.node, at=now, what=identity))
         try:
-            return Claim(Outcome.WON, now, await kv.create(key, mine))
+            return Claim(Outcome.WON, now, await _write(kv.create, key, mine))
         except KeyWrongLastSequenceError:
             pass
         try:
@@ -231,7 +239,7 @@ class Fleet:
         if held.state != "done" and now - held.at < lease_secs:
             return Claim(Outcome.BUSY, held.at)
         try:
-            return Claim(Outcome.WON, now, await kv.update(key, mine, last=entry.revision))
+            return Claim(Outcome.WON, now, await _write(kv.update, key, mine, last=entry.revision))
         except KeyWrongLastSequenceError:
             return Claim(Outcome.BUSY, now)
 
@@ -239,7 +247,7 @@ class Fleet:
         """Mark ``identity`` done (for every observer, for good)."""
         kv = await self._bucket(self.config.bucket)
         done = _Value(state="done", by=self.node, at=time.time(), what=identity)
-        await self._call(kv.put(self.key(identity), msgspec.json.encode(done)))
+        await self._call(_write(kv.put, self.key(identity), msgspec.json.encode(done)))
 
     async def release(self, identity: str, claim: Claim) -> None:
         """Give a claim up (the work failed) so that it can be claimed again."""
@@ -257,7 +265,7 @@ class Fleet:
             chunk = identities[start : start + MARKS_AT_ONCE]
             results = await self._call(
                 asyncio.gather(
-                    *(kv.create(self.key(identity), value) for identity in chunk),
+                    *(_write(kv.create, self.key(identity), value) for identity in chunk),
                     return_exceptions=True,
                 )
             )
@@ -270,7 +278,9 @@ class Fleet:
     async def unmark(self, identities: Sequence[str]) -> None:
         """Remove markers this observer made but could not act on (so they are retried)."""
         kv = await self._bucket(f"{self.config.bucket}_marks", ttl=MARK_TTL_SECS)
-        await self._call(asyncio.gather(*(kv.delete(self.key(each)) for each in identities)))
+        await self._call(
+            asyncio.gather(*(_write(kv.delete, self.key(each)) for each in identities))
+        )
 
     # -- marks that only move forward -----------------------------------------------------
 
@@ -298,13 +308,26 @@ class Fleet:
                 return False
             try:
                 if entry is None:
-                    await kv.create(key, value)
+                    await _write(kv.create, key, value)
                 else:
-                    await kv.update(key, value, last=entry.revision)
+                    await _write(kv.update, key, value, last=entry.revision)
             except KeyWrongLastSequenceError:
                 continue  # someone else moved it: look again
             return True
         return False
+
+
+async def _write(send: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+    """A key-value write. A bucket that another observer created a moment ago may not take
+    writes yet (JetStream: "no stream"): try again shortly, for up to a second."""
+    from nats.js.errors import NoStreamResponseError
+
+    for _ in range(NO_STREAM_RETRIES):
+        try:
+            return await send(*args, **kwargs)
+        except NoStreamResponseError:
+            await anyio.sleep(NO_STREAM_RETRY_SECS)
+    return await send(*args, **kwargs)
 
 
 def _decode(value: bytes | None) -> _Value:
@@ -325,7 +348,7 @@ async def _delete_if_unchanged(kv: KeyValue, key: str, revision: int) -> None:
     from nats.js.errors import APIError
 
     try:
-        await kv.delete(key, last=revision)
+        await _write(kv.delete, key, last=revision)
     except APIError as exc:
         if not _lost(exc):
             raise

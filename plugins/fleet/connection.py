@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
 
-__all__ = ["INSTALL_HINT", "Link", "Quiet", "check_url", "require_nats"]
+__all__ = ["INSTALL_HINT", "Link", "Quiet", "check_url", "created_meanwhile", "require_nats"]
 
 INSTALL_HINT = "needs nats-py, which is not installed: pip install 'observer-core[nats]'"
 CONNECT_TIMEOUT_SECS = 2
@@ -32,6 +32,9 @@ BACKOFF_MAX_SECS = 15.0
 LOG_REPEAT_SECS = 60.0
 """The same connection error is logged again only after this long."""
 _SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+_CREATED_MEANWHILE = (10058, 10065)
+"""JetStream's answers when another client created the same stream a moment before:
+"stream name already in use", "subjects overlap with an existing stream"."""
 
 
 def require_nats(key: str) -> None:
@@ -51,6 +54,13 @@ def check_url(url: str, key: str = "url") -> list[str]:
                 f"{key}: expected nats://HOST:PORT (or tls://, ws://, wss://), got {server!r}"
             )
     return servers
+
+
+def created_meanwhile(exc: BaseException) -> bool:
+    """Whether creating a stream (or bucket) failed only because another observer of the
+    fleet created it at the same moment; the caller then uses the one that exists."""
+    err_code = getattr(exc, "err_code", None)
+    return err_code in _CREATED_MEANWHILE
 
 
 class Quiet:

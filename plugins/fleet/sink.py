@@ -28,7 +28,7 @@ import msgspec
 
 from observer_core import Context, DropOldestQueue, Finding, Op, Record, Sink, SinkConfig
 
-from .connection import Link, check_url, require_nats
+from .connection import Link, check_url, created_meanwhile, require_nats
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -176,7 +176,6 @@ class NatsSink(Sink):
         """Create the stream if it is missing; False (and logged) when JetStream says no."""
         if self._stream_ready:
             return True
-        from nats.js import api
         from nats.js.errors import NotFoundError
 
         config = self.config
@@ -185,26 +184,39 @@ class NatsSink(Sink):
             try:
                 await js.stream_info(config.stream)
             except NotFoundError:
-                await js.add_stream(
-                    api.StreamConfig(
-                        name=config.stream,
-                        subjects=[config.subject, f"{config.findings_subject}.>"],
-                        retention=api.RetentionPolicy.LIMITS,
-                        discard=api.DiscardPolicy.OLD,
-                        storage=api.StorageType.FILE,
-                        max_age=config.max_age_secs or None,
-                        max_bytes=config.max_bytes,
-                        num_replicas=config.replicas,
-                        duplicate_window=120.0,
-                    )
-                )
-                self.ctx.logger.info("created JetStream stream %s", config.stream)
+                await self._add_stream(js)
         except Exception as exc:
             self.ctx.status["nats_error"] = f"stream {config.stream}: {exc!r}"
             self.ctx.logger.warning("cannot use stream %s: %r", config.stream, exc)
             return False
         self._stream_ready = True
         return True
+
+    async def _add_stream(self, js: JetStreamContext) -> None:
+        """Create the stream (another observer creating it at the same moment is fine)."""
+        from nats.js import api
+        from nats.js.errors import APIError
+
+        config = self.config
+        try:
+            await js.add_stream(
+                api.StreamConfig(
+                    name=config.stream,
+                    subjects=[config.subject, f"{config.findings_subject}.>"],
+                    retention=api.RetentionPolicy.LIMITS,
+                    discard=api.DiscardPolicy.OLD,
+                    storage=api.StorageType.FILE,
+                    max_age=config.max_age_secs or None,
+                    max_bytes=config.max_bytes,
+                    num_replicas=config.replicas,
+                    duplicate_window=120.0,
+                )
+            )
+        except APIError as exc:
+            if not created_meanwhile(exc):
+                raise
+            return
+        self.ctx.logger.info("created JetStream stream %s", config.stream)
 
     # -- writing ---------------------------------------------------------------
 

@@ -140,13 +140,20 @@ def nats_binary() -> str:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A running ``nats-server`` with JetStream for this test (stopped at teardown)."""
+    """A running ``nats-server`` with JetStream for this test (stopped at teardown).
+
+    A server that exited on its own during the test (not through :meth:`NatsServer.stop`)
+    fails the teardown with the end of its log, so that a crash is told apart.
+    """
     server = NatsServer(nats_binary(), tmp_path / "nats")
     server.start()
     try:
         yield server
     finally:
+        exited = server.process is not None and server.process.poll() is not None
         server.stop()
+    if exited:
+        raise AssertionError(f"nats-server exited during the test on its own:\n{server.log()}")
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,18 @@ from observer_plugins.fleet.claims import Fleet, FleetConfig, FleetUnavailable, 
 from observer_core.testing import make_context
 
 
-async def fleets(tmp_path, url: str, count: int = 2) -> list[Fleet]:
-    """``count`` observers' views of one analyzer instance (same instance name), opened."""
-    return [await opened(tmp_path / f"node{n}", "analyzers.escalation", url) for n in range(count)]
+async def fleets(tmp_path, url: str, count: int = 2, buckets: bool = True) -> list[Fleet]:
+    """``count`` observers' views of one analyzer instance (same instance name), opened.
+
+    With ``buckets``, the first creates the buckets before the test's calls: nats-server
+    2.9 can fail to answer simultaneous creations of one stream (nats-server#3677), which
+    the tests of claims, markers and marks are not about.
+    """
+    nodes = [await opened(tmp_path / f"node{n}", "analyzers.escalation", url) for n in range(count)]
+    if buckets:
+        await nodes[0].claim("create-the-bucket", lease_secs=60)
+        await nodes[0].mark_new(["create-the-marks-bucket"])
+    return nodes
 
 
 _OPENED: list[Fleet] = []
@@ -61,6 +70,56 @@ async def test_one_claim_wins_then_it_is_done_for_everyone(tmp_path, nats_server
     assert abs(later.at - time.time()) < 5
     for node in nodes:
         await node.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_bucket_another_observer_created_a_moment_ago_is_used(tmp_path, nats_server):
+    # Two observers start at once: both look, find no bucket, and create it; JetStream
+    # refuses the second creation ("name in use", "subjects overlap"). The first look is
+    # made to say "not found" here, after the other observer's bucket exists (with another
+    # history, so that JetStream refuses this creation whatever its timing).
+    from nats.js.errors import BucketNotFoundError
+
+    [node] = await fleets(tmp_path, nats_server.url, 1, buckets=False)
+    js = node.link.js
+    await js.create_key_value(bucket=node.config.bucket, history=5)
+    real_lookup = js.key_value
+    lookups = []
+
+    async def looked_a_moment_too_early(bucket):
+        lookups.append(bucket)
+        if len(lookups) == 1:
+            raise BucketNotFoundError
+        return await real_lookup(bucket)
+
+    js.key_value = looked_a_moment_too_early
+    assert (await node.claim("sig-6", lease_secs=60)).outcome is Outcome.WON
+    assert lookups == [node.config.bucket, node.config.bucket]
+
+
+@pytest.mark.anyio
+async def test_a_bucket_that_takes_no_writes_yet_is_written_when_it_does(tmp_path, nats_server):
+    # Just created by another observer, a bucket may not take writes for a moment
+    # (JetStream: "no stream"); here it is away for 0.3 s.
+    import nats
+
+    [node] = await fleets(tmp_path, nats_server.url, 1)
+    admin = await nats.connect(nats_server.url)
+    try:
+        js = admin.jetstream()
+        await js.delete_key_value(node.config.bucket)
+
+        async def back_after(delay):
+            await anyio.sleep(delay)
+            await js.create_key_value(bucket=node.config.bucket, history=1)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(back_after, 0.3)
+            started = time.monotonic()
+            assert (await node.claim("sig-7", lease_secs=60)).outcome is Outcome.WON
+        assert 0.25 < time.monotonic() - started < 3
+    finally:
+        await admin.close()
 
 
 @pytest.mark.anyio

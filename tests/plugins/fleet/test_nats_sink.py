@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from observer_plugins.fleet.sink import MSG_ID, NatsSinkConfig, split_lines
+from observer_plugins.fleet.sink import MSG_ID, NatsSink, NatsSinkConfig, split_lines
 from observer_plugins.fleet.testing import NatsServer, nats_binary, read_stream
 
-from observer_core import Finding, LogEntry
-from observer_core.testing import wait_for
+from observer_core import Finding, LogEntry, Op
+from observer_core.testing import make_context, wait_for
 
 PLUGIN_DIR = Path(__file__).parents[3] / "plugins" / "fleet"
 
@@ -32,6 +32,17 @@ plugin = "nats"
 url = "URL"
 timeout_secs = 2
 """
+
+
+AN_OP = {
+    "timestamp": "2026-01-01T00:00:00.000Z",
+    "endpoint": "/after-the-race",
+    "input_summary": "i",
+    "success": True,
+    "duration_ms": 1,
+    "output_summary": "o",
+    "source": "test",
+}
 
 
 def events(count: int, start: int = 0) -> list[dict[str, object]]:
@@ -220,3 +231,43 @@ def test_token_authentication(observer_daemon, tmp_path):
         assert "s3cret" not in resolved.stdout
     finally:
         server.stop()
+
+
+@pytest.mark.anyio
+async def test_a_stream_another_observer_created_a_moment_ago_is_used(tmp_path, nats_server):
+    # Observers starting at once both find no stream and create it; JetStream refuses the
+    # later creation. Here the sink's look is made to say "not found" after another
+    # observer's stream exists (with other limits, so JetStream refuses whatever the timing).
+    import nats
+    from nats.js.errors import NotFoundError
+
+    config = NatsSinkConfig(url=nats_server.url)
+    admin = await nats.connect(nats_server.url)
+    try:
+        await admin.jetstream().add_stream(
+            name=config.stream, subjects=[config.subject, f"{config.findings_subject}.>"]
+        )
+    finally:
+        await admin.close()
+    ctx = make_context(tmp_path, "sinks.bus")
+    sink = NatsSink(config, ctx)
+    assert await sink._link.try_connect()
+    js = sink._link.js
+    real_look = js.stream_info
+    looks = []
+
+    async def looked_a_moment_too_early(name, *args, **kwargs):
+        looks.append(name)
+        if len(looks) == 1:
+            raise NotFoundError
+        return await real_look(name, *args, **kwargs)
+
+    js.stream_info = looked_a_moment_too_early
+    try:
+        await sink.open()
+        await sink.write([Op(**AN_OP)])
+    finally:
+        await sink.aclose()
+    assert "nats_error" not in ctx.status
+    stored = await read_stream(nats_server.url, config.stream, config.subject)
+    assert [json.loads(message.data) for message in stored] == [AN_OP]
