@@ -55,6 +55,12 @@ def _error(status: int, message: str, headers: list[tuple[str, str]] | None = No
     return Response(status, _encode({"error": message}), headers or [])
 
 
+def _bearer_token(authorization: bytes) -> bytes:
+    """The token of ``Bearer <token>`` (the scheme in any case, RFC 7235); else empty."""
+    scheme, _, token = authorization.partition(b" ")
+    return token.lstrip(b" ") if scheme.lower() == b"bearer" else b""
+
+
 class ReadRoutes:
     """``GET /health``, ``/stats`` and ``/metrics``, with the checks every route gets.
 
@@ -68,7 +74,7 @@ class ReadRoutes:
 
     def __init__(self, observer: Observer, token: str | None, count: Callable[[int], None]) -> None:
         self._observer = observer
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._expected = token.encode() if token else None
         self._count = count
 
     def precheck(
@@ -81,7 +87,7 @@ class ReadRoutes:
             return self._reject(405, f"{path} takes {allowed}", [("Allow", allowed)])
         if self._expected is not None and path != "/health":
             given = next((value for name, value in headers if name == b"authorization"), b"")
-            if not hmac.compare_digest(given, self._expected):
+            if not hmac.compare_digest(_bearer_token(given), self._expected):
                 return self._reject(
                     401, "missing or wrong bearer token", [("WWW-Authenticate", "Bearer")]
                 )

@@ -260,7 +260,7 @@ class TestToken:
         assert httpx.get(f"{daemon.url}/health").status_code == 200
 
     @pytest.mark.parametrize(
-        "header", [None, "Bearer wrong", "t0ken", "Bearer t0kenx", "bearer t0ken"]
+        "header", [None, "Bearer wrong", "t0ken", "Bearer t0kenx", "Basic t0ken", "Bearert0ken"]
     )
     def test_missing_or_wrong_token_is_401(self, daemon, header):
         headers = {"authorization": header} if header else {}
@@ -272,6 +272,8 @@ class TestToken:
     def test_right_token_is_accepted_and_never_logged(self, daemon):
         reply = post(daemon, "/event", "{}", authorization="Bearer t0ken")
         assert reply.status_code == 200
+        for scheme_in_any_case in ("bearer t0ken", "BEARER  t0ken"):  # RFC 7235
+            assert post(daemon, "/event", "{}", authorization=scheme_in_any_case).status_code == 200
         post(daemon, "/event", "{}", authorization="Bearer guess")
         assert "t0ken" not in daemon.logs() and "guess" not in daemon.logs()
 
