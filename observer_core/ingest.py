@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Annotated, Any
 
@@ -45,20 +46,21 @@ REQUIRED_OP_FIELDS = (
 )
 
 _CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", re.ASCII)
-_TIME = r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z"
-_ANY_DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-_SURE_DATE = (
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_STAMP = b"0000-00-00T00:00:00.000Z\n"
+"""The record's timestamp format with every digit 0, and the newline that ends it in a batch:
+a batch's timestamps are checked at once, in a few C calls (a third of the instructions of a
+regular expression over the batch)."""
+_STAMP_LEN = len(_STAMP)
+_ZERO_TO_FIVE = b"012345"
+_SURE_TS = re.compile(
     r"(?!0000)[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
     r"|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z"
 )
-"""A date valid in any year: every real one but February 29 (which is checked apart)."""
-_SURE_TS = re.compile(_SURE_DATE + _TIME)
-_SURE_TS_LINES = re.compile(f"(?:{_SURE_DATE}{_TIME}\n)*{_SURE_DATE}{_TIME}")
-_SHAPED_TS = re.compile(_ANY_DATE + _TIME)
-_SHAPED_TS_LINES = re.compile(f"(?:{_ANY_DATE}{_TIME}\n)*{_ANY_DATE}{_TIME}")
-"""Timestamps already in the record's format, one per line, so that a whole batch is checked
-in one call: "sure" ones need nothing more; "shaped" ones need their dates checked."""
-_MAX_KNOWN_DATES = 4096
+"""One timestamp in the record's format on a date valid in any year (every date but February
+29): for a single event, one regular expression call is cheaper than :meth:`_canonical`."""
+_MAX_KNOWN_HOURS = 4096
 _UNDECODABLE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
 """What msgspec raises on bad input: its own errors, a string not UTF-8, deep nesting."""
 
@@ -158,7 +160,7 @@ class EventDecoder:
         self._many = msgspec.json.Decoder(list[_EventIn])
         self._direct = msgspec.json.Decoder(Op)
         self._direct_many = msgspec.json.Decoder(list[Op])
-        self._known_dates: set[str] = set()
+        self._known_hours: set[bytes] = set()
 
     def decode(self, body: bytes | str) -> Op:
         """Decode one JSON object. Raises :class:`InvalidEvent`."""
@@ -168,11 +170,7 @@ class EventDecoder:
             except _UNDECODABLE:
                 pass
             else:  # _complete for one op, inline: this runs for every posted event
-                timestamp = op.timestamp
-                if _SURE_TS.fullmatch(timestamp) is not None or (
-                    _SHAPED_TS.fullmatch(timestamp) is not None
-                    and self._dates_exist({timestamp[:10]})
-                ):
+                if _SURE_TS.fullmatch(op.timestamp) is not None or self._canonical((op,)):
                     if not self.require_all:
                         if op.rescue_attempted is UNSET:
                             op.rescue_attempted = False
@@ -250,15 +248,8 @@ class EventDecoder:
         format and date); fill in the ``/event`` defaults Op lacks. False: the general path."""
         if not ops:
             return True
-        stamps = "\n".join([op.timestamp for op in ops])
-        # The length check keeps a timestamp holding a newline from passing as two.
-        if len(stamps) != 25 * len(ops) - 1:
+        if not self._canonical(ops):
             return False
-        if _SURE_TS_LINES.fullmatch(stamps) is None:
-            if _SHAPED_TS_LINES.fullmatch(stamps) is None:
-                return False
-            if not self._dates_exist({op.timestamp[:10] for op in ops}):
-                return False
         if not self.require_all:
             for op in ops:
                 if op.rescue_attempted is UNSET:
@@ -267,18 +258,41 @@ class EventDecoder:
                     op.rescue_succeeded = False
         return True
 
-    def _dates_exist(self, days: set[str]) -> bool:
-        unknown = days - self._known_dates
-        if not unknown:
+    def _canonical(self, ops: Sequence[Op]) -> bool:
+        """Whether every timestamp is a real instant in the record's format,
+        ``YYYY-MM-DDTHH:MM:SS.mmmZ``. False means "not sure": the general path decides."""
+        count = len(ops)
+        joined = "\n".join([op.timestamp for op in ops])
+        # The length check keeps a timestamp holding a newline from passing as two.
+        if len(joined) != _STAMP_LEN * count - 1 or not joined.isascii():
+            return False
+        stamps = joined.encode() + b"\n"
+        if stamps.translate(_DIGITS_AS_ZERO) != _STAMP * count:
+            return False
+        # The tens of every minute and second (each stamp is _STAMP_LEN bytes on) are 0-5.
+        minutes, seconds = stamps[14::_STAMP_LEN], stamps[17::_STAMP_LEN]
+        if minutes.strip(_ZERO_TO_FIVE) or seconds.strip(_ZERO_TO_FIVE):
+            return False
+        first = stamps[:13]
+        # A "YYYY-MM-DDTHH" can only occur where a stamp starts: the usual batch has one.
+        if stamps.count(first) == count:
+            return self._hour_exists(first)
+        hours = {stamps[start : start + 13] for start in range(0, len(stamps), _STAMP_LEN)}
+        return all(map(self._hour_exists, hours))
+
+    def _hour_exists(self, hour: bytes) -> bool:
+        """Whether ``YYYY-MM-DDTHH`` (digits already checked) names a real date and hour."""
+        if hour in self._known_hours:
             return True
+        if hour[11:] > b"23":
+            return False
         try:
-            for day in unknown:
-                date.fromisoformat(day)
+            date.fromisoformat(hour[:10].decode())
         except ValueError:
             return False
-        if len(self._known_dates) > _MAX_KNOWN_DATES:
-            self._known_dates.clear()
-        self._known_dates |= unknown
+        if len(self._known_hours) > _MAX_KNOWN_HOURS:
+            self._known_hours.clear()
+        self._known_hours.add(hour)
         return True
 
     def _to_ops(

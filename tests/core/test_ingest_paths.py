@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from observer_core import UNSET, EventDecoder, InvalidEvent
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from observer_core import UNSET, EventDecoder, InvalidEvent, Op
 
 
 def error_of(decoder: EventDecoder, body: bytes) -> str:
@@ -51,3 +55,70 @@ def test_rows_leave_rescue_flags_unset() -> None:
     )
     op = EventDecoder(require_all=True).decode(row)
     assert op.rescue_attempted is UNSET and op.count is UNSET
+
+
+COMPLETE = (
+    '{"timestamp": "%s", "endpoint": "e", "input_summary": "i", "success": true,'
+    ' "duration_ms": 1, "output_summary": "o", "source": "s"}'
+)
+"""An event with every required field: the batch fast path takes it if its timestamp passes."""
+
+
+PARTS = (range(1, 10000), range(1, 13), range(1, 29), range(24), range(60), range(60), range(1000))
+"""Year, month, day, hour, minute, second, millisecond: values valid on any date."""
+WRONG = [(0, 0), (1, 0), (1, 13), (2, 0), (2, 29), (2, 30), (2, 31), (2, 32), (3, 24), (4, 60)]
+WRONG += [(5, 60), (5, 99)]
+"""(part, value): one part set to a value that may be out of range (day 31 in April...)."""
+valid_parts = st.tuples(*(st.integers(values.start, values.stop - 1) for values in PARTS))
+
+
+def stamp(parts: tuple[int, ...]) -> str:
+    return "{:0>4}-{:0>2}-{:0>2}T{:0>2}:{:0>2}:{:0>2}.{:0>3}Z".format(*parts)
+
+
+def with_wrong(parts: tuple[int, ...], wrong: tuple[int, int]) -> str:
+    index, value = wrong
+    return stamp((*parts[:index], value, *parts[index + 1 :]))
+
+
+stamps = st.one_of(
+    valid_parts.map(stamp),
+    valid_parts.map(stamp),
+    st.builds(with_wrong, valid_parts, st.sampled_from(WRONG)),
+    st.sampled_from(
+        [
+            "2024-02-29T23:59:59.999Z",  # a leap day
+            "2026-02-29T00:00:00.000Z",
+            "0000-01-01T00:00:00.000Z",
+            "2026-01-01T00:00:00.000z",
+            "2026-01-01 00:00:00.000Z",
+            "2026-01-01T00:00:00.000Z\n2026",
+            "2026-01-0\u0661T00:00:00.000Z",  # a digit, but not an ASCII one
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:00:00.000+00:00",
+        ]
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(stamps, min_size=1, max_size=6))
+def test_a_batch_of_timestamps_is_judged_as_each_alone_would_be(batch: list[str]) -> None:
+    # The batch check (a few C calls over all timestamps) must accept exactly what the
+    # general path, one event at a time, accepts; and leave each timestamp as it was.
+    decoder = EventDecoder()
+    lines = [(COMPLETE % stamp.replace("\n", "\\n")).encode() for stamp in batch]
+    expected: list[Op] | str = []
+    for number, line in enumerate(lines, 1):
+        try:
+            expected.append(decoder.convert(json.loads(line)))
+        except InvalidEvent as exc:
+            expected = f"line {number}: {exc}"
+            break
+    try:
+        got: list[Op] | str = decoder.decode_lines(b"\n".join(lines))
+    except InvalidEvent as exc:
+        got = str(exc)
+    assert got == expected
+    if isinstance(got, list) and len(got) == 1:
+        assert decoder.decode(lines[0]) == got[0]
