@@ -2,6 +2,7 @@
 shared machine does not move, for comparing two versions of the code.
 
     python bench/instructions.py [--rounds 200]      # needs valgrind (apt-get install valgrind)
+    python bench/instructions.py --batch 100         # POST /events, 100 events each: per event
 
 It runs the daemon's own pieces in one process, without sockets: the http source's
 server parses ``POST /event`` (the benchmark's 311-byte event) on 64 connections at once,
@@ -24,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from events import event_body
+from events import batch_body, event_body
 
 CONNECTIONS = 64
 _COLLECTED = re.compile(r"Collected : (\d+)")
@@ -47,14 +48,14 @@ class _Transport:
     def abort(self) -> None: ...
 
 
-async def _requests(rounds: int) -> None:
+async def _requests(rounds: int, batch: int) -> None:
     from inproc import build_engine, component
 
     from observer_core import Source
     from observer_core.httpserver import _Connection
 
-    body = event_body()
-    request = b"POST /event HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    body, path = (batch_body(batch), b"/events") if batch else (event_body(), b"/event")
+    request = b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n" % path
     request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     tables = '[sources.http]\nplugin = "http"\nport = 0\n'
     tables += '[sinks.ops]\nplugin = "jsonl"\npath = "ops.jsonl"\nfsync = "never"\n'
@@ -79,12 +80,12 @@ async def _requests(rounds: int) -> None:
         inputs.cancel_scope.cancel()
 
 
-def _instructions(rounds: int) -> int:
+def _instructions(rounds: int, batch: int) -> int:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("valgrind is not installed: apt-get install -y valgrind")
     argv = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    argv += [sys.executable, __file__, "--inner", str(rounds)]
+    argv += [sys.executable, __file__, "--inner", str(rounds), "--batch", str(batch)]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     match = _COLLECTED.search(done.stderr)
     if match is None:
@@ -95,15 +96,21 @@ def _instructions(rounds: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=200, help="rounds of 64 requests")
+    parser.add_argument(
+        "--batch", type=int, default=0, help="POST /events with this many events (default: /event)"
+    )
     parser.add_argument("--inner", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner is not None:
         import uvloop
 
-        uvloop.run(_requests(args.inner))
+        uvloop.run(_requests(args.inner, args.batch))
         return 0
-    per_request = (_instructions(args.rounds) - _instructions(0)) / (CONNECTIONS * args.rounds)
-    print(f"{per_request:,.0f} instructions per POST /event (in process, {args.rounds} rounds)")
+    rounds, batch = args.rounds, args.batch
+    events = CONNECTIONS * rounds * max(batch, 1)
+    per_event = (_instructions(rounds, batch) - _instructions(0, batch)) / events
+    what = f"event in POST /events of {batch}" if batch else "POST /event"
+    print(f"{per_event:,.0f} instructions per {what} (in process, {rounds} rounds)")
     return 0
 
 
