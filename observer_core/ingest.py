@@ -18,6 +18,7 @@ import io
 import re
 from collections.abc import Sequence
 from datetime import date, datetime
+from operator import itemgetter
 from typing import Annotated, Any
 
 import msgspec
@@ -53,6 +54,7 @@ a batch's timestamps are checked at once, in a few C calls (a third of the instr
 regular expression over the batch)."""
 _STAMP_LEN = len(_STAMP)
 _ZERO_TO_FIVE = b"012345"
+_DAY_AND_HOUR = itemgetter(slice(0, 13))
 _SURE_TS = re.compile(
     r"(?!0000)[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
     r"|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
@@ -160,7 +162,7 @@ class EventDecoder:
         self._many = msgspec.json.Decoder(list[_EventIn])
         self._direct = msgspec.json.Decoder(Op)
         self._direct_many = msgspec.json.Decoder(list[Op])
-        self._known_hours: set[bytes] = set()
+        self._known_hours: set[str] = set()
 
     def decode(self, body: bytes | str) -> Op:
         """Decode one JSON object. Raises :class:`InvalidEvent`."""
@@ -262,7 +264,8 @@ class EventDecoder:
         """Whether every timestamp is a real instant in the record's format,
         ``YYYY-MM-DDTHH:MM:SS.mmmZ``. False means "not sure": the general path decides."""
         count = len(ops)
-        joined = "\n".join([op.timestamp for op in ops])
+        times = [op.timestamp for op in ops]
+        joined = "\n".join(times)
         # The length check keeps a timestamp holding a newline from passing as two.
         if len(joined) != _STAMP_LEN * count - 1 or not joined.isascii():
             return False
@@ -273,21 +276,20 @@ class EventDecoder:
         minutes, seconds = stamps[14::_STAMP_LEN], stamps[17::_STAMP_LEN]
         if minutes.strip(_ZERO_TO_FIVE) or seconds.strip(_ZERO_TO_FIVE):
             return False
-        first = stamps[:13]
+        first = joined[:13]
         # A "YYYY-MM-DDTHH" can only occur where a stamp starts: the usual batch has one.
-        if stamps.count(first) == count:
+        if joined.count(first) == count:
             return self._hour_exists(first)
-        hours = {stamps[start : start + 13] for start in range(0, len(stamps), _STAMP_LEN)}
-        return all(map(self._hour_exists, hours))
+        return all(map(self._hour_exists, set(map(_DAY_AND_HOUR, times))))
 
-    def _hour_exists(self, hour: bytes) -> bool:
+    def _hour_exists(self, hour: str) -> bool:
         """Whether ``YYYY-MM-DDTHH`` (digits already checked) names a real date and hour."""
         if hour in self._known_hours:
             return True
-        if hour[11:] > b"23":
+        if hour[11:] > "23":
             return False
         try:
-            date.fromisoformat(hour[:10].decode())
+            date.fromisoformat(hour[:10])
         except ValueError:
             return False
         if len(self._known_hours) > _MAX_KNOWN_HOURS:

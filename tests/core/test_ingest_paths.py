@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from observer_core import UNSET, EventDecoder, InvalidEvent, Op
@@ -103,6 +103,9 @@ stamps = st.one_of(
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(stamps, min_size=1, max_size=6))
+@example(["2026-01-01T10:00:00.000Z", "2026-01-02T24:00:00.000Z"])  # hours differ: looked up
+@example(["2026-01-01T10:00:00.000Z", "2026-02-30T10:00:00.000Z"])  # each of its own
+@example(["2026-01-01T10:00:00.000Z", "2026-01-01T10:59:59.999Z"])
 def test_a_batch_of_timestamps_is_judged_as_each_alone_would_be(batch: list[str]) -> None:
     # The batch check (a few C calls over all timestamps) must accept exactly what the
     # general path, one event at a time, accepts; and leave each timestamp as it was.
