@@ -70,6 +70,19 @@ _UNDECODABLE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
 class InvalidEvent(ValueError):
     """An event or row that cannot become an op; the message names the field."""
 
+    @classmethod
+    def unreadable(
+        cls, exc: msgspec.DecodeError | UnicodeDecodeError | RecursionError
+    ) -> InvalidEvent:
+        """The error for a body that is not JSON at all, worded the same whatever msgspec
+        version raised it (before 0.23 bad UTF-8 was a ``UnicodeDecodeError``, since then a
+        ``DecodeError`` saying "Invalid UTF-8 encoded string")."""
+        if isinstance(exc, RecursionError):
+            return cls("invalid JSON: nested too deeply")
+        if isinstance(exc, UnicodeDecodeError) or "UTF-8" in str(exc):
+            return cls("invalid JSON: a string is not valid UTF-8")
+        return cls(f"invalid JSON: {exc}")
+
 
 class _EventIn(msgspec.Struct, kw_only=True):
     """The input shape: every field optional, ``null`` allowed and meaning absent."""
@@ -183,10 +196,8 @@ class EventDecoder:
             raw = self._one.decode(body)
         except msgspec.ValidationError as exc:
             raise InvalidEvent(_describe(exc)[1]) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidEvent(f"invalid JSON: {exc}") from None
-        except (UnicodeDecodeError, RecursionError) as exc:
-            raise InvalidEvent(_unreadable(exc)) from None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise InvalidEvent.unreadable(exc) from None
         return self._to_op(raw, len(body) > self.max_field_bytes)
 
     def decode_array(self, body: bytes) -> list[Op]:
@@ -205,10 +216,8 @@ class EventDecoder:
             item, message = _describe(exc)
             where = f"item {item + 1}: " if item is not None else ""
             raise InvalidEvent(f"{where}{message}") from None
-        except msgspec.DecodeError as exc:
-            raise InvalidEvent(f"invalid JSON: {exc}") from None
-        except (UnicodeDecodeError, RecursionError) as exc:
-            raise InvalidEvent(_unreadable(exc)) from None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise InvalidEvent.unreadable(exc) from None
         return self._to_ops(raws, len(body) > self.max_field_bytes, "item")
 
     def decode_lines(self, body: bytes) -> list[Op]:
@@ -403,13 +412,6 @@ def _line_number(lines: list[bytes], index: int) -> int:
             if seen == index:
                 return number
     raise IndexError(index)
-
-
-def _unreadable(exc: UnicodeDecodeError | RecursionError) -> str:
-    """What msgspec raises outside its own errors: a string that is not UTF-8, deep nesting."""
-    if isinstance(exc, RecursionError):
-        return "invalid JSON: nested too deeply"
-    return "invalid JSON: a string is not valid UTF-8"
 
 
 def _default_input(raw: _EventIn) -> str:

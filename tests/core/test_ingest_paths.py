@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -125,3 +126,27 @@ def test_a_batch_of_timestamps_is_judged_as_each_alone_would_be(batch: list[str]
     assert got == expected
     if isinstance(got, list) and len(got) == 1:
         assert decoder.decode(lines[0]) == got[0]
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),  # msgspec < 0.23
+        msgspec.DecodeError("Invalid UTF-8 encoded string"),  # msgspec >= 0.23
+    ],
+)
+def test_bad_utf8_reads_the_same_whatever_msgspec_raised(raised: Exception) -> None:
+    assert str(InvalidEvent.unreadable(raised)) == "invalid JSON: a string is not valid UTF-8"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("entry", "body"),
+    [
+        ("decode", b'{"endpoint": "\xff\xfe"}'),
+        ("decode_lines", b'{}\n{"endpoint": "\xc0\xaf"}\n'),
+        ("decode_array", b'[{}, {"role": "\xed\xa0\x80"}]'),
+    ],
+)
+def test_every_entry_point_words_bad_utf8_alike(entry: str, body: bytes) -> None:
+    with pytest.raises(InvalidEvent, match=r"invalid JSON: a string is not valid UTF-8$"):
+        getattr(EventDecoder(), entry)(body)

@@ -110,8 +110,8 @@ class _MappedLines:
     def decode_line(self, line: bytes) -> Op:
         try:
             row = self._json.decode(line)
-        except msgspec.DecodeError as exc:
-            raise InvalidEvent(f"invalid JSON: {exc}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise InvalidEvent.unreadable(exc) from None
         op = self._map(row)
         if not isinstance(op, Op):
             raise InvalidEvent(f"row format {self._name!r} returned {type(op).__name__}, not an Op")
