@@ -7,8 +7,11 @@ Each point appends 300-byte lines to a file from a uvloop event loop, in one pro
 pinned to one core (as the daemon is in ``bench/run.py``), and reports appends/s and
 CPU µs per append (the process's CPU time, every thread's), the median of the rounds:
 
-- ``thread``: the jsonl sink's own writer thread (``_WriterThread.run``): a queue put,
-  write(2) in the thread, ``call_soon_threadsafe`` back. What the daemon does.
+- ``thread``: the jsonl sink's own writer thread (``WriterThread.run``): a queue put,
+  write(2) in the thread, the result into a deque and a ring on an eventfd the event
+  loop watches. What the daemon does.
+- ``call_soon_threadsafe``: the same thread settling each write with
+  ``loop.call_soon_threadsafe`` instead, as the sink did up to phase 6.
 - ``io_uring``: the write submitted to io_uring, its completion read from an eventfd
   the event loop watches. Only when the ``liburing`` package is installed
   (``pip install liburing``); not a dependency of observer-core.
@@ -38,12 +41,34 @@ Append = Callable[[bytes], Awaitable[int]]
 
 
 def _thread(loop: asyncio.AbstractEventLoop, fd: int) -> Append:
-    from observer_plugins.sinks.jsonl import _WriterThread
+    from observer_plugins.sinks.jsonl.writer import WriterThread
 
-    writer = _WriterThread(loop)
+    writer = WriterThread(loop)
 
     def append(data: bytes) -> Awaitable[int]:
         return writer.run(os.write, fd, data)
+
+    return append
+
+
+def _threadsafe(loop: asyncio.AbstractEventLoop, fd: int) -> Append:
+    """The writer thread as it was before: each write settled by ``call_soon_threadsafe``."""
+    import queue
+    import threading
+
+    jobs: queue.SimpleQueue[tuple[bytes, asyncio.Future[int]]] = queue.SimpleQueue()
+
+    def work() -> None:
+        while True:
+            data, future = jobs.get()
+            loop.call_soon_threadsafe(future.set_result, os.write(fd, data))
+
+    threading.Thread(target=work, daemon=True).start()
+
+    async def append(data: bytes) -> int:  # a coroutine, as WriterThread.run is
+        future: asyncio.Future[int] = loop.create_future()
+        jobs.put((data, future))
+        return await future
 
     return append
 
@@ -97,6 +122,7 @@ def _io_uring(loop: asyncio.AbstractEventLoop, fd: int) -> Append:
 
 WAYS: dict[str, Callable[[asyncio.AbstractEventLoop, int], Append]] = {
     "thread": _thread,
+    "call_soon_threadsafe": _threadsafe,
     "io_uring": _io_uring,
     "inline": _inline,
 }
@@ -147,7 +173,7 @@ def main() -> int:
     try:
         import liburing  # noqa: F401
     except ImportError:
-        ways = ["thread", "inline"]
+        ways = [way for way in WAYS if way != "io_uring"]
         print("(io_uring left out: pip install liburing to include it)")
     else:
         ways = list(WAYS)

@@ -20,7 +20,7 @@ from servers import start_core
 from wrk import WrkResult, run_wrk, write_script
 
 _LINE = re.compile(r" \(([^:()]+):\d+\)$")
-_IDLE_FRAMES = ("Condition.wait (threading.py", "_WriterThread._next_job (")
+_IDLE_FRAMES = ("Condition.wait (threading.py", "WriterThread._next_job (")
 """anyio's worker threads, and the jsonl sink's writer thread, waiting for work:
 counted apart, not as server time."""
 

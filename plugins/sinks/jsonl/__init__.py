@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, cast
+from typing import Annotated, ClassVar, Literal, cast
 
-import anyio
 import msgspec
 
 from observer_core import Finding, Record, Sink, SinkConfig, hookimpl, now_timestamp
+
+from .writer import WriterThread
 
 __all__ = ["JsonlSink"]
 
@@ -58,60 +58,6 @@ class _SyncThread:
         self._thread.join(timeout=5)
 
 
-_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
-
-
-class _WriterThread:
-    """One thread that runs a sink's file calls in order, so the event loop never blocks.
-    Being one, and first in first out, it is also what keeps writes, flushes, reopens and
-    the close from overlapping: the sink needs no lock of its own on the event loop.
-
-    Cheaper than a worker-thread hop per write: a queue put, and one
-    ``call_soon_threadsafe`` to settle the caller's future. The call runs to the
-    end even when its caller is cancelled (a write is never cut in half).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="jsonl-writer", daemon=True)
-        self._thread.start()
-
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._jobs.put((fn, args, future))
-        return await future
-
-    def _work(self) -> None:
-        settle = self._loop.call_soon_threadsafe
-        while (job := self._next_job()) is not None:
-            fn, args, future = job
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # handed to the caller, who re-raises it
-                settle(_fail, future, exc)
-            else:
-                settle(_succeed, future, result)
-
-    def _next_job(self) -> _Job | None:
-        """Wait for work (a profiler counts time in here as idle)."""
-        return self._jobs.get()
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=5)
-
-
-def _succeed(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
 class JsonlSink(Sink):
     """Appends records to a JSONL file; ops are acknowledged only once written."""
 
@@ -129,12 +75,12 @@ class JsonlSink(Sink):
         self._io = threading.Lock()
         self._encoder = msgspec.json.Encoder()
         self._syncer: _SyncThread | None = None
-        self._writer: _WriterThread | None = None
+        self._writer: WriterThread | None = None
         self._failing = False
         """The last write failed: /health shows the file unhealthy until one succeeds."""
 
     async def open(self) -> None:
-        self._writer = _WriterThread(asyncio.get_running_loop())
+        self._writer = WriterThread(asyncio.get_running_loop())
         await self._writer.run(self._open_file)
         if self.config.fsync == "batch":
             self._syncer = _SyncThread(self, self.config.fsync_interval_ms / 1000)
@@ -258,7 +204,7 @@ class JsonlSink(Sink):
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.run(self._close_file)
-            await anyio.to_thread.run_sync(writer.stop)
+            await writer.stop()
 
 
 @hookimpl
