@@ -7,11 +7,12 @@ Each point appends 300-byte lines to a file from a uvloop event loop, in one pro
 pinned to one core (as the daemon is in ``bench/run.py``), and reports appends/s and
 CPU µs per append (the process's CPU time, every thread's), the median of the rounds:
 
-- ``thread``: the jsonl sink's own writer thread (``WriterThread.run``): a queue put,
-  write(2) in the thread, the result into a deque and a ring on an eventfd the event
-  loop watches. What the daemon does.
-- ``call_soon_threadsafe``: the same thread settling each write with
-  ``loop.call_soon_threadsafe`` instead, as the sink did up to phase 6.
+- ``thread``: the jsonl sink's own writer thread (``WriterThread.run``): the call into a
+  deque and a ring on an eventfd the thread waits on, write(2) in the thread, the
+  result into another deque and a ring on an eventfd the event loop watches. What the
+  daemon does.
+- ``call_soon_threadsafe``: a writer thread as the sink had up to phase 6: a
+  ``queue.SimpleQueue`` put, write(2) in the thread, ``loop.call_soon_threadsafe`` back.
 - ``io_uring``: the write submitted to io_uring, its completion read from an eventfd
   the event loop watches. Only when the ``liburing`` package is installed
   (``pip install liburing``); not a dependency of observer-core.

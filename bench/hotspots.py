@@ -6,9 +6,11 @@ and returns the top functions by self and by inclusive share of the samples.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -20,7 +22,7 @@ from servers import start_core
 from wrk import WrkResult, run_wrk, write_script
 
 _LINE = re.compile(r" \(([^:()]+):\d+\)$")
-_IDLE_FRAMES = ("Condition.wait (threading.py", "WriterThread._next_job (")
+_IDLE_FRAMES = ("Condition.wait (threading.py", "WriterThread._wait_for_work (")
 """anyio's worker threads, and the jsonl sink's writer thread, waiting for work:
 counted apart, not as server time."""
 
@@ -71,7 +73,8 @@ def run(
     rate: int = 200,
 ) -> dict[str, Any]:
     """Profile observer-core (fsync never) for ``seconds`` while wrk holds ``connections``."""
-    pyspy = shutil.which("py-spy")
+    pyspy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}")
+    pyspy = pyspy or shutil.which("py-spy")
     if pyspy is None:
         return {"skipped": "py-spy is not installed (pip install py-spy into the venv)"}
     workdir = workroot / "profile"

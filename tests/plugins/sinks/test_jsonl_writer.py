@@ -70,8 +70,31 @@ async def test_stop_finishes_queued_calls_and_closes_its_descriptor():
     writer = WriterThread(loop)
     pending = [loop.create_task(writer.run(len, "x" * n)) for n in range(3)]
     await asyncio.sleep(0)  # the tasks queue their calls
-    fd = writer._doorbell.fd
+    fd = writer._done.fd
     await writer.stop()
     assert await asyncio.gather(*pending) == [0, 1, 2]
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+@pytest.mark.anyio
+async def test_no_call_waits_forever_however_submissions_interleave_with_settling():
+    """Callers that submit while the thread finishes, sleeps or is woken: every call
+    settles (a lost wake-up would hang one until the timeout)."""
+    writer = WriterThread(asyncio.get_running_loop())
+    results: list[int] = []
+
+    async def caller(offset: int) -> None:
+        for n in range(300):
+            results.append(await writer.run(int.__add__, offset, n))
+            if n % 7 == 0:
+                await asyncio.sleep(0)
+
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                for offset in range(0, 20_000, 1000):
+                    group.start_soon(caller, offset)
+    finally:
+        await writer.stop()
+    assert sorted(results) == sorted(o + n for o in range(0, 20_000, 1000) for n in range(300))
