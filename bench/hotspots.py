@@ -73,8 +73,8 @@ def run(
     rate: int = 200,
 ) -> dict[str, Any]:
     """Profile observer-core (fsync never) for ``seconds`` while wrk holds ``connections``."""
-    pyspy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}")
-    pyspy = pyspy or shutil.which("py-spy")
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    pyspy = shutil.which("py-spy", path=search)  # the venv's bin first, then PATH
     if pyspy is None:
         return {"skipped": "py-spy is not installed (pip install py-spy into the venv)"}
     workdir = workroot / "profile"
