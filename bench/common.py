@@ -11,7 +11,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ QUIET_BELOW = 0.0
 machine (run.py --quiet-below; 0: do not wait)."""
 QUIET_WAIT = 120.0
 """The longest such wait, in seconds."""
+KEEP_AWAKE = False
+"""run.py --keep-awake: a SCHED_IDLE busy loop shares SERVER_CORE with each server under
+test, so the core never halts between two requests (see keep_awake)."""
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 
@@ -185,12 +189,37 @@ def wait_for_quiet() -> dict[str, float]:
     return {"waited_s": round(time.monotonic() - started, 1), "busy_before_pct": round(busy, 1)}
 
 
+@contextmanager
+def keep_awake() -> Iterator[int | None]:
+    """While the block runs, keep SERVER_CORE busy with a ``SCHED_IDLE`` busy loop (when
+    KEEP_AWAKE is set; yields its pid, else None).
+
+    A SCHED_IDLE task runs only when nothing else wants the core, so it takes no time from
+    the server; it only stops the (virtual) CPU from halting while the server waits for
+    the next request. On a VM whose guest does not poll before halting, waking a halted
+    vCPU costs tens of µs per request, which at c=1 is most of a request's latency.
+    """
+    if not KEEP_AWAKE:
+        yield None
+        return
+    spinner = subprocess.Popen(
+        pinned(SERVER_CORE, ["chrt", "--idle", "0", sys.executable, "-c", "while True: pass"])
+    )
+    try:
+        yield spinner.pid
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 class CpuWatch:
     """What the machine did during a measurement: the server's CPU, the load generator's,
     and everyone else's (other processes make the figures noisy)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *, ours: int | None = None) -> None:
         self.pid = pid
+        self.ours = ours  # the keep-awake loop: the benchmark's own, not "other" work
+        self._ours = process_cpu_s(ours) if ours else 0.0
         self._system = cpu_times()
         self._pressure = cpu_pressure_us()
         self._started = time.monotonic()
@@ -201,13 +230,15 @@ class CpuWatch:
         system = cpu_times()
         server = process_cpu_s(self.pid) - self._server
         load = children_cpu_s() - self._children
+        if self.ours:
+            load += process_cpu_s(self.ours) - self._ours
         ticks = os.sysconf("SC_CLK_TCK")
         total = (sum(system.values()) - sum(self._system.values())) / ticks
         idle = system["idle"] + system["iowait"] - self._system["idle"] - self._system["iowait"]
         busy = total - idle / ticks
         pressure = cpu_pressure_us()
         waited = None
-        if pressure is not None and self._pressure is not None:
+        if pressure is not None and self._pressure is not None and not self.ours:
             waited = 100 * (pressure - self._pressure) / 1e6 / (time.monotonic() - self._started)
         return {
             "cpu_pressure_pct": waited,

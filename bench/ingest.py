@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import CpuWatch, log, median, settled_lines, spread, wait_for_quiet
+from common import CpuWatch, keep_awake, log, median, settled_lines, spread, wait_for_quiet
 from events import batch_body, event_body
 from servers import SERVERS, start
 from wrk import run_wrk, write_script
@@ -40,19 +40,20 @@ def measure_point(
     """Start ``name`` fresh, warm it up, run wrk once, check the file, stop it."""
     workdir.mkdir(parents=True)
     quiet = wait_for_quiet()
-    server, ops_file = start(name, workdir, gateway_url)
-    try:
-        url = f"http://127.0.0.1:{server.port}{load.path}"
-        if warmup > 0:
-            run_wrk(url, load.script, connections, warmup)
-        before = settled_lines(ops_file)
-        watch = CpuWatch(server.pid)
-        result = run_wrk(url, load.script, connections, seconds)
-        cpu = watch.stop()
-        written = settled_lines(ops_file) - before
-        peak_kb = server.memory_kb("VmHWM")
-    finally:
-        exit_code = server.stop()
+    with keep_awake() as spinner:
+        server, ops_file = start(name, workdir, gateway_url)
+        try:
+            url = f"http://127.0.0.1:{server.port}{load.path}"
+            if warmup > 0:
+                run_wrk(url, load.script, connections, warmup)
+            before = settled_lines(ops_file)
+            watch = CpuWatch(server.pid, ours=spinner)
+            result = run_wrk(url, load.script, connections, seconds)
+            cpu = watch.stop()
+            written = settled_lines(ops_file) - before
+            peak_kb = server.memory_kb("VmHWM")
+        finally:
+            exit_code = server.stop()
     acked = result.acked * load.events_per_request
     point = {
         "server": name,

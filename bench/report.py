@@ -202,7 +202,8 @@ def render(results: dict[str, Any]) -> str:
         f"load average {meta['loadavg_start']} → {meta.get('loadavg_end', '?')}, "
         f"others used {_num(meta.get('other_cpu_pct'), '{:.0f}')}% of the machine, "
         f"steal {meta.get('steal_pct', 0):.1f}%"
-        + (f"; servers and load ran at nice {meta['nice']}" if meta.get("nice") else ""),
+        + (f"; servers and load ran at nice {meta['nice']}" if meta.get("nice") else "")
+        + ("; a SCHED_IDLE loop kept the server's core awake" if meta.get("keep_awake") else ""),
         "",
     ]
     for name, render_section in SECTIONS.items():

@@ -130,6 +130,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--quiet-wait", type=float, default=120, help="longest such wait, seconds (default 120)"
     )
     parser.add_argument(
+        "--keep-awake",
+        action="store_true",
+        help="run a SCHED_IDLE busy loop on the server's core during each wrk point, so "
+        "the core does not halt between requests (measures the programs, not the VM's "
+        "wake-up latency; CPU pressure is then not reported)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=Path(tempfile.gettempdir()) / "observer-bench",
@@ -175,6 +182,7 @@ def meta(argv: Sequence[str]) -> dict[str, Any]:
         "python": platform.python_version(),
         "wrk": (wrk.stdout + wrk.stderr).split("Copyright")[0].strip(),
         "nice": common.NICE,
+        "keep_awake": common.KEEP_AWAKE,
         "loadavg_start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
 
@@ -226,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     common.NICE = args.nice
     common.QUIET_BELOW, common.QUIET_WAIT = args.quiet_below, args.quiet_wait
+    common.KEEP_AWAKE = args.keep_awake
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / time.strftime("%Y%m%d-%H%M%S")
     results: dict[str, Any] = {"meta": meta(argv)}
