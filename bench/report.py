@@ -198,7 +198,7 @@ def render(results: dict[str, Any]) -> str:
         f"## observer-core benchmark, {meta['date']}",
         "",
         f"`{meta['command']}` — commit {meta['commit']}, {meta['cpu']} × {meta['cores']}, "
-        f"Python {meta['python']}, Bun {meta.get('bun', '?')}, {meta['wrk']}; "
+        f"Python {meta['python']}, {_bun(meta)}{meta['wrk']}; "
         f"load average {meta['loadavg_start']} → {meta.get('loadavg_end', '?')}, "
         f"others used {_num(meta.get('other_cpu_pct'), '{:.0f}')}% of the machine, "
         f"steal {meta.get('steal_pct', 0):.1f}%"
@@ -213,3 +213,8 @@ def render(results: dict[str, Any]) -> str:
             if busy is not None:
                 lines += [f"(other processes used {busy:.0f}% of the machine just before)", ""]
     return "\n".join(lines)
+
+
+def _bun(meta: dict[str, Any]) -> str:
+    """The peer's runtime, for a run that started it (only the ingest part does)."""
+    return f"Bun {meta['bun']}, " if "bun" in meta else ""
