@@ -3,14 +3,17 @@
 #
 #   bench/sidebyside.sh OLD_PYTHON NEW_PYTHON [ROUNDS]     # ROUNDS defaults to 3
 #   CS="1 64" bench/sidebyside.sh ...                      # other concurrencies
+#   NO_SINK=new ENDPOINT=/event bench/sidebyside.sh PY PY  # one build, with and without its sink
 #
 # Each PYTHON is a venv's interpreter whose observer_core is the build to measure
 # (e.g. a copy of .venv whose editable finder points at a `git worktree` of the old
-# commit). Per round and concurrency, the two alternate: the daemon (http source, jsonl
-# sink, fsync never) on core 1 at nice -10, wrk -t1 on core 0 with the ~300-byte event,
-# 2 s warm-up, then 3 s measured while perf stat counts the daemon's task-clock and
-# context switches. Prints events/s, p99, CPU µs and context switches per request, and
-# the lines in the file (warm-up included). Needs wrk, perf, curl and bc.
+# commit). Per round and concurrency, the two alternate: the daemon (http source,
+# jsonl sink, fsync never; NO_SINK=old or new leaves that side without the sink) on
+# core 1 at nice -10, wrk -t1 on core 0 posting the ~300-byte event to ENDPOINT
+# (default /events), 2 s warm-up, then 3 s measured while perf stat counts the
+# daemon's task-clock and context switches. Prints events/s, p99, CPU µs and context
+# switches per request, and the lines in the file (warm-up included; "-" without a
+# sink). Needs wrk, perf, curl and bc.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -33,10 +36,14 @@ local f = assert(io.open("$WORK/body", "rb"))
 wrk.body = f:read("*a")
 f:close()
 LUA
+ENDPOINT=${ENDPOINT:-/events}
 for who in old new; do
   mkdir -p "$WORK/$who"
-  printf '[observer]\ncycle_secs = 86400\nstate_dir = "state"\n[sources.http]\nport = %s\n[sinks.ops]\nplugin = "jsonl"\npath = "ops.jsonl"\nfsync = "never"\n' \
+  printf '[observer]\ncycle_secs = 86400\nstate_dir = "state"\n[sources.http]\nport = %s\n' \
     "$PORT" > "$WORK/$who/observer.toml"
+  if [ "${NO_SINK:-}" != "$who" ]; then
+    printf '[sinks.ops]\nplugin = "jsonl"\npath = "ops.jsonl"\nfsync = "never"\n' >> "$WORK/$who/observer.toml"
+  fi
 done
 for round in $(seq "$ROUNDS"); do
   for c in ${CS:-1 16 64}; do
@@ -56,10 +63,10 @@ for round in $(seq "$ROUNDS"); do
         kill "$pid" 2> /dev/null || true
         exit 1
       fi
-      taskset -c 0 wrk -t1 "-c$c" -d2s -s "$WORK/post.lua" "http://127.0.0.1:$PORT/events" > /dev/null
+      taskset -c 0 wrk -t1 "-c$c" -d2s -s "$WORK/post.lua" "http://127.0.0.1:$PORT$ENDPOINT" > /dev/null
       perf stat -e task-clock,context-switches -p "$pid" -x, -o "$WORK/perf.txt" &
       perf_pid=$!
-      out=$(taskset -c 0 wrk -t1 "-c$c" -d3s --latency -s "$WORK/post.lua" "http://127.0.0.1:$PORT/events")
+      out=$(taskset -c 0 wrk -t1 "-c$c" -d3s --latency -s "$WORK/post.lua" "http://127.0.0.1:$PORT$ENDPOINT")
       kill -INT "$perf_pid"; wait "$perf_pid" || true
       kill -TERM "$pid"; wait "$pid" || true
       requests=$(awk '/requests in/ {print $1}' <<< "$out")
@@ -69,7 +76,7 @@ for round in $(seq "$ROUNDS"); do
       switches=$(awk -F, '/context-switches/ {print $1}' "$WORK/perf.txt")
       printf '%s c=%s %s events/s=%s p99=%s cpu_us/request=%.1f switches/request=%.3f lines=%s\n' \
         "$round" "$c" "$who" "$rate" "$p99" "$(bc -l <<< "$task_ms * 1000 / $requests")" \
-        "$(bc -l <<< "$switches / $requests")" "$(wc -l < "$dir/ops.jsonl")"
+        "$(bc -l <<< "$switches / $requests")" "$(if [ -f "$dir/ops.jsonl" ]; then wc -l < "$dir/ops.jsonl"; else echo -; fi)"
     done
   done
 done
