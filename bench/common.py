@@ -48,6 +48,34 @@ def pinned(core: str, argv: Sequence[str]) -> list[str]:
     return command
 
 
+def shareable(path: Path) -> str:
+    """``path`` as a results file may name it: relative to the repository when inside it,
+    else its name alone (beside the results, or in ``--data-dir``). Results are committed,
+    and a path of the machine that ran them means nothing elsewhere (issue 25)."""
+    path = Path(os.path.abspath(path))
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
+def shareable_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` of bench/run.py with every path made ``shareable``; ``--results`` and
+    ``--data-dir`` outside the repository are left out, as they say only where files
+    went, not what was measured."""
+    dropped = ("--results", "--data-dir")
+    command: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        option, equals, value = arg.partition("=")
+        if option in dropped:
+            value = value if equals else next(args, "")
+            if Path(os.path.abspath(value)).is_relative_to(REPO):
+                command += [option, shareable(Path(value))]
+        elif equals and os.path.isabs(value):
+            command.append(f"{option}={shareable(Path(value))}")
+        else:
+            command.append(shareable(Path(arg)) if os.path.isabs(arg) else arg)
+    return command
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import LOAD_CORE, REPO, log, pinned
+from common import LOAD_CORE, log, pinned, shareable
 from events import event_body
 from servers import start_core
 from wrk import WrkResult, run_wrk, write_script
@@ -110,7 +110,7 @@ def run(
         load.join()
     summary = summarize(raw)
     summary.update(
-        raw_file=str(raw.relative_to(REPO)) if raw.is_relative_to(REPO) else str(raw),
+        raw_file=shareable(raw),
         connections=connections,
         native=native,
         events_per_s_while_profiled=outcome["wrk"].acked / outcome["wrk"].duration_s,

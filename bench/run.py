@@ -175,7 +175,7 @@ def meta(argv: Sequence[str]) -> dict[str, Any]:
     wrk = subprocess.run([require_wrk(), "-v"], capture_output=True, text=True)
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": "python bench/run.py " + shlex.join(argv),
+        "command": "python bench/run.py " + shlex.join(common.shareable_command(argv)),
         "commit": _git_commit(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),

@@ -17,6 +17,7 @@ from common import (
     python,
     run_json,
     settled_lines,
+    shareable,
 )
 from events import tail_file
 from servers import CORE_OPS, start_core
@@ -85,12 +86,12 @@ def run(workroot: Path, data_dir: Path, size: int) -> dict[str, Any]:
     inside = in_process(workroot / "tail-inproc", path, lines)
     if "skipped" in inside:
         log(f"tail: skipped: {inside['skipped']}")
-        return {"skipped": inside["skipped"], "file": str(path)}
+        return {"skipped": inside["skipped"], "file": shareable(path)}
     log(f"  {inside['mb_per_s']:.1f} MB/s; now in the daemon, to a jsonl sink")
     daemon = in_daemon(workroot / "tail-daemon", path, lines)
     log(f"  {daemon.get('mb_per_s', 0):.1f} MB/s")
     return {
-        "file": str(path),
+        "file": shareable(path),
         "line_bytes_avg": path.stat().st_size / lines,
         "in_process": inside,
         "daemon": daemon,
