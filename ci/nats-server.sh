@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# NATS with JetStream for the fleet tests (Debian's nats-server; see
-# /work/shared/docs/REAL-COMPONENTS.md, "A distributed streaming engine").
+# NATS with JetStream for the fleet tests (Debian's nats-server; the fleet
+# it serves: docs/scaling.md, its benchmark: BENCHMARKS.md, "Fleet").
 #
 # The tests start their own nats-server per test (random ports, own store, so
 # that they can restart it); CI needs only `install`. `start` gives a shared
