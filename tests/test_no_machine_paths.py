@@ -10,10 +10,12 @@ under a machine root goes in ``ALLOWED`` with the file it is in and why.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -129,3 +131,27 @@ def test_every_allowed_path_is_still_there() -> None:
         if path not in machine_paths((ROOT / name).read_text(encoding="utf-8"))
     ]
     assert not stale, "stale ALLOWED entries:\n" + "\n".join(stale)
+
+
+def _bench_common() -> ModuleType:
+    """bench/common.py, which is not a package (the benchmark runs it as a script's module)."""
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_records_only_relative_paths(tmp_path: Path) -> None:
+    """What bench/run.py writes into a results file (raw_file, the tail's file, the
+    command) names no path outside the repository."""
+    common = _bench_common()
+    results = ROOT / "bench" / "results" / "x.profile.txt"
+    assert common.shareable(results) == "bench/results/x.profile.txt"
+    assert common.shareable(tmp_path / "tail-1000.jsonl") == "tail-1000.jsonl"
+    outside, inside = str(tmp_path / "ab"), str(ROOT / "bench" / "r2")
+    command = common.shareable_command(
+        ["--only", "tail", "--results", outside, f"--data-dir={outside}", "--nice", "-10"]
+    )
+    assert command == ["--only", "tail", "--nice", "-10"]
+    assert common.shareable_command(["--results", inside]) == ["--results", "bench/r2"]
