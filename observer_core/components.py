@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 
 import msgspec
 
@@ -39,6 +39,7 @@ __all__ = [
     "Context",
     "Emit",
     "Emitter",
+    "Every",
     "NotAccepted",
     "Observer",
     "OnAccepted",
@@ -86,6 +87,11 @@ class Emitter:
         return self._emit(ops)
 
 
+Every = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+"""The type of an analyzer's ``every`` (cycles between runs), for a ``Config`` that
+changes its default."""
+
+
 class ComponentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Base of every plugin's ``Config``: unknown keys are errors."""
 
@@ -99,7 +105,7 @@ class SinkConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
 class AnalyzerConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Base of an analyzer's ``Config``: ``every = N`` runs it on cycles N, 2N, ..."""
 
-    every: int = 1
+    every: Every = 1
 
 
 class Observer(Protocol):

@@ -58,9 +58,9 @@ class GatewayLogConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sinks.NAME]`` with ``plugin = "gateway_log"``."""
 
     url: str = "http://localhost:3700"
-    queue_max: Annotated[int, msgspec.Meta(ge=1)] = 10000
+    queue_max: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10000
     """Entries kept waiting; past it the oldest are dropped (and counted)."""
-    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 10
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     accepts: list[str] = msgspec.field(default_factory=lambda: ["diagnosis", "playbook"])
 
 

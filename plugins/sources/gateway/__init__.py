@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import anyio
 import httpx
@@ -65,7 +65,7 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Where the proxy listens, "host:port"; unset or "": no proxy."""
     health_check: bool = True
     """Watch GET {url}/health and report it in /health checks."""
-    timeout_secs: float = 300
+    timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300
     """Per proxied call: seconds the gateway may take to answer (else 504) or stall mid-reply."""
     exclude_paths: list[str] = msgspec.field(default_factory=lambda: ["/health"])
     """Paths proxied but not recorded (exact match, without the query)."""

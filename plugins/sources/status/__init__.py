@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from observer_core import Source, hookimpl
 
-from ..http import HttpConfig, HttpSource, ReadRoutes
+from ..http import HttpConfig, HttpSource, Port, ReadRoutes
 
 __all__ = ["StatusConfig", "StatusSource"]
 
@@ -23,7 +23,7 @@ __all__ = ["StatusConfig", "StatusSource"]
 class StatusConfig(HttpConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sources.NAME]`` with ``plugin = "status"`` (those of ``http``)."""
 
-    port: int = 3801
+    port: Port = 3801
 
 
 class StatusSource(HttpSource):
