@@ -17,6 +17,7 @@ from .components import (
     Emit,
     Emitter,
     Every,
+    Installed,
     NotAccepted,
     Observer,
     OnAccepted,
@@ -25,7 +26,15 @@ from .components import (
     Source,
     Window,
 )
-from .hookspecs import RowFormat, hookimpl
+from .hookspecs import (
+    RegisterAnalyzer,
+    RegisterFindingKind,
+    RegisterRowFormat,
+    RegisterSink,
+    RegisterSource,
+    RowFormat,
+    hookimpl,
+)
 from .ingest import EventDecoder, InvalidEvent, split_lines
 from .metrics import Counter, Gauge, Metrics
 from .queues import DropOldestQueue
@@ -64,6 +73,7 @@ __all__ = [
     "Every",
     "Finding",
     "Gauge",
+    "Installed",
     "InvalidEvent",
     "LogEntry",
     "Metrics",
@@ -72,6 +82,11 @@ __all__ = [
     "OnAccepted",
     "Op",
     "Record",
+    "RegisterAnalyzer",
+    "RegisterFindingKind",
+    "RegisterRowFormat",
+    "RegisterSink",
+    "RegisterSource",
     "RowFormat",
     "Sink",
     "SinkConfig",

@@ -28,7 +28,6 @@ from .records import Finding, Op, Record
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .plugins import Registry
     from .state import StateStore
 
 __all__ = [
@@ -40,6 +39,7 @@ __all__ = [
     "Emit",
     "Emitter",
     "Every",
+    "Installed",
     "NotAccepted",
     "Observer",
     "OnAccepted",
@@ -106,6 +106,20 @@ class AnalyzerConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Base of an analyzer's ``Config``: ``every = N`` runs it on cycles N, 2N, ..."""
 
     every: Every = 1
+
+
+class Installed(Protocol):
+    """What :meth:`Component.validate_config` may ask of the installed plugins."""
+
+    @property
+    def row_formats(self) -> Mapping[str, Callable[[Any], Any]]:
+        """The registered row formats, by name."""
+        ...
+
+    @property
+    def record_kinds(self) -> set[str]:
+        """Kinds a sink may accept: ``op`` and every registered finding kind."""
+        ...
 
 
 class Observer(Protocol):
@@ -194,7 +208,7 @@ class Component:
         self.ctx = ctx
 
     @classmethod
-    def validate_config(cls, config: Any, registry: Registry) -> None:
+    def validate_config(cls, config: Any, registry: Installed) -> None:
         """Check ``config`` against what is installed, at config load (e.g. a named format).
 
         Raise ``ValueError("key: problem")``; the loader reports it as a config error.

@@ -41,6 +41,7 @@ from observer_core import (
     Finding,
     LogEntry,
     Op,
+    RegisterAnalyzer,
     Window,
     hookimpl,
     now_timestamp,
@@ -356,5 +357,5 @@ class DiagnosisAnalyzer(Analyzer):
 
 
 @hookimpl
-def observer_register_analyzers(register: object) -> None:
-    register(DiagnosisAnalyzer)  # type: ignore[operator]
+def observer_register_analyzers(register: RegisterAnalyzer) -> None:
+    register(DiagnosisAnalyzer)

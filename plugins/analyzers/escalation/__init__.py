@@ -41,6 +41,7 @@ from observer_core import (
     Every,
     Finding,
     Op,
+    RegisterAnalyzer,
     Window,
     hookimpl,
     now_timestamp,
@@ -353,5 +354,5 @@ def _length(value: Any) -> int:
 
 
 @hookimpl
-def observer_register_analyzers(register: object) -> None:
-    register(EscalationAnalyzer)  # type: ignore[operator]
+def observer_register_analyzers(register: RegisterAnalyzer) -> None:
+    register(EscalationAnalyzer)

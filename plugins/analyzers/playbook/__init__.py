@@ -33,6 +33,7 @@ from observer_core import (
     Finding,
     LogEntry,
     Op,
+    RegisterAnalyzer,
     Window,
     hookimpl,
 )
@@ -196,5 +197,5 @@ class PlaybookAnalyzer(Analyzer):
 
 
 @hookimpl
-def observer_register_analyzers(register: object) -> None:
-    register(PlaybookAnalyzer)  # type: ignore[operator]
+def observer_register_analyzers(register: RegisterAnalyzer) -> None:
+    register(PlaybookAnalyzer)

@@ -33,6 +33,7 @@ from observer_core import (
     Finding,
     LogEntry,
     Record,
+    RegisterSink,
     Sink,
     SinkConfig,
     atomic_write,
@@ -419,5 +420,5 @@ def _show(item: _Queued) -> str:
 
 
 @hookimpl
-def observer_register_sinks(register: object) -> None:
-    register(GatewayLogSink)  # type: ignore[operator]
+def observer_register_sinks(register: RegisterSink) -> None:
+    register(GatewayLogSink)

@@ -20,7 +20,7 @@ from typing import Annotated, ClassVar, Literal, cast
 
 import msgspec
 
-from observer_core import Finding, Record, Sink, SinkConfig, hookimpl, now_timestamp
+from observer_core import Finding, Record, RegisterSink, Sink, SinkConfig, hookimpl, now_timestamp
 
 from .writer import WriterThread
 
@@ -208,5 +208,5 @@ class JsonlSink(Sink):
 
 
 @hookimpl
-def observer_register_sinks(register: object) -> None:
-    register(JsonlSink)  # type: ignore[operator]
+def observer_register_sinks(register: RegisterSink) -> None:
+    register(JsonlSink)

@@ -16,7 +16,6 @@ stops the daemon.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Annotated, ClassVar
 
@@ -24,7 +23,7 @@ import anyio
 import httpx
 import msgspec
 
-from observer_core import ComponentConfig, Context, Emit, Source, hookimpl
+from observer_core import ComponentConfig, Context, Emit, RegisterSource, Source, hookimpl
 from observer_core.httpserver import HttpServer
 
 from .client import AsyncObservedGateway, ObservedGateway, OpRecorder
@@ -182,5 +181,5 @@ class GatewaySource(Source):
 
 
 @hookimpl
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     register(GatewaySource)

@@ -27,6 +27,7 @@ from observer_core import (
     Observer,
     OnAccepted,
     Op,
+    RegisterSource,
     Source,
     hookimpl,
 )
@@ -246,5 +247,5 @@ class HttpSource(Source):
 
 
 @hookimpl
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     register(HttpSource)

@@ -10,10 +10,9 @@ under ``--once``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
-from observer_core import Source, hookimpl
+from observer_core import RegisterSource, hookimpl
 
 from ..http import HttpConfig, HttpSource, Port, ReadRoutes
 
@@ -38,5 +37,5 @@ class StatusSource(HttpSource):
 
 
 @hookimpl
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     register(StatusSource)
