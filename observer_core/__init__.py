@@ -16,6 +16,8 @@ from .components import (
     Context,
     Emit,
     Emitter,
+    Every,
+    Installed,
     NotAccepted,
     Observer,
     OnAccepted,
@@ -24,7 +26,15 @@ from .components import (
     Source,
     Window,
 )
-from .hookspecs import RowFormat, hookimpl
+from .hookspecs import (
+    RegisterAnalyzer,
+    RegisterFindingKind,
+    RegisterRowFormat,
+    RegisterSink,
+    RegisterSource,
+    RowFormat,
+    hookimpl,
+)
 from .ingest import EventDecoder, InvalidEvent, split_lines
 from .metrics import Counter, Gauge, Metrics
 from .queues import DropOldestQueue
@@ -60,8 +70,10 @@ __all__ = [
     "Emitter",
     "EscalationRow",
     "EventDecoder",
+    "Every",
     "Finding",
     "Gauge",
+    "Installed",
     "InvalidEvent",
     "LogEntry",
     "Metrics",
@@ -70,6 +82,11 @@ __all__ = [
     "OnAccepted",
     "Op",
     "Record",
+    "RegisterAnalyzer",
+    "RegisterFindingKind",
+    "RegisterRowFormat",
+    "RegisterSink",
+    "RegisterSource",
     "RowFormat",
     "Sink",
     "SinkConfig",

@@ -14,9 +14,11 @@ import anyio
 
 from . import __version__
 from .config import ConfigError, ObserverConfig, default_config_path, load_config
+from .describe import plugin_lines, resolved_toml
 from .engine import Engine, StartupError
+from .kinds import KINDS
 from .logs import setup_logging
-from .plugins import KINDS, PluginInfo, Registry, load_registry
+from .plugins import Registry, load_registry
 from .state import StateDirLock, StateLocked
 
 __all__ = ["main"]
@@ -100,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `observer-core check | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:  # a path the user gave that cannot be used: one line, no traceback
+        print(f"observer-core: {_reason(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _load(args: argparse.Namespace) -> tuple[ObserverConfig, Registry]:
@@ -162,7 +167,7 @@ def _backend() -> tuple[str, dict[str, object]]:
 def _check(args: argparse.Namespace) -> int:
     config, registry = _load(args)
     if args.resolved:
-        sys.stdout.write(config.to_toml())
+        sys.stdout.write(resolved_toml(config))
     else:
         print(f"{config.path}: valid")
         print(f"  state_dir  {config.state_dir}")
@@ -191,30 +196,6 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _describe(info: PluginInfo, verbose: bool, detail: bool = False) -> list[str]:
-    """One plugin: name and distribution; ``verbose`` adds version, summary and config keys;
-    ``detail`` adds its entry point and each key's docstring."""
-    lines = [f"  {info.name:<16} {info.origin.distribution}"]
-    if not verbose:
-        return lines
-    lines[0] += f" {info.origin.version}".rstrip()
-    indent = " " * 6
-    if info.summary:
-        lines.append(indent + info.summary)
-    if detail and info.origin.entry_point:
-        lines.append(f"{indent}a {info.kind[:-1]}, entry point {info.origin.entry_point!r}")
-    keys = info.config_keys()
-    if not keys:
-        return lines
-    key_width = max(len(key.key) for key in keys)
-    type_width = max(len(key.type) for key in keys)
-    for key in keys:
-        lines.append(f"{indent}{key.key:<{key_width}}  {key.type:<{type_width}}  {key.default}")
-        if detail and key.doc:
-            lines.append(f"{indent}    {key.doc}")
-    return lines
-
-
 def _plugins(args: argparse.Namespace) -> int:
     registry = load_registry()
     found = False
@@ -227,7 +208,7 @@ def _plugins(args: argparse.Namespace) -> int:
         found = True
         print(f"{kind}:")
         for info in infos:
-            print("\n".join(_describe(info, args.verbose or bool(args.name), bool(args.name))))
+            print("\n".join(plugin_lines(info, args.verbose or bool(args.name), bool(args.name))))
     errors = registry.errors
     if args.name:
         broken = registry.broken_names.get(args.name)
@@ -238,16 +219,31 @@ def _plugins(args: argparse.Namespace) -> int:
             print(f"  {error}")
     if args.name and not found and not errors:
         print(f"observer-core: no plugin named {args.name!r}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
 def _init(args: argparse.Namespace) -> int:
     path: Path = args.path
+    if path.is_dir():
+        print(f"observer-core: {path} is a directory; give a file path", file=sys.stderr)
+        return EXIT_FAILURE
     if path.exists() and not args.force:
         print(f"observer-core: {path} exists; use --force to overwrite it", file=sys.stderr)
         return EXIT_FAILURE
     text = files("observer_core").joinpath("default.toml").read_text(encoding="utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"observer-core: cannot write {path}: {_reason(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"wrote {path}; check it with: observer-core check --config {path}")
     return EXIT_OK
+
+
+def _reason(exc: OSError) -> str:
+    """An OS error as one phrase, naming the path it concerns when that is not the
+    one the message already names: ``No such file or directory: /proc/nope``."""
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason}: {exc.filename}" if exc.filename is not None else reason

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 
 import msgspec
 
@@ -28,7 +28,6 @@ from .records import Finding, Op, Record
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .plugins import Registry
     from .state import StateStore
 
 __all__ = [
@@ -39,6 +38,8 @@ __all__ = [
     "Context",
     "Emit",
     "Emitter",
+    "Every",
+    "Installed",
     "NotAccepted",
     "Observer",
     "OnAccepted",
@@ -86,6 +87,11 @@ class Emitter:
         return self._emit(ops)
 
 
+Every = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+"""The type of an analyzer's ``every`` (cycles between runs), for a ``Config`` that
+changes its default."""
+
+
 class ComponentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Base of every plugin's ``Config``: unknown keys are errors."""
 
@@ -99,7 +105,21 @@ class SinkConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
 class AnalyzerConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Base of an analyzer's ``Config``: ``every = N`` runs it on cycles N, 2N, ..."""
 
-    every: int = 1
+    every: Every = 1
+
+
+class Installed(Protocol):
+    """What :meth:`Component.validate_config` may ask of the installed plugins."""
+
+    @property
+    def row_formats(self) -> Mapping[str, Callable[[Any], Any]]:
+        """The registered row formats, by name."""
+        ...
+
+    @property
+    def record_kinds(self) -> set[str]:
+        """Kinds a sink may accept: ``op`` and every registered finding kind."""
+        ...
 
 
 class Observer(Protocol):
@@ -188,7 +208,7 @@ class Component:
         self.ctx = ctx
 
     @classmethod
-    def validate_config(cls, config: Any, registry: Registry) -> None:
+    def validate_config(cls, config: Any, registry: Installed) -> None:
         """Check ``config`` against what is installed, at config load (e.g. a named format).
 
         Raise ``ValueError("key: problem")``; the loader reports it as a config error.

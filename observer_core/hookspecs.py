@@ -10,8 +10,11 @@ group whose functions are decorated with :data:`hookimpl`::
         ...
 
     @hookimpl
-    def observer_register_sources(register):
+    def observer_register_sources(register: RegisterSource) -> None:
         register(MySource)
+
+Each hook's ``register`` has a type of its own (:data:`RegisterSource`...), exported
+from ``observer_core``, so a plugin's hook type-checks without ``Any``.
 """
 
 from __future__ import annotations
@@ -33,9 +36,20 @@ RowFormat = Callable[[Any], Op]
 """Maps one parsed JSON row to an :class:`Op`; raises ``ValueError`` (or
 :class:`~observer_core.ingest.InvalidEvent`) naming the field when it cannot."""
 
+RegisterSource = Callable[[type[Source]], None]
+"""The ``register`` that :func:`observer_register_sources` gets."""
+RegisterSink = Callable[[type[Sink]], None]
+"""The ``register`` that :func:`observer_register_sinks` gets."""
+RegisterAnalyzer = Callable[[type[Analyzer]], None]
+"""The ``register`` that :func:`observer_register_analyzers` gets."""
+RegisterFindingKind = Callable[[str], None]
+"""The ``register`` that :func:`observer_register_finding_kinds` gets."""
+RegisterRowFormat = Callable[[str, RowFormat], None]
+"""The ``register`` that :func:`observer_register_row_formats` gets."""
+
 
 @hookspec
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     """Register source classes.
 
     Call ``register(cls)`` once per class. ``cls`` subclasses
@@ -46,7 +60,7 @@ def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
 
 
 @hookspec
-def observer_register_sinks(register: Callable[[type[Sink]], None]) -> None:
+def observer_register_sinks(register: RegisterSink) -> None:
     """Register sink classes.
 
     Call ``register(cls)`` once per class. ``cls`` subclasses
@@ -59,7 +73,7 @@ def observer_register_sinks(register: Callable[[type[Sink]], None]) -> None:
 
 
 @hookspec
-def observer_register_analyzers(register: Callable[[type[Analyzer]], None]) -> None:
+def observer_register_analyzers(register: RegisterAnalyzer) -> None:
     """Register analyzer classes.
 
     Call ``register(cls)`` once per class. ``cls`` subclasses
@@ -72,7 +86,7 @@ def observer_register_analyzers(register: Callable[[type[Analyzer]], None]) -> N
 
 
 @hookspec
-def observer_register_finding_kinds(register: Callable[[str], None]) -> None:
+def observer_register_finding_kinds(register: RegisterFindingKind) -> None:
     """Register new finding kinds by name, so that sinks may list them in ``accepts``.
 
     The built-in kinds (``diagnosis``, ``playbook``, ``escalation``) and ``op``
@@ -81,7 +95,7 @@ def observer_register_finding_kinds(register: Callable[[str], None]) -> None:
 
 
 @hookspec
-def observer_register_row_formats(register: Callable[[str, RowFormat], None]) -> None:
+def observer_register_row_formats(register: RegisterRowFormat) -> None:
     """Register named row formats: how one parsed JSON row maps to an op.
 
     Call ``register(name, mapper)``. Sources that read rows (``jsonl_tail``'s

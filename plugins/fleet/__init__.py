@@ -12,9 +12,7 @@ without it, and a config naming these plugins says what to install.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from observer_core import Sink, Source, hookimpl
+from observer_core import RegisterSink, RegisterSource, hookimpl
 
 from .sink import NatsSink, NatsSinkConfig
 from .source import NatsSource, NatsSourceConfig
@@ -23,10 +21,10 @@ __all__ = ["NatsSink", "NatsSinkConfig", "NatsSource", "NatsSourceConfig"]
 
 
 @hookimpl
-def observer_register_sinks(register: Callable[[type[Sink]], None]) -> None:
+def observer_register_sinks(register: RegisterSink) -> None:
     register(NatsSink)
 
 
 @hookimpl
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     register(NatsSource)

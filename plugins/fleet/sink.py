@@ -45,6 +45,10 @@ _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _SUBJECT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
+MAX_AGE_SECS = ((1 << 63) - 1) // 1_000_000_000
+"""JetStream keeps ``max_age`` in nanoseconds, in an int64."""
+
+
 class NatsSinkConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sinks.NAME]`` with ``plugin = "nats"``."""
 
@@ -56,13 +60,13 @@ class NatsSinkConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     """Where ops are published."""
     findings_subject: str = "observer.findings"
     """Findings go to ``{findings_subject}.{kind}``."""
-    timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 5
+    timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 5
     """How long a write waits for JetStream's acks before the ops are refused."""
-    queue_max: Annotated[int, msgspec.Meta(ge=1)] = 10000
+    queue_max: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10000
     """Findings kept waiting while NATS is away; past it the oldest are dropped."""
-    max_age_secs: Annotated[float, msgspec.Meta(ge=0)] = 604800
+    max_age_secs: Annotated[float, msgspec.Meta(ge=0, le=MAX_AGE_SECS)] = 604800
     """Stream limit when this sink creates it: messages older than this go (0: no limit)."""
-    max_bytes: Annotated[int, msgspec.Meta(ge=-1)] = 1073741824
+    max_bytes: Annotated[int, msgspec.Meta(ge=-1, le=(1 << 63) - 1)] = 1073741824
     """Stream limit when this sink creates it: past it the oldest messages go (-1: none)."""
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     """Stream replicas when this sink creates it (a NATS cluster of at least as many)."""

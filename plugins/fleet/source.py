@@ -71,9 +71,9 @@ class NatsSourceConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True
     """Where a new consumer starts: the stream's first message, or the next one published."""
     batch: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 16
     """Messages asked for at once (each holds up to ~1 MiB of ops)."""
-    ack_wait_secs: Annotated[float, msgspec.Meta(gt=0)] = 30
+    ack_wait_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 30
     """A message not acknowledged this long after delivery is delivered again."""
-    max_ack_pending: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    max_ack_pending: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     """Messages delivered and not yet acknowledged, over all the observers sharing it."""
     token: str | None = None
     creds: str | None = None

@@ -6,8 +6,10 @@ import socket
 import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from observer_core.plugins import load_registry
 from observer_core.testing import free_port
 
 MINIMAL = """
@@ -170,3 +172,91 @@ def test_once_starts_no_listener_and_exits_0(observer_daemon):
     assert "listening" not in result.stderr
     assert "not starting push source sources.http" in result.stderr
     assert "cycle 1:" in result.stderr
+
+
+# -- what a newcomer tripped on (issue 25) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["init", "."], 1, "is a directory"),
+        (["init", ".", "--force"], 1, "is a directory"),
+        (["init", "blocker/observer.toml"], 1, "cannot write blocker/observer.toml"),
+        (["init", "/proc/nope/observer.toml"], 1, "cannot write /proc/nope/observer.toml"),
+        (["init", "/dev/full", "--force"], 1, "cannot write /dev/full"),
+        (["check", "--config", "."], 2, "cannot read"),
+        (["check", "--config", "blocker/observer.toml"], 2, "blocker/observer.toml"),
+        (["run", "--config", "."], 2, "cannot read"),
+        (["run", "--once", "--config", "/proc/nope/observer.toml"], 2, "no such config file"),
+        (["plugins", "/proc/nope"], 1, "no plugin named '/proc/nope'"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_an_impossible_path_is_one_line_and_a_failure(observer_daemon, args, code, says):
+    (observer_daemon.directory / "blocker").write_text("a file where a folder should be")
+    result = observer_daemon.run(*args)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert says in result.stderr
+
+
+def test_an_unusable_state_dir_exits_1_without_a_traceback(observer_daemon):
+    (observer_daemon.directory / "blocker").write_text("")
+    observer_daemon.write_config('[observer]\nstate_dir = "blocker/state"\n')
+    result = observer_daemon.run("run", "--once", "--config", "observer.toml")
+    assert result.returncode == 1
+    assert "cannot use state_dir" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_status_port_past_65535_is_a_config_error(observer_daemon):
+    observer_daemon.write_config("[sources.status]\nport = 99999\n")
+    result = observer_daemon.run("check", "--config", "observer.toml")
+    assert result.returncode == 2
+    assert "[sources.status] port" in result.stderr and "65535" in result.stderr
+
+
+def test_plugins_name_says_an_analyzer(observer_daemon):
+    result = observer_daemon.run("plugins", "diagnosis")
+    assert result.returncode == 0
+    assert "an analyzer, entry point 'diagnosis'" in result.stdout
+
+
+def test_check_resolved_lists_every_key_unset_ones_as_comments(observer_daemon):
+    observer_daemon.write_config(
+        MINIMAL.replace("{port}", "3999")
+        + '[sources.gateway]\nurl = "http://127.0.0.1:1"\n'
+        + '[sources.secured]\nplugin = "http"\nport = 3998\ntoken = "hunter2"\n'
+    )
+    result = observer_daemon.run("check", "--config", "observer.toml", "--resolved")
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout  # secrets stay masked
+    resolved = tomllib.loads(result.stdout)
+    assert resolved["sources"]["secured"]["token"] != "hunter2"
+    sections = _sections(result.stdout)
+    assert "# token = (unset)" in sections["[sources.http]"]
+    assert "# listen = (unset)" in sections["[sources.gateway]"]
+    assert not any(line.startswith("# token") for line in sections["[sources.secured]"])
+    for table, plugin in (("sources.http", "http"), ("sources.gateway", "gateway")):
+        shown = {line.lstrip("# ").split(" = ")[0] for line in sections[f"[{table}]"]}
+        keys = set(_config_keys(plugin))
+        assert keys <= shown, f"[{table}] leaves out {keys - shown}"
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    """The lines under each ``[table]`` header of a TOML text."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("["):
+            current = sections.setdefault(line, [])
+        elif line.strip():
+            current.append(line)
+    return sections
+
+
+def _config_keys(plugin: str) -> list[str]:
+    info = load_registry().get("sources", plugin)
+    assert info is not None
+    return [field.encode_name for field in msgspec.structs.fields(info.cls.Config)]

@@ -139,3 +139,53 @@ def test_the_testing_plugin_is_the_pytest11_entry_point():
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     table = r"\[project\.entry-points\.pytest11\]\s*\n\s*\w+ = \"observer_core\.testing\""
     assert re.search(table, text)
+
+
+# -- registration is typed end to end (issue 20) ----------------------------------------
+
+
+def _register_annotation(function: ast.FunctionDef) -> str:
+    """The ``register`` parameter's annotation, as written."""
+    arg = next(arg for arg in function.args.args if arg.arg == "register")
+    return ast.unparse(arg.annotation) if arg.annotation else ""
+
+
+SPEC_TREE = ast.parse(inspect.getsource(hookspecs))
+REGISTER_TYPES = {
+    node.name: _register_annotation(node)
+    for node in SPEC_TREE.body
+    if isinstance(node, ast.FunctionDef) and node.name in HOOKS
+}
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hooks_register_has_a_named_type_exported_for_plugins(hook: str):
+    name = REGISTER_TYPES[hook]
+    assert name in observer_core.__all__, f"{hook}'s register type {name!r} is not exported"
+    assert getattr(observer_core, name) is getattr(hookspecs, name)
+
+
+BUILTIN_HOOKS = [
+    (path, node)
+    for path in sorted((ROOT / "plugins").rglob("*.py"))
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+    if isinstance(node, ast.FunctionDef)
+    and node.name in HOOKS
+    and any(_name(decorator) == "hookimpl" for decorator in node.decorator_list)
+]
+
+
+def test_the_builtins_implement_hooks():
+    assert len(BUILTIN_HOOKS) >= 10
+
+
+@pytest.mark.parametrize(
+    ("path", "hook"),
+    BUILTIN_HOOKS,
+    ids=lambda value: value.name if isinstance(value, ast.FunctionDef) else value.parent.name,
+)
+def test_builtins_register_through_the_typed_register(path: Path, hook: ast.FunctionDef):
+    """No ``register: object`` and no ``type: ignore``: the types say what register takes."""
+    assert _register_annotation(hook) == REGISTER_TYPES[hook.name], path
+    lines = path.read_text(encoding="utf-8").splitlines()[hook.lineno - 1 : hook.end_lineno]
+    assert not [line for line in lines if "type: ignore" in line], path

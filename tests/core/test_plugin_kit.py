@@ -33,6 +33,7 @@ from observer_core import (
 )
 from observer_core.cli import main
 from observer_core.config import ConfigError, load_config
+from observer_core.describe import config_keys
 from observer_core.engine import StartupError
 from observer_core.plugins import load_registry
 from observer_core.testing import plugin_of, wait_for
@@ -771,14 +772,14 @@ def test_plugins_verbose_shows_readable_types_and_toml_defaults(capsys):
         key.key
         for infos in registry.components.values()
         for info in infos.values()
-        for key in info.config_keys()
+        for key in config_keys(info)
     }
     keys = [line for line in out.splitlines() if line[:6] == " " * 6 and line.split()[0] in names]
     rows = {line.split()[0]: line for line in keys}
     for noise in ("msgspec", "Annotated", "typing", "Literal", "None", "'"):
         assert not [line for line in keys if noise in line], noise
     assert rows["fsync"].split()[1:] == ['"always"', "|", '"batch"', "|", '"never"', '"batch"']
-    assert rows["queue_max"].split()[1:] == ["int", ">=", "1", "10000"]
+    assert rows["queue_max"].split()[1:] == ["int", ">=", "1,", "<=", "10000000", "10000"]
     tokens = {" ".join(line.split()[1:]) for line in keys if line.split()[0] == "token"}
     assert "str length >= 1 (unset)" in tokens  # the http source's token
     assert rows["health_check"].split()[1:] == ["bool", "true"]
@@ -799,7 +800,7 @@ def test_plugins_name_shows_kind_entry_point_and_key_docs(capsys):
 
 
 def test_plugins_name_that_nobody_registered(capsys):
-    assert main(["plugins", "kit_nothing_by_this_name"]) == 0
+    assert main(["plugins", "kit_nothing_by_this_name"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "no plugin named 'kit_nothing_by_this_name'" in captured.err

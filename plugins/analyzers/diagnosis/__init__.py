@@ -37,9 +37,11 @@ from observer_core import (
     Analyzer,
     AnalyzerConfig,
     Context,
+    Every,
     Finding,
     LogEntry,
     Op,
+    RegisterAnalyzer,
     Window,
     hookimpl,
     now_timestamp,
@@ -74,14 +76,14 @@ class DiagnosisConfig(AnalyzerConfig, kw_only=True, forbid_unknown_fields=True):
     url: str = "http://localhost:3100"
     """Base URL; for ``openai`` with or without the trailing ``/v1``."""
     model: str = "qwen2.5"
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 400
-    temperature: Annotated[float, msgspec.Meta(ge=0)] = 0.2
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 400
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.2
     api_key_env: str | None = None
     """Name of the environment variable holding the API key (unset: no auth header)."""
-    timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 120
+    timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 120
     prompt: str = DEFAULT_PROMPT
     """The prompt; ``{errors}`` is replaced by the error lines."""
-    every: int = 1
+    every: Every = 1
     fleet: FleetConfig | None = None
     """Diagnose each failure once across the observers sharing it (NATS key-value)."""
 
@@ -355,5 +357,5 @@ class DiagnosisAnalyzer(Analyzer):
 
 
 @hookimpl
-def observer_register_analyzers(register: object) -> None:
-    register(DiagnosisAnalyzer)  # type: ignore[operator]
+def observer_register_analyzers(register: RegisterAnalyzer) -> None:
+    register(DiagnosisAnalyzer)

@@ -38,8 +38,10 @@ from observer_core import (
     AnalyzerConfig,
     Context,
     EscalationRow,
+    Every,
     Finding,
     Op,
+    RegisterAnalyzer,
     Window,
     hookimpl,
     now_timestamp,
@@ -74,13 +76,13 @@ class EscalationConfig(AnalyzerConfig, kw_only=True, forbid_unknown_fields=True)
     """Keys of ``[analyzers.NAME]`` with ``plugin = "escalation"``."""
 
     url: str = "http://localhost:5000"
-    threshold: Annotated[int, msgspec.Meta(ge=1)] = 3
+    threshold: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 3
     """Failures with one sig_hash in the ring that make a cluster worth escalating."""
-    timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 60
-    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
-    reescalate_after_secs: Annotated[float, msgspec.Meta(ge=0)] = 0
+    timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    reescalate_after_secs: Annotated[float, msgspec.Meta(ge=0, le=10 * 365 * 86400)] = 0
     """Escalate a sig_hash again this long after the last time; 0: never."""
-    every: int = 1
+    every: Every = 1
     fleet: FleetConfig | None = None
     """Share the escalated set with the same instance on other observers (NATS key-value)."""
 
@@ -352,5 +354,5 @@ def _length(value: Any) -> int:
 
 
 @hookimpl
-def observer_register_analyzers(register: object) -> None:
-    register(EscalationAnalyzer)  # type: ignore[operator]
+def observer_register_analyzers(register: RegisterAnalyzer) -> None:
+    register(EscalationAnalyzer)

@@ -29,9 +29,11 @@ from observer_core import (
     Analyzer,
     AnalyzerConfig,
     Context,
+    Every,
     Finding,
     LogEntry,
     Op,
+    RegisterAnalyzer,
     Window,
     hookimpl,
 )
@@ -51,12 +53,12 @@ _MAX_ENDPOINTS = 10000
 class PlaybookConfig(AnalyzerConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[analyzers.NAME]`` with ``plugin = "playbook"``."""
 
-    min_successes: Annotated[int, msgspec.Meta(ge=1)] = 5
+    min_successes: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5
     """Successes (outside ``exclude_sources``) the ring must hold before any entry."""
-    min_group: Annotated[int, msgspec.Meta(ge=1)] = 3
+    min_group: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 3
     """Successes one endpoint needs for an entry."""
     exclude_sources: list[str] = msgspec.field(default_factory=lambda: ["overseer_correction"])
-    every: int = 5
+    every: Every = 5
     fleet: FleetConfig | None = None
     """Post each group once across the observers sharing it (NATS key-value)."""
 
@@ -195,5 +197,5 @@ class PlaybookAnalyzer(Analyzer):
 
 
 @hookimpl
-def observer_register_analyzers(register: object) -> None:
-    register(PlaybookAnalyzer)  # type: ignore[operator]
+def observer_register_analyzers(register: RegisterAnalyzer) -> None:
+    register(PlaybookAnalyzer)

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 import anyio
 import msgspec
 
-from observer_core import Finding, Op, Record, Sink, SinkConfig, hookimpl
+from observer_core import Finding, Op, Record, RegisterSink, Sink, SinkConfig, hookimpl
 
 __all__ = ["ConsoleSink"]
 
@@ -59,5 +59,5 @@ def _print(text: str) -> None:
 
 
 @hookimpl
-def observer_register_sinks(register: object) -> None:
-    register(ConsoleSink)  # type: ignore[operator]
+def observer_register_sinks(register: RegisterSink) -> None:
+    register(ConsoleSink)

@@ -33,6 +33,7 @@ from observer_core import (
     Finding,
     LogEntry,
     Record,
+    RegisterSink,
     Sink,
     SinkConfig,
     atomic_write,
@@ -58,9 +59,9 @@ class GatewayLogConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sinks.NAME]`` with ``plugin = "gateway_log"``."""
 
     url: str = "http://localhost:3700"
-    queue_max: Annotated[int, msgspec.Meta(ge=1)] = 10000
+    queue_max: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10000
     """Entries kept waiting; past it the oldest are dropped (and counted)."""
-    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 10
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     accepts: list[str] = msgspec.field(default_factory=lambda: ["diagnosis", "playbook"])
 
 
@@ -419,5 +420,5 @@ def _show(item: _Queued) -> str:
 
 
 @hookimpl
-def observer_register_sinks(register: object) -> None:
-    register(GatewayLogSink)  # type: ignore[operator]
+def observer_register_sinks(register: RegisterSink) -> None:
+    register(GatewayLogSink)

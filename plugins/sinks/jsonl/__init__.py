@@ -20,7 +20,7 @@ from typing import Annotated, ClassVar, Literal, cast
 
 import msgspec
 
-from observer_core import Finding, Record, Sink, SinkConfig, hookimpl, now_timestamp
+from observer_core import Finding, Record, RegisterSink, Sink, SinkConfig, hookimpl, now_timestamp
 
 from .writer import WriterThread
 
@@ -35,7 +35,7 @@ class JsonlConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     fsync: Literal["batch", "never", "always"] = "batch"
     """never: write(2) before the ack; batch: also fdatasync every fsync_interval_ms;
     always: fdatasync before the ack."""
-    fsync_interval_ms: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    fsync_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 1000
     accepts: list[str] = msgspec.field(default_factory=lambda: ["op"])
 
 
@@ -208,5 +208,5 @@ class JsonlSink(Sink):
 
 
 @hookimpl
-def observer_register_sinks(register: object) -> None:
-    register(JsonlSink)  # type: ignore[operator]
+def observer_register_sinks(register: RegisterSink) -> None:
+    register(JsonlSink)

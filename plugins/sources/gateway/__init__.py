@@ -16,15 +16,14 @@ stops the daemon.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import anyio
 import httpx
 import msgspec
 
-from observer_core import ComponentConfig, Context, Emit, Source, hookimpl
+from observer_core import ComponentConfig, Context, Emit, RegisterSource, Source, hookimpl
 from observer_core.httpserver import HttpServer
 
 from .client import AsyncObservedGateway, ObservedGateway, OpRecorder
@@ -65,7 +64,7 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Where the proxy listens, "host:port"; unset or "": no proxy."""
     health_check: bool = True
     """Watch GET {url}/health and report it in /health checks."""
-    timeout_secs: float = 300
+    timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300
     """Per proxied call: seconds the gateway may take to answer (else 504) or stall mid-reply."""
     exclude_paths: list[str] = msgspec.field(default_factory=lambda: ["/health"])
     """Paths proxied but not recorded (exact match, without the query)."""
@@ -182,5 +181,5 @@ class GatewaySource(Source):
 
 
 @hookimpl
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     register(GatewaySource)

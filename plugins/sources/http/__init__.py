@@ -27,6 +27,7 @@ from observer_core import (
     Observer,
     OnAccepted,
     Op,
+    RegisterSource,
     Source,
     hookimpl,
 )
@@ -37,18 +38,22 @@ __all__ = ["HttpSource", "ReadRoutes"]
 _encode = msgspec.json.Encoder().encode
 
 
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+"""A TCP port; 0 binds any free one."""
+
+
 class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sources.NAME]`` with ``plugin = "http"``."""
 
     host: str = "127.0.0.1"
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 3800
+    port: Port = 3800
     token: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     """When set, every endpoint but /health needs ``Authorization: Bearer <token>``.
     Empty is refused (a ``${VAR:-}`` left empty must not silently turn auth off)."""
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1048576
-    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
-    header_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 10
-    idle_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 60
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1048576
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
+    header_timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10
+    idle_timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60
 
 
 def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -242,5 +247,5 @@ class HttpSource(Source):
 
 
 @hookimpl
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     register(HttpSource)

@@ -13,13 +13,20 @@ counted and logged with their file and byte offset.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from logging import INFO, WARNING
 from typing import Any, ClassVar, Literal
 
 import anyio
 
-from observer_core import ComponentConfig, Context, Emit, Source, hookimpl
+from observer_core import (
+    ComponentConfig,
+    Context,
+    Emit,
+    RegisterRowFormat,
+    RegisterSource,
+    Source,
+    hookimpl,
+)
 
 from .formats import LineFormat, OpFormat, line_format_for, overseer_correction
 from .reader import (
@@ -367,11 +374,11 @@ def _check_format(name: str, formats: Any) -> None:
 
 
 @hookimpl
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     register(JsonlTailSource)
 
 
 @hookimpl
-def observer_register_row_formats(register: Callable[[str, Callable[[Any], Any]], None]) -> None:
+def observer_register_row_formats(register: RegisterRowFormat) -> None:
     register("op", OpFormat())
     register("overseer_correction", overseer_correction)

@@ -10,12 +10,11 @@ under ``--once``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
-from observer_core import Source, hookimpl
+from observer_core import RegisterSource, hookimpl
 
-from ..http import HttpConfig, HttpSource, ReadRoutes
+from ..http import HttpConfig, HttpSource, Port, ReadRoutes
 
 __all__ = ["StatusConfig", "StatusSource"]
 
@@ -23,7 +22,7 @@ __all__ = ["StatusConfig", "StatusSource"]
 class StatusConfig(HttpConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sources.NAME]`` with ``plugin = "status"`` (those of ``http``)."""
 
-    port: int = 3801
+    port: Port = 3801
 
 
 class StatusSource(HttpSource):
@@ -38,5 +37,5 @@ class StatusSource(HttpSource):
 
 
 @hookimpl
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     register(StatusSource)
