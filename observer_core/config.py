@@ -10,6 +10,7 @@ the file, the table and the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -32,6 +33,7 @@ __all__ = [
     "ObserverConfig",
     "ObserverSettings",
     "default_config_path",
+    "exposed_listener",
     "load_config",
     "parse_toml",
 ]
@@ -59,6 +61,8 @@ class ObserverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     state_dir: str = "data/_observer/state"
     max_field_bytes: Annotated[int, Meta(ge=1)] = 65536
     shutdown_timeout_secs: Annotated[int, Meta(gt=0)] | Annotated[float, Meta(gt=0)] = 10
+    require_token: bool = False
+    """A listener bound beyond loopback without a token is a config error, not a warning."""
 
 
 @dataclass
@@ -108,9 +112,18 @@ class ObserverConfig:
         return [item for item in self.instances if item.kind == kind and item.enabled]
 
     def warnings(self, registry: Registry) -> list[str]:
-        """Finding kinds an enabled analyzer emits that reach no enabled sink."""
+        """Finding kinds an enabled analyzer emits that reach no enabled sink, and
+        listeners bound beyond loopback without a token."""
         accepted = {kind for sink in self.enabled("sinks") for kind in sink.accepts}
         notes = []
+        for item in self.instances:
+            if exposed := exposed_listener(item):
+                _, address, token_key = exposed
+                notes.append(
+                    f"{self.path.name}: [{item.qualified}] listens on {address} without a "
+                    f"{token_key}: anyone who can reach it can use it (set {token_key}, or "
+                    "bind a loopback address)"
+                )
         for analyzer in self.enabled("analyzers"):
             for kind in getattr(analyzer.plugin.cls, "emits", ()):
                 if kind not in accepted:
@@ -135,6 +148,49 @@ class ObserverConfig:
             }
             document.setdefault(item.kind, {})[item.name] = _resolved(table, mask_secrets)
         return tomli_w.dumps(document)
+
+
+def exposed_listener(item: InstanceConfig) -> tuple[str, str, str] | None:
+    """``(address key, address, token key)`` when ``item`` is an enabled listener bound
+    beyond loopback without a token (contract §11.1); None otherwise.
+
+    A plugin whose ``Config`` binds a listener says where with a class attribute
+    ``listen_keys = ("host", "token")``: the key holding the address (a host, or
+    ``"host:port"``; unset for no listener) and the key holding its token (any
+    non-empty string, or a list with one, counts as a token).
+    """
+    keys: tuple[str, str] | None = getattr(item.config, "listen_keys", None)
+    if not item.enabled or keys is None:
+        return None
+    address_key, token_key = keys
+    address = getattr(item.config, address_key, None)
+    if not isinstance(address, str) or _is_loopback(_bind_host(address)):
+        return None
+    if _has_token(getattr(item.config, token_key, None)):
+        return None
+    return address_key, address, token_key
+
+
+def _bind_host(address: str) -> str:
+    """The host of ``"host"``, ``"host:port"``, ``"[v6]:port"`` or a bare IPv6 address."""
+    if address.startswith("["):
+        return address[1 : address.find("]")] if "]" in address else address
+    return address.rpartition(":")[0] if address.count(":") == 1 else address
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost: it may resolve anywhere
+        return False
+
+
+def _has_token(value: object) -> bool:
+    if isinstance(value, list | tuple):
+        return any(isinstance(token, str) and token for token in value)
+    return bool(value)
 
 
 def _resolved(value: Any, mask_secrets: bool) -> Any:
@@ -331,7 +387,21 @@ def load_config(
             raise ConfigError(f"{label}: {kind}: expected tables like [{kind}.NAME]")
         for name, table in tables.items():
             config.instances.append(_instance(label, kind, name, table, registry))
+    if settings.require_token:
+        _require_tokens(label, config.instances)
     return config
+
+
+def _require_tokens(label: str, instances: list[InstanceConfig]) -> None:
+    """``require_token = true``: an exposed listener (see :func:`exposed_listener`) is an error."""
+    for item in instances:
+        if exposed := exposed_listener(item):
+            address_key, address, token_key = exposed
+            raise ConfigError(
+                f"{label}: [{item.qualified}] {address_key}: listens on {address} without a "
+                f"{token_key}, and [observer] require_token = true (set {token_key}, or "
+                "bind a loopback address)"
+            )
 
 
 def _instance(label: str, kind: str, name: str, table: Any, registry: Registry) -> InstanceConfig:

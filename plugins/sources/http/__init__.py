@@ -40,6 +40,8 @@ _encode = msgspec.json.Encoder().encode
 class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sources.NAME]`` with ``plugin = "http"``."""
 
+    listen_keys: ClassVar[tuple[str, str]] = ("host", "token")
+    """Where it binds and its token: checked by ``observer_core.config.exposed_listener``."""
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 3800
     token: Annotated[str, msgspec.Meta(min_length=1)] | None = None
