@@ -326,8 +326,8 @@ class _Template:
             return [self.fill(item, (*path, index)) for index, item in enumerate(value)]
         if isinstance(value, str) and self.prefix in value:
             found = self.placeholder.fullmatch(value)
-            if found is not None and self.variables[int(found.group(1))].bare:
-                return self._scalar(self.variables[int(found.group(1))], path)
+            if found is not None and (variable := self.variables[int(found.group(1))]).bare:
+                return self._scalar(variable, path)
             return self.placeholder.sub(lambda m: self.variables[int(m.group(1))].value, value)
         return value
 

@@ -116,22 +116,19 @@ def open_output(path: Path, flags: int, mode: int | None = None) -> int:
     missing: with the umask's mode, or exactly ``mode`` when given. An existing file
     keeps its mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags |= os.O_CLOEXEC
-    while True:
+    flags |= os.O_CLOEXEC | os.O_CREAT
+    create_mode = 0o666 if mode is None else mode
+    try:
+        fd = os.open(path, flags | os.O_EXCL, create_mode)
+    except FileExistsError:  # it exists (or is a link to where it goes): its mode stays
+        return os.open(path, flags, create_mode)
+    if mode is not None:
         try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
-        except FileExistsError:
-            try:
-                return os.open(path, flags & ~os.O_CREAT)
-            except FileNotFoundError:  # pragma: no cover - removed between the two calls
-                continue
-        if mode is not None:
-            try:
-                os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask took away
-            except BaseException:
-                os.close(fd)
-                raise
-        return fd
+            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask took away
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
 
 
 def parse_file_mode(text: str, key: str = "file_mode") -> int:

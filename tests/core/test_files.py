@@ -245,3 +245,14 @@ def test_a_bad_file_mode_is_a_config_error_naming_the_key(observer_daemon):
     result = observer_daemon.run("check", "--config", "observer.toml")
     assert result.returncode == 2
     assert "[sinks.ops] file_mode: expected an octal mode" in result.stderr
+
+
+def test_open_output_writes_through_a_link_even_a_dangling_one(tmp_path):
+    """Sink outputs may be links (to a log folder, say): unlike private files, followed."""
+    (tmp_path / "ops.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    fd = open_output(tmp_path / "ops.jsonl", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"{}\n")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "elsewhere.jsonl").read_bytes() == b"{}\n"
