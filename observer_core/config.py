@@ -1,17 +1,19 @@
 """Loading ``observer.toml``: environment substitution, parsing, validation.
 
-Two phases. First the raw text has ``${VAR}`` / ``${VAR:-default}``
-substituted (outside ``#`` comments; ``$${`` writes a literal ``${``) and is
-parsed with :mod:`tomllib` into ``[observer]`` settings and ``[KIND.INSTANCE]``
-tables. Then each instance's table is checked against its plugin's ``Config``
+Two phases. First the text is parsed with :mod:`tomllib` into ``[observer]``
+settings and ``[KIND.INSTANCE]`` tables, ``${VAR}`` / ``${VAR:-default}`` filled
+in as values, never as TOML syntax (outside ``#`` comments; ``$${`` writes a
+literal ``${``). Then each instance's table is checked against its plugin's ``Config``
 struct. Every problem is a :class:`ConfigError` whose one-line message names
 the file, the table and the key.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import secrets
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,13 +33,13 @@ __all__ = [
     "ObserverConfig",
     "ObserverSettings",
     "default_config_path",
+    "exposed_listener",
     "load_config",
-    "substitute_env",
+    "parse_toml",
 ]
 
 _T = TypeVar("_T")
 SECRET_KEY = re.compile(r"^(token|password|.*_key)$")
-_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
@@ -59,6 +61,8 @@ class ObserverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     state_dir: str = "data/_observer/state"
     max_field_bytes: Annotated[int, Meta(ge=1)] = 65536
     shutdown_timeout_secs: Annotated[int, Meta(gt=0)] | Annotated[float, Meta(gt=0)] = 10
+    require_token: bool = False
+    """A listener bound beyond loopback without a token is a config error, not a warning."""
 
 
 @dataclass
@@ -108,9 +112,18 @@ class ObserverConfig:
         return [item for item in self.instances if item.kind == kind and item.enabled]
 
     def warnings(self, registry: Registry) -> list[str]:
-        """Finding kinds an enabled analyzer emits that reach no enabled sink."""
+        """Finding kinds an enabled analyzer emits that reach no enabled sink, and
+        listeners bound beyond loopback without a token."""
         accepted = {kind for sink in self.enabled("sinks") for kind in sink.accepts}
         notes = []
+        for item in self.instances:
+            if exposed := exposed_listener(item):
+                _, address, token_key = exposed
+                notes.append(
+                    f"{self.path.name}: [{item.qualified}] listens on {address} without a "
+                    f"{token_key}: anyone who can reach it can use it (set {token_key}, or "
+                    "bind a loopback address)"
+                )
         for analyzer in self.enabled("analyzers"):
             for kind in getattr(analyzer.plugin.cls, "emits", ()):
                 if kind not in accepted:
@@ -137,6 +150,49 @@ class ObserverConfig:
         return tomli_w.dumps(document)
 
 
+def exposed_listener(item: InstanceConfig) -> tuple[str, str, str] | None:
+    """``(address key, address, token key)`` when ``item`` is an enabled listener bound
+    beyond loopback without a token (contract §11.1); None otherwise.
+
+    A plugin whose ``Config`` binds a listener says where with a class attribute
+    ``listen_keys = ("host", "token")``: the key holding the address (a host, or
+    ``"host:port"``; unset for no listener) and the key holding its token (any
+    non-empty string, or a list with one, counts as a token).
+    """
+    keys: tuple[str, str] | None = getattr(item.config, "listen_keys", None)
+    if not item.enabled or keys is None:
+        return None
+    address_key, token_key = keys
+    address = getattr(item.config, address_key, None)
+    if not isinstance(address, str) or _is_loopback(_bind_host(address)):
+        return None
+    if _has_token(getattr(item.config, token_key, None)):
+        return None
+    return address_key, address, token_key
+
+
+def _bind_host(address: str) -> str:
+    """The host of ``"host"``, ``"host:port"``, ``"[v6]:port"`` or a bare IPv6 address."""
+    if address.startswith("["):
+        return address[1 : address.find("]")] if "]" in address else address
+    return address.rpartition(":")[0] if address.count(":") == 1 else address
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost: it may resolve anywhere
+        return False
+
+
+def _has_token(value: object) -> bool:
+    if isinstance(value, list | tuple):
+        return any(isinstance(token, str) and token for token in value)
+    return bool(value)
+
+
 def _resolved(value: Any, mask_secrets: bool) -> Any:
     """``value`` ready for TOML: no ``None`` anywhere, secrets masked when asked."""
     if isinstance(value, dict):
@@ -157,72 +213,149 @@ def default_config_path() -> Path:
     return Path(os.environ.get("OBSERVER_CONFIG") or "observer.toml")
 
 
-def substitute_env(text: str, environ: Mapping[str, str], source: str = "config") -> str:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` outside ``#`` comments.
+def parse_toml(text: str, environ: Mapping[str, str], source: str = "config") -> dict[str, Any]:
+    """Parse ``text`` as TOML, with ``${VAR}`` and ``${VAR:-default}`` filled in as values.
 
-    The default applies when VAR is unset or empty; ``$${`` writes ``${``.
-    An unset VAR without a default raises :class:`ConfigError` naming it.
+    A variable never adds TOML syntax (contract §11.7): inside a quoted string its text
+    arrives exactly as in the environment; a bare one must read as one integer, float or
+    boolean; none can name a key or a table. Not in ``#`` comments. The default applies
+    when VAR is unset or empty and is taken as written; ``$${`` writes ``${``. Every
+    problem (an unset VAR without a default, invalid TOML, ...) is a :class:`ConfigError`.
     """
-    out: list[str] = []
-    position = 0
-    for start, end in _comment_spans(text):
-        out.append(_substitute(text, position, start, environ, source))
-        out.append(text[start:end])
-        position = end
-    out.append(_substitute(text, position, len(text), environ, source))
-    return "".join(out)
+    template = _Template(text, environ, source)
+    try:
+        document = tomllib.loads(template.text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    filled: dict[str, Any] = template.fill(document)
+    return filled
 
 
-def _comment_spans(text: str) -> list[tuple[int, int]]:
-    """Where the ``#`` comments are, skipping ``#`` inside TOML strings."""
-    spans = []
-    index, quote, length = 0, "", len(text)
-    while index < length:
-        if quote:
-            if quote in ('"', '"""') and text[index] == "\\":
-                index += 2
-                continue
-            if text.startswith(quote, index):
-                index += len(quote)
-                quote = ""
-                continue
-            if text[index] == "\n" and len(quote) == 1:
-                quote = ""
-            index += 1
-            continue
-        char = text[index]
-        if char == "#":
-            end = text.find("\n", index)
-            end = length if end < 0 else end
-            spans.append((index, end))
-            index = end
-        elif char in "\"'":
-            quote = char * 3 if text.startswith(char * 3, index) else char
-            index += len(quote)
-        else:
-            index += 1
-    return spans
+_VARIABLE = r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}\n]*))?\}"
+_SCANNERS = {  # by the quote that opened the string we are in ("": none)
+    "": re.compile(r"#[^\n]*|\"\"\"|'''|\"|'|\$\$\{|" + _VARIABLE),
+    '"': re.compile(r'\\.|"|\n|\$\$\{|' + _VARIABLE, re.S),
+    '"""': re.compile(r'\\.|"{3,5}|\$\$\{|' + _VARIABLE, re.S),
+    "'": re.compile(r"'|\n|\$\$\{|" + _VARIABLE),
+    "'''": re.compile(r"'{3,5}|\$\$\{|" + _VARIABLE),
+}
+_GLUED = re.compile(r"[0-9A-Za-z_.+\-:\"'$]")
+"""A character next to a bare variable that would make it part of a longer token."""
+_SCALAR = re.compile(r"[+-]?[0-9A-Za-z_.+\-]+")
 
 
-def _substitute(text: str, start: int, end: int, environ: Mapping[str, str], source: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$${":
-            return "${"
-        name, default = match.group(1), match.group(2)
-        value = environ.get(name)
-        if value:
-            return value
-        if default is not None:
-            return default
-        if value is not None:
-            return value
-        line = text.count("\n", 0, start + match.start()) + 1
+@dataclass
+class _Variable:
+    name: str
+    value: str
+    bare: bool
+    line: int
+
+
+class _Template:
+    """The config text with each variable replaced by a unique placeholder that is valid
+    TOML where it stands (a bare one by a quoted string, so it can only be a value);
+    :meth:`fill` puts the values into the parsed tree."""
+
+    def __init__(self, text: str, environ: Mapping[str, str], source: str) -> None:
+        self.raw, self.environ, self.source = text, environ, source
+        self.variables: list[_Variable] = []
+        nonce = secrets.token_hex(8)
+        while nonce in text:  # pragma: no cover - one chance in 2**64
+            nonce = secrets.token_hex(8)
+        self.prefix = f"_env{nonce}_"
+        self.placeholder = re.compile(re.escape(self.prefix) + r"(\d+)_")
+        self.text = self._scan()
+
+    def _scan(self) -> str:
+        text, out, copied, position, quote = self.raw, [], 0, 0, ""
+        while (found := _SCANNERS[quote].search(text, position)) is not None:
+            token, position = found.group(), found.end()
+            if token == "$${":
+                out += [text[copied : found.start()], "${"]
+                copied = position
+            elif found.group(1) is not None:
+                out += [text[copied : found.start()], self._placeholder(found, bare=not quote)]
+                copied = position
+            elif quote:
+                if token[0] != "\\":  # the closing quote, or a newline ending a one-line string
+                    quote = ""
+            elif token[0] in "\"'":
+                quote = token
+        out.append(text[copied:])
+        return "".join(out)
+
+    def _placeholder(self, found: re.Match[str], bare: bool) -> str:
+        name, default = found.group(1), found.group(2)
+        line = self.raw.count("\n", 0, found.start()) + 1
+        value = self.environ.get(name)
+        if not value and default is not None:
+            value = default
+        if value is None:
+            raise ConfigError(
+                f"{self.source}: line {line}: environment variable {name} is not set "
+                f"(set it, or write ${{{name}:-default}})"
+            )
+        start, end = found.span()
+        if bare and (
+            _GLUED.fullmatch(self.raw[start - 1 : start])
+            or _GLUED.fullmatch(self.raw[end : end + 1])
+        ):
+            raise ConfigError(
+                f"{self.source}: line {line}: {found.group()} must be a whole value "
+                f'(write "...{found.group()}..." to put it in a string)'
+            )
+        self.variables.append(_Variable(name, value, bare, line))
+        mark = f"{self.prefix}{len(self.variables) - 1}_"
+        return f'"{mark}"' if bare else mark
+
+    def fill(self, value: Any, path: tuple[str | int, ...] = ()) -> Any:
+        """``value`` (the parsed document) with every placeholder replaced by its value."""
+        if isinstance(value, dict):
+            filled = {}
+            for key, item in value.items():
+                if found := self.placeholder.search(key):
+                    variable = self.variables[int(found.group(1))]
+                    raise ConfigError(
+                        f"{self.source}: line {variable.line}: ${{{variable.name}}} in a key or "
+                        "table name: the environment fills in values, never keys"
+                    )
+                filled[key] = self.fill(item, (*path, key))
+            return filled
+        if isinstance(value, list):
+            return [self.fill(item, (*path, index)) for index, item in enumerate(value)]
+        if isinstance(value, str) and self.prefix in value:
+            found = self.placeholder.fullmatch(value)
+            if found is not None and (variable := self.variables[int(found.group(1))]).bare:
+                return self._scalar(variable, path)
+            return self.placeholder.sub(lambda m: self.variables[int(m.group(1))].value, value)
+        return value
+
+    def _scalar(self, variable: _Variable, path: tuple[str | int, ...]) -> bool | int | float:
+        """A bare variable's value: one TOML integer, float or boolean, or a ConfigError."""
+        text = variable.value.strip()
+        if _SCALAR.fullmatch(text):
+            try:
+                value = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                value = None
+            if isinstance(value, bool | int | float):
+                return value
+        name = variable.name
         raise ConfigError(
-            f"{source}: line {line}: environment variable {name} is not set "
-            f"(set it, or write ${{{name}:-default}})"
+            f"{self.source}: line {variable.line}: {_where(path)}: ${{{name}}} must be one "
+            f'integer, float or boolean here (write "${{{name}}}" for a string)'
         )
 
-    return _VAR.sub(replace, text[start:end])
+
+def _where(path: tuple[str | int, ...]) -> str:
+    """``[sources.http] port`` for the path of a value in the document."""
+    size = 2 if path and path[0] in KINDS else 1
+    table, rest = path[:size], path[size:]
+    if not rest:
+        return ".".join(map(str, table))
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in rest)
+    return f"[{'.'.join(map(str, table))}] {key.removeprefix('.')}"
 
 
 def load_config(
@@ -238,11 +371,7 @@ def load_config(
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    text = substitute_env(raw, os.environ if environ is None else environ, label)
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{label}: invalid TOML: {exc}") from None
+    document = parse_toml(raw, os.environ if environ is None else environ, label)
     unknown = [key for key in document if key not in ("observer", *KINDS)]
     if unknown:
         raise ConfigError(
@@ -258,7 +387,21 @@ def load_config(
             raise ConfigError(f"{label}: {kind}: expected tables like [{kind}.NAME]")
         for name, table in tables.items():
             config.instances.append(_instance(label, kind, name, table, registry))
+    if settings.require_token:
+        _require_tokens(label, config.instances)
     return config
+
+
+def _require_tokens(label: str, instances: list[InstanceConfig]) -> None:
+    """``require_token = true``: an exposed listener (see :func:`exposed_listener`) is an error."""
+    for item in instances:
+        if exposed := exposed_listener(item):
+            address_key, address, token_key = exposed
+            raise ConfigError(
+                f"{label}: [{item.qualified}] {address_key}: listens on {address} without a "
+                f"{token_key}, and [observer] require_token = true (set {token_key}, or "
+                "bind a loopback address)"
+            )
 
 
 def _instance(label: str, kind: str, name: str, table: Any, registry: Registry) -> InstanceConfig:

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import anyio
 import msgspec
 
+from .files import make_private_dir, open_private, write_private_atomic
+
 __all__ = ["StateDirLock", "StateLocked", "StateStore", "atomic_write"]
 
 _T = TypeVar("_T")
@@ -21,20 +23,9 @@ class StateLocked(Exception):
     """Another process holds the ``state_dir``."""
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``: a crash leaves the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+atomic_write = write_private_atomic
+"""Write a private file atomically (``0600``, never through a symlink): see
+:func:`observer_core.files.write_private_atomic`."""
 
 
 class StateDirLock:
@@ -45,8 +36,8 @@ class StateDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        make_private_dir(self.path.parent)
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -72,7 +63,8 @@ class StateStore:
     ``load`` is for ``open()`` (before the loop is busy); ``save`` writes
     atomically in a worker thread so the event loop never waits on the disk.
     A file that cannot be decoded is moved aside to ``*.corrupt`` and reported,
-    never crash-looped on.
+    never crash-looped on. Files are private (``0600``, the folder ``0700``, as is
+    ``state_dir`` when this creates it) and never opened through a symlink.
     """
 
     def __init__(self, root: Path) -> None:
@@ -81,12 +73,24 @@ class StateStore:
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def make_root(self) -> Path:
+        """Create the folder (and ``state_dir``, its parent) ``0700`` if missing."""
+        make_private_dir(self.root, top=self.root.parent)
+        return self.root
+
+    def open(self, name: str, flags: int) -> int:
+        """``os.open`` one of this instance's files, privately (see :func:`open_private`)."""
+        self.make_root()
+        return open_private(self.path(name), flags)
+
     def load(self, name: str, type: type[_T], default: _T) -> _T:
         path = self.path(name)
         try:
-            data = path.read_bytes()
+            fd = open_private(path, os.O_RDONLY)
         except FileNotFoundError:
             return default
+        with open(fd, "rb") as handle:
+            data = handle.read()
         try:
             return msgspec.json.decode(data, type=type)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -96,8 +100,13 @@ class StateStore:
             return default
 
     def save_sync(self, name: str, value: Any) -> None:
-        atomic_write(self.path(name), msgspec.json.encode(value))
+        self.write_bytes(name, msgspec.json.encode(value))
 
     async def save(self, name: str, value: Any) -> None:
         data = msgspec.json.encode(value)
-        await anyio.to_thread.run_sync(atomic_write, self.path(name), data)
+        await anyio.to_thread.run_sync(self.write_bytes, name, data)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Replace the file ``name`` by ``data`` atomically (blocks: call it in a thread)."""
+        self.make_root()
+        write_private_atomic(self.path(name), data)

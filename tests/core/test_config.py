@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from observer_core.config import ConfigError, load_config, substitute_env
+from observer_core.config import ConfigError, load_config, parse_toml
 from observer_core.plugins import load_registry
 
 
@@ -54,18 +54,134 @@ class TestSubstitution:
         assert "observer.toml: line 2" in message
 
     def test_double_dollar_writes_a_literal(self):
-        assert substitute_env('a = "$${HOME}"\n', {"HOME": "/root"}) == 'a = "${HOME}"\n'
+        assert parse_toml('a = "$${HOME}"\n', {"HOME": "/root"}) == {"a": "${HOME}"}
 
     def test_comments_are_not_substituted(self):
         text = "a = 1 # ${UNSET_IN_COMMENT}\n# ${ALSO_UNSET}\n"
-        assert substitute_env(text, {}) == text
+        assert parse_toml(text, {}) == {"a": 1}
 
     def test_hash_inside_a_string_is_not_a_comment(self):
-        assert substitute_env('a = "x#${V}"\n', {"V": "1"}) == 'a = "x#1"\n'
+        assert parse_toml('a = "x#${V}"\n', {"V": "1"}) == {"a": "x#1"}
 
     def test_multiline_strings_are_substituted_but_not_their_hashes(self):
         text = 'a = """\n# ${V}\n"""\n'
-        assert substitute_env(text, {"V": "z"}) == 'a = """\n# z\n"""\n'
+        assert parse_toml(text, {"V": "z"}) == {"a": "# z\n"}
+
+
+HOSTILE = 'x"\nplugin = "console"\n[sinks.evil]\nplugin = "console'
+"""A value that, pasted into the TOML text, closed the string and added keys and a table."""
+
+
+class TestSubstitutionIsAValueNeverSyntax:
+    """Contract §11.7: ``${VAR}`` fills in a value; it never adds a key or a table."""
+
+    @pytest.mark.parametrize(
+        "value",
+        [HOSTILE, "ab\\tcd", 'quote " and \\" escaped', "line\nbreak\r\n", "tab\there", "\\", "'"],
+    )
+    @pytest.mark.parametrize("quote", ['"', "'", '"""', "'''"])
+    def test_a_quoted_variable_arrives_exactly_as_in_the_environment(
+        self, tmp_path, registry, value, quote
+    ):
+        config = load(
+            tmp_path,
+            registry,
+            f"""
+            [sinks.ops]
+            plugin = "jsonl"
+            path = {quote}${{OPS_PATH}}{quote}
+            """,
+            {"OPS_PATH": value},
+        )
+        [sink] = config.instances
+        assert sink.config.path == value
+        assert sink.plugin.name == "jsonl"
+
+    def test_a_hostile_value_adds_no_key_or_table(self, tmp_path, registry):
+        config = load(
+            tmp_path,
+            registry,
+            """
+            [sinks.ops]
+            plugin = "jsonl"
+            path = "out/${NAME}.jsonl"
+            """,
+            {"NAME": HOSTILE},
+        )
+        assert [item.qualified for item in config.instances] == ["sinks.ops"]
+        assert config.instances[0].config.path == f"out/{HOSTILE}.jsonl"
+
+    def test_the_default_is_taken_as_written(self, tmp_path, registry):
+        config = load(tmp_path, registry, '[sinks.ops]\nplugin = "jsonl"\npath = "${P:-a\\tb}"\n')
+        assert config.instances[0].config.path == "a\\tb"
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [("4100", 4100), (" 4100\n", 4100), ("0x10", 16), ("1_000", 1000)],
+    )
+    def test_a_bare_variable_reads_as_one_integer(self, tmp_path, registry, value, expected):
+        config = load(tmp_path, registry, "[sources.http]\nport = ${PORT}\n", {"PORT": value})
+        assert config.instances[0].config.port == expected
+
+    @pytest.mark.parametrize(
+        ("value", "expected"), [("true", True), ("false", False), ("1.5", 1.5), ("-2", -2)]
+    )
+    def test_a_bare_variable_reads_as_one_boolean_or_float(self, value, expected):
+        assert parse_toml("x = ${X}\n", {"X": value}) == {"x": expected}
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "abc",
+            "3800\nhost = '0.0.0.0'",
+            "3800 # comment",
+            "[1, 2]",
+            "{a = 1}",
+            '"3800"',
+            "1979-05-27",
+            "",
+            "1 2",
+        ],
+    )
+    def test_anything_else_bare_is_an_error_naming_the_variable_and_key(
+        self, tmp_path, registry, value
+    ):
+        message = error_of(tmp_path, registry, "[sources.http]\nport = ${PORT}\n", {"PORT": value})
+        assert message == (
+            "observer.toml: line 2: [sources.http] port: ${PORT} must be one integer, "
+            'float or boolean here (write "${PORT}" for a string)'
+        )
+
+    def test_a_bare_default_must_be_a_scalar_too(self, tmp_path, registry):
+        message = error_of(tmp_path, registry, "[observer]\ncycle_secs = ${C:-soon}\n")
+        assert "line 2: [observer] cycle_secs: ${C} must be one integer" in message
+
+    def test_a_bare_variable_glued_to_other_text_is_an_error(self, tmp_path, registry):
+        message = error_of(tmp_path, registry, "[sources.http]\nport = 38${P}\n", {"P": "00"})
+        assert message == (
+            'observer.toml: line 2: ${P} must be a whole value (write "...${P}..." '
+            "to put it in a string)"
+        )
+
+    @pytest.mark.parametrize(
+        "text", ['"${K}" = 1\n', "[sinks.${K}]\n", '[sinks."${K}"]\n', "${K} = 1\n"]
+    )
+    def test_a_variable_cannot_name_a_key_or_table(self, text):
+        with pytest.raises(ConfigError, match=r"^c.toml: line 1: \$\{K\} "):
+            parse_toml(text, {"K": "console"}, "c.toml")
+
+    def test_a_bare_variable_in_an_array_fills_one_element(self):
+        assert parse_toml("x = [${A}, 2]\n", {"A": "1"}) == {"x": [1, 2]}
+        with pytest.raises(ConfigError, match="must be one integer"):
+            parse_toml("x = [${A}]\n", {"A": "1, 2"})
+
+    def test_errors_keep_their_line_numbers(self, tmp_path, registry):
+        text = '[observer]\nring_size = 5\n\n[sinks.ops]\nplugin = "jsonl"\npath = "${P}" x\n'
+        assert "line 6" in error_of(tmp_path, registry, text, {"P": "a\nb\nc"})
+
+    def test_placeholders_never_leak_into_values(self):
+        document = parse_toml("a = \"${A}${B}\"\nb = '${A}'\n", {"A": "1", "B": "2"})
+        assert document == {"a": "12", "b": "1"}
 
 
 class TestValidation:

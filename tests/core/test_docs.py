@@ -18,14 +18,13 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from observer_core.config import ConfigError, load_config, substitute_env
+from observer_core.config import ConfigError, load_config, parse_toml
 from observer_core.plugins import load_registry
 from observer_core.testing import COLLECT_PLUGIN
 
@@ -172,7 +171,7 @@ def test_python_blocks_run(block: Block, tmp_path, monkeypatch, example_installe
 
 @pytest.mark.parametrize("block", of("toml"))
 def test_toml_blocks_are_valid_configs(block: Block, tmp_path, registry):
-    document = tomllib.loads(substitute_env(block.text, {}))
+    document = parse_toml(block.text, {})
     if block.marker == "include" and not {"sources", "sinks", "analyzers"} & set(document):
         return  # e.g. pyproject.toml: parsing it is the check
     path = tmp_path / "observer.toml"

@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_kit import FUZZ_EXAMPLES, record
 
-from observer_core.config import ConfigError, load_config, substitute_env
+from observer_core.config import ConfigError, load_config, parse_toml
 from observer_core.engine import Engine
 from observer_core.plugins import Registry, load_registry
 
 SHIPPED = (Path(__file__).parents[2] / "observer.toml").read_text(encoding="utf-8")
-SHIPPED_DATA = tomllib.loads(substitute_env(SHIPPED, {}))
+SHIPPED_DATA = parse_toml(SHIPPED, {})
 FUZZ = settings(
     max_examples=FUZZ_EXAMPLES,
     deadline=None,

@@ -21,7 +21,6 @@ import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import anyio
@@ -36,7 +35,7 @@ from observer_core import (
     RegisterSink,
     Sink,
     SinkConfig,
-    atomic_write,
+    StateStore,
     hookimpl,
     now_timestamp,
 )
@@ -98,18 +97,21 @@ _decode_line = msgspec.json.Decoder(_Line).decode
 
 
 class _Spool:
-    """The append-only journal of the queue. Its methods block: call them in a thread."""
+    """The append-only journal of the queue, a private file in the instance's state
+    folder. Its methods block: call them in a thread."""
 
-    def __init__(self, path: Path, logger: Any) -> None:
-        self.path = path
+    def __init__(self, state: StateStore, logger: Any) -> None:
+        self._state = state
+        self.path = state.path(SPOOL_FILE)
         self._logger = logger
         self._fd = -1
         self.lines = 0
 
     def replay(self) -> list[_Queued]:
         """Open the journal (repairing a torn last line) and return the queue it holds."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.path.read_bytes() if self.path.exists() else b""
+        self._fd = self._state.open(SPOOL_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        with open(self._fd, "rb", closefd=False) as handle:
+            data = handle.read()
         end = data.rfind(b"\n") + 1
         if end < len(data):
             self._logger.warning(
@@ -117,7 +119,7 @@ class _Spool:
                 self.path,
                 len(data) - end,
             )
-            os.truncate(self.path, end)
+            os.ftruncate(self._fd, end)
         pending: dict[int, _Queued] = {}
         for number, raw in enumerate(data[:end].splitlines(), 1):
             try:
@@ -127,7 +129,6 @@ class _Spool:
                 continue
             _apply(pending, line)
         self.lines = data.count(b"\n", 0, end)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return list(pending.values())
 
     def append(self, lines: Sequence[_Line], *, sync: bool = False) -> None:
@@ -142,8 +143,8 @@ class _Spool:
     def rewrite(self, queue: Sequence[_Queued]) -> None:
         """Replace the journal by one line per queued entry (atomically)."""
         lines = [_Line(item.seq, item.entry, item.attempts or None) for item in queue]
-        atomic_write(self.path, b"".join(_encode(line) + b"\n" for line in lines))
-        old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND, 0o644)
+        self._state.write_bytes(SPOOL_FILE, b"".join(_encode(line) + b"\n" for line in lines))
+        old, self._fd = self._fd, self._state.open(SPOOL_FILE, os.O_RDWR | os.O_APPEND)
         os.close(old)
         self.lines = len(lines)
 
@@ -171,8 +172,9 @@ def _apply(pending: dict[int, _Queued], line: _Line) -> None:
         pending[line.seq].attempts = line.attempts
 
 
-def _append_dead_letter(path: Path, row: bytes) -> None:
-    with open(path, "a+b") as handle:
+def _append_dead_letter(state: StateStore, row: bytes) -> None:
+    fd = state.open(DEAD_LETTER_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    with open(fd, "a+b") as handle:
         size = handle.seek(0, os.SEEK_END)
         if size:
             handle.seek(size - 1)
@@ -199,7 +201,7 @@ class GatewayLogSink(Sink):
     def __init__(self, config: GatewayLogConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self._url = config.url.rstrip("/") + "/log"
-        self._spool = _Spool(ctx.state.path(SPOOL_FILE), ctx.logger)
+        self._spool = _Spool(ctx.state, ctx.logger)
         self._dead_letter = ctx.state.path(DEAD_LETTER_FILE)
         self._queue: deque[_Queued] = deque()
         self._next_seq = 0
@@ -384,7 +386,7 @@ class GatewayLogSink(Sink):
             return
         row = {"ts": now_timestamp(), "attempts": item.attempts, "error": str(exc)}
         data = _encode({**row, "entry": item.entry}) + b"\n"
-        await anyio.to_thread.run_sync(_append_dead_letter, self._dead_letter, data)
+        await anyio.to_thread.run_sync(_append_dead_letter, self.ctx.state, data)
         self._dead.inc(instance=self.ctx.instance)
         self.ctx.error(
             "log entry failed %d times (%s); moved to %s: %s",

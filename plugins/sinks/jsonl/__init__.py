@@ -16,11 +16,12 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, cast
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import msgspec
 
 from observer_core import Finding, Record, RegisterSink, Sink, SinkConfig, hookimpl, now_timestamp
+from observer_core.files import open_output, parse_file_mode
 
 from .writer import WriterThread
 
@@ -36,6 +37,9 @@ class JsonlConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     """never: write(2) before the ack; batch: also fdatasync every fsync_interval_ms;
     always: fdatasync before the ack."""
     fsync_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 1000
+    file_mode: str | None = None
+    """Mode of the file when this creates it, an octal string such as "0640";
+    unset: the process's umask decides. An existing file keeps its mode."""
     accepts: list[str] = msgspec.field(default_factory=lambda: ["op"])
 
 
@@ -66,6 +70,11 @@ class JsonlSink(Sink):
     holds_ack: ClassVar[bool] = True
     config: JsonlConfig
 
+    @classmethod
+    def validate_config(cls, config: Any, registry: object) -> None:
+        if config.file_mode is not None:
+            parse_file_mode(config.file_mode)
+
     def __init__(self, config: JsonlConfig, ctx: object) -> None:
         super().__init__(config, ctx)  # type: ignore[arg-type]
         self.path: Path = self.ctx.resolve_path(config.path)
@@ -87,8 +96,10 @@ class JsonlSink(Sink):
         self.ctx.status["path"] = str(self.path)
 
     def _open_file(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        mode = self.config.file_mode
+        fd = open_output(
+            self.path, os.O_WRONLY | os.O_APPEND, None if mode is None else parse_file_mode(mode)
+        )
         try:
             self._size = self._repair_torn_tail(fd)
         except BaseException:

@@ -58,6 +58,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sources.NAME]`` with ``plugin = "gateway"``."""
 
+    listen_keys: ClassVar[tuple[str, str]] = ("listen", "listen_token")
+    """Where the proxy binds and its token: see ``observer_core.config.exposed_listener``."""
     url: str = "http://localhost:3700"
     """The gateway's base URL."""
     listen: str | None = None

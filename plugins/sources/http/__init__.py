@@ -45,6 +45,8 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sources.NAME]`` with ``plugin = "http"``."""
 
+    listen_keys: ClassVar[tuple[str, str]] = ("host", "token")
+    """Where it binds and its token: checked by ``observer_core.config.exposed_listener``."""
     host: str = "127.0.0.1"
     port: Port = 3800
     token: Annotated[str, msgspec.Meta(min_length=1)] | None = None
