@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .auth import Token, Tokens
 from .components import (
     Analyzer,
     AnalyzerConfig,
@@ -75,6 +76,8 @@ __all__ = [
     "SinkConfig",
     "Source",
     "StateStore",
+    "Token",
+    "Tokens",
     "UnsetType",
     "Window",
     "__version__",
