@@ -44,6 +44,8 @@ def test_defaults_are_the_contracts() -> None:
         "health_check": True,
         "timeout_secs": 300,
         "exclude_paths": ["/health"],
+        "listen_token": None,
+        "forwarded_headers": False,
     }
 
 
