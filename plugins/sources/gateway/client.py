@@ -9,9 +9,10 @@ place of your own httpx calls::
         data = gateway.call("/search", {"q": "welders"}, "search welders")
 
 ``call`` takes an origin-form path (``/search``, ``/v1/x?y=1``): anything
-else (a scheme, ``//``, an ``@``, a ``#``, whitespace) raises ValueError and
-nothing is sent, so a path cannot address another host. It returns the
-gateway's JSON unchanged (also for a non-2xx reply); it raises what httpx raises: the transport error (``httpx.ConnectError``...), or
+else (a scheme, ``//``, a leading ``@``, a ``#``, whitespace) raises ValueError
+and nothing is sent, so a path cannot address another host. It returns the
+gateway's JSON unchanged (also for a non-2xx reply); it raises what httpx
+raises: the transport error (``httpx.ConnectError``...), or
 ``json.JSONDecodeError`` when the body is not JSON, each after recording the
 failed op.
 

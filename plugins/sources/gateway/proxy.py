@@ -250,7 +250,7 @@ class GatewayProxy:
     ) -> None:
         self._base = httpx.URL(url)
         self._tokens = tokens or Tokens(None)
-        self._forwarded_headers = forwarded_headers
+        self._forwarded = forwarded_headers
         self._prefix = self._base.raw_path.split(b"?")[0].rstrip(b"/")
         self._client = client
         self._timeout = timeout
@@ -311,13 +311,12 @@ class GatewayProxy:
         target = self._prefix + request.path.encode("latin-1")
         if request.query:
             target += b"?" + request.query.encode("latin-1")
+        forwarded_for = (request.client_address() or "unknown") if self._forwarded else None
         # A bare Request, not client.build_request: no default headers, no cookies added.
         return httpx.Request(
             request.method,
             self._base.copy_with(raw_path=target),
-            headers=request_headers(
-                request.headers, (request.client_address() or "unknown") if self._forwarded_headers else None
-            ),
+            headers=request_headers(request.headers, forwarded_for),
             content=request.body,
             extensions={"timeout": self._timeouts},
         )

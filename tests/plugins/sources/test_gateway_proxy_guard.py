@@ -197,9 +197,7 @@ def test_not_an_open_proxy(proxies: Proxies) -> None:
 
 class TestClientLeaves:
     @pytest.mark.parametrize("how", ["close", "shutdown"])
-    def test_before_the_gateway_answers_cancels_the_call(
-        self, proxies: Proxies, how: str
-    ) -> None:
+    def test_before_the_gateway_answers_cancels_the_call(self, proxies: Proxies, how: str) -> None:
         path = f"/plain/left-early-{how}"
         upstream_closed = threading.Event()
 
