@@ -287,17 +287,20 @@ class GatewayProxy:
             upstream = self._build(request)
         except (httpx.InvalidURL, UnicodeError) as exc:  # what target_problem did not foresee
             return _error(400, f"bad request: {_describe(exc)}")
-        with anyio.CancelScope() as scope:
+        with anyio.CancelScope() as scope:  # cancelled at once if the client leaves
             stop_watching = request.on_client_left(scope.cancel)
             try:
-                reply = await self._client.send(upstream, stream=True)
+                return await self._forward(call, upstream)
             except httpx.HTTPError as exc:
                 return self._failed(call, exc)
             finally:
                 stop_watching()
-        if scope.cancelled_caught:
-            self.record(call, Outcome.failed("client disconnected"), {"client_left": True})
-            return _error(CLIENT_LEFT_STATUS, "client disconnected")
+        self.record(call, Outcome.failed("client disconnected"), {"client_left": True})
+        return _error(CLIENT_LEFT_STATUS, "client disconnected")
+
+    async def _forward(self, call: _Call, upstream: httpx.Request) -> Response:
+        """Send ``upstream``; the gateway's reply, streamed back unless it has no body."""
+        reply = await self._client.send(upstream, stream=True)
         if reply.status_code in _NO_BODY:
             return await self._answer_empty(call, reply)
         return Response(
