@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-SECRET_KEY = re.compile(r"^(token|password|.*_key)$")
+SECRET_KEY = re.compile(r"^((listen_)?token|password|.*_key)$")
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
