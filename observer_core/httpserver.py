@@ -446,6 +446,8 @@ class _Connection(asyncio.Protocol):
         return lambda: self._on_left.discard(callback)
 
     def _client_left(self) -> None:
+        if not self._on_left:
+            return
         callbacks, self._on_left = self._on_left, set()
         for callback in callbacks:
             callback()
