@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .auth import Token, Tokens
 from .components import (
     Analyzer,
     AnalyzerConfig,
@@ -92,6 +93,8 @@ __all__ = [
     "SinkConfig",
     "Source",
     "StateStore",
+    "Token",
+    "Tokens",
     "UnsetType",
     "Window",
     "__version__",

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-SECRET_KEY = re.compile(r"^(token|password|.*_key)$")
+SECRET_KEY = re.compile(r"^((listen_)?token|password|.*_key)$")
 
 
 class ConfigError(Exception):

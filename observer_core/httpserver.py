@@ -74,6 +74,23 @@ class Request(msgspec.Struct):
                 return value
         return None
 
+    def client_address(self) -> str | None:
+        """The client's IP address (None when the transport does not tell)."""
+        if self._connection is None:
+            return None
+        peer = self._connection._transport.get_extra_info("peername")
+        return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+    def on_client_left(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Have ``callback`` called, once, if the client leaves while this request is being
+        answered: its connection is lost or it closed its side (EOF), as a proxy takes it
+        (nginx's "client prematurely closed"). Called soon if it has left already. Returns
+        what stops watching: call it when the answer is ready."""
+        connection = self._connection
+        if connection is None:
+            raise RuntimeError("on_client_left() for a request the server did not receive")
+        return cast(_Connection, connection)._watch_left(callback)
+
     def reply(self, response: Response) -> None:
         """Answer this request, after its handler returned :data:`LATER`: exactly once, on
         the event loop, and not from inside ``handle``. A client that left is not answered."""
@@ -135,6 +152,10 @@ _BUSY = b"".join(
 _Item = tuple["Request | Response | Awaitable[Response]", bool, bool, bool]
 
 
+def _nothing() -> None:
+    pass
+
+
 def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
@@ -189,6 +210,8 @@ class _Connection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._continue_pending = False
         self._streaming = False
+        self._on_left: set[Callable[[], None]] = set()  # Request.on_client_left callbacks
+        self._head_done = False  # the request being parsed is past its head: no more headers
         # One timer serves the header, idle and linger timeouts: it is re-armed only
         # when it fires early or a nearer deadline comes, not once per request.
         self._deadline: float | None = None
@@ -213,6 +236,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = self._closed = self._stopped = True
         self._queue.clear()
+        self._client_left()
         self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
@@ -250,6 +274,7 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._eof = True
+        self._client_left()
         # A half-closed connection still gets the answers to what it sent, then is closed;
         # but a stream (server-sent events) is for a reader that has left: end it.
         return True if self._busy and not self._streaming and not self._lingering else None
@@ -273,6 +298,7 @@ class _Connection(asyncio.Protocol):
             self._url += url
             return
         self._in_message = True
+        self._head_done = False
         self._url = url
         self._headers = []
         self._body = []
@@ -285,6 +311,8 @@ class _Connection(asyncio.Protocol):
             self._arm(deadline)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            return  # a chunked trailer: discarded, never merged into the headers (§11.2)
         name = name.lower()
         self._headers.append((name, value))
         if name in _SPECIAL_HEADERS:
@@ -298,6 +326,7 @@ class _Connection(asyncio.Protocol):
                 self._connection_header = True
 
     def on_headers_complete(self) -> None:
+        self._head_done = True
         parser = self._parser
         server = self._server
         method = parser.get_method()
@@ -406,6 +435,22 @@ class _Connection(asyncio.Protocol):
         else:
             self._queue.append((answer, keep_alive, http10, head))
             self._start_task()
+
+    # -- the client leaving ----------------------------------------------------------------
+
+    def _watch_left(self, callback: Callable[[], None]) -> Callable[[], None]:
+        if self._lost or self._eof:
+            self._loop.call_soon(callback)
+            return _nothing
+        self._on_left.add(callback)
+        return lambda: self._on_left.discard(callback)
+
+    def _client_left(self) -> None:
+        if not self._on_left:
+            return
+        callbacks, self._on_left = self._on_left, set()
+        for callback in callbacks:
+            callback()
 
     # -- answering -------------------------------------------------------------------------
 

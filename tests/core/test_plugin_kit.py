@@ -781,7 +781,8 @@ def test_plugins_verbose_shows_readable_types_and_toml_defaults(capsys):
     assert rows["fsync"].split()[1:] == ['"always"', "|", '"batch"', "|", '"never"', '"batch"']
     assert rows["queue_max"].split()[1:] == ["int", ">=", "1,", "<=", "10000000", "10000"]
     tokens = {" ".join(line.split()[1:]) for line in keys if line.split()[0] == "token"}
-    assert "str length >= 1 (unset)" in tokens  # the http source's token
+    # the http source's token: one, or a list (rotation)
+    assert "str length >= 1 | list[str length >= 1] length >= 1 (unset)" in tokens
     assert rows["health_check"].split()[1:] == ["bool", "true"]
     assert rows["accepts"].split()[1] == "list[str]"
     prompt = rows["prompt"]

@@ -7,7 +7,8 @@ line each, in ``prompt`` (at ``{errors}``) to the model, beside the cycle
 ``diagnosis`` finding carrying a :class:`~observer_core.LogEntry`. An empty,
 failed, garbled or late answer publishes nothing, is logged and counted
 (``observer_diagnosis_failures_total{instance, reason}``), and the failures
-stay undiagnosed, so the next cycle tries again.
+stay undiagnosed, so the next cycle tries again. A failed op whose client left
+(``attributes.client_left``: a user pressing Stop) is not a failure here.
 
 Providers: ``lakehouse`` (``POST {url}/ai/generate``), ``ollama``
 (``POST {url}/api/generate``) and ``openai`` (any OpenAI-compatible server,
@@ -48,6 +49,7 @@ from observer_core import (
 )
 
 from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
+from ..failures import is_failure
 
 __all__ = ["DEFAULT_PROMPT", "DiagnosisAnalyzer", "DiagnosisConfig", "error_line"]
 
@@ -266,7 +268,7 @@ class DiagnosisAnalyzer(Analyzer):
     def _pending(self, window: Window) -> _Batch | None:
         """The batch to send when the ring holds an undiagnosed failure, else None."""
         failures = [
-            (seq, op) for seq, op in enumerate(window.ops, window.first_seq) if not op.success
+            (seq, op) for seq, op in enumerate(window.ops, window.first_seq) if is_failure(op)
         ]
         if not failures or failures[-1][0] < self._next_seq:
             return None

@@ -1,6 +1,8 @@
 """The ``escalation`` analyzer: send recurring failure clusters to a code-review service.
 
-Failures are grouped by ``sig_hash`` (ops without one are ignored). A group that
+Failures are grouped by ``sig_hash`` (ops without one are ignored, and so are
+failed ops whose client left, ``attributes.client_left``: a user pressing Stop
+is not the gateway failing). A group that
 reaches ``threshold`` and was never escalated is POSTed to
 ``{url}/api/run?mode=code_review`` as ``{"input": ...}`` describing its last 8
 failures; the reply becomes an :class:`~observer_core.EscalationRow`, published
@@ -55,6 +57,7 @@ from ...fleet.claims import (
     check_fleet,
     shared_memory,
 )
+from ..failures import is_failure
 
 __all__ = ["EscalationAnalyzer", "EscalationConfig", "escalation_input", "escalation_row"]
 
@@ -220,7 +223,7 @@ class EscalationAnalyzer(Analyzer):
         """Failures by sig_hash, oldest first, for the groups that reach the threshold."""
         groups: dict[str, list[Op]] = {}
         for op in window.ops:
-            if not op.success and op.sig_hash is not UNSET:
+            if is_failure(op) and op.sig_hash is not UNSET:
                 groups.setdefault(op.sig_hash, []).append(op)
         return {sig: ops for sig, ops in groups.items() if len(ops) >= self.config.threshold}
 

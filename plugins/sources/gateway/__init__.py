@@ -23,7 +23,16 @@ import anyio
 import httpx
 import msgspec
 
-from observer_core import ComponentConfig, Context, Emit, RegisterSource, Source, hookimpl
+from observer_core import (
+    ComponentConfig,
+    Context,
+    Emit,
+    RegisterSource,
+    Source,
+    Token,
+    Tokens,
+    hookimpl,
+)
 from observer_core.httpserver import HttpServer
 
 from .client import AsyncObservedGateway, ObservedGateway, OpRecorder
@@ -70,6 +79,12 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Per proxied call: seconds the gateway may take to answer (else 504) or stall mid-reply."""
     exclude_paths: list[str] = msgspec.field(default_factory=lambda: ["/health"])
     """Paths proxied but not recorded (exact match, without the query)."""
+    listen_token: Token | None = None
+    """When set, proxy clients must send ``X-Observer-Token: <token>`` (else 401); a list
+    accepts any of its tokens (rotation). The header is never forwarded."""
+    forwarded_headers: bool = False
+    """Set ``X-Forwarded-For`` (replacing the client's) and ``X-Forwarded-Proto`` on
+    forwarded requests; when false, nothing is added."""
 
     def __post_init__(self) -> None:
         try:
@@ -133,6 +148,8 @@ class GatewaySource(Source):
             logger=self.ctx.logger,
             on_drop=self._count_drop,
             status=self.ctx.status,
+            tokens=Tokens(self.config.listen_token),
+            forwarded_headers=self.config.forwarded_headers,
         )
         host, port = parse_listen(self.config.listen)
         server_log = self.ctx.logger.getChild("proxy")

@@ -8,8 +8,11 @@ place of your own httpx calls::
     with ObservedGateway() as gateway:  # GATEWAY_URL, OBSERVER_URL, OBSERVER_TOKEN
         data = gateway.call("/search", {"q": "welders"}, "search welders")
 
-``call`` returns the gateway's JSON unchanged (also for a non-2xx reply); it
-raises what httpx raises: the transport error (``httpx.ConnectError``...), or
+``call`` takes an origin-form path (``/search``, ``/v1/x?y=1``): anything
+else (a scheme, ``//``, a leading ``@``, a ``#``, whitespace) raises ValueError
+and nothing is sent, so a path cannot address another host. It returns the
+gateway's JSON unchanged (also for a non-2xx reply); it raises what httpx
+raises: the transport error (``httpx.ConnectError``...), or
 ``json.JSONDecodeError`` when the body is not JSON, each after recording the
 failed op.
 
@@ -27,6 +30,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -51,6 +55,11 @@ _RETRY_FIRST = 0.5
 _RETRY_MAX = 10.0
 _OBSERVER_TIMEOUT = httpx.Timeout(5.0, connect=1.0, pool=1.0)
 _encode = msgspec.json.Encoder().encode
+_NOT_IN_PATH = re.compile(r"[\x00-\x20\x7f#\\]")
+"""What an origin-form path given to ``call`` may not hold: whitespace and control
+characters, ``#`` (a fragment), ``\\`` (some parsers read it as ``/``). It must start
+with one ``/``: ``@evil.example/x`` joined to the base URL would make the base a user
+name and ``evil.example`` the host."""
 
 
 class OpRecorder:
@@ -214,6 +223,10 @@ class OpRecorder:
 _C = TypeVar("_C", httpx.Client, httpx.AsyncClient)
 
 
+def _origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
 class _Observed(Generic[_C]):
     """What the sync and async forms share: settings, the recorder, turning a reply into an op."""
 
@@ -229,6 +242,7 @@ class _Observed(Generic[_C]):
         buffer_size: int = 10000,
     ) -> None:
         self.url = (url or os.environ.get("GATEWAY_URL") or DEFAULT_GATEWAY_URL).rstrip("/")
+        self._origin = _origin_of(httpx.URL(self.url))
         self._own_client = client is None
         self._http: _C = client or self._new_client(timeout)
         self._own_recorder = recorder is None
@@ -243,6 +257,23 @@ class _Observed(Generic[_C]):
     def dropped(self) -> int:
         """Ops that could not be delivered to the observer (buffer full, refused, unsent)."""
         return self.recorder.dropped
+
+    def _target(self, endpoint: str) -> str:
+        """``{url}{endpoint}``, once ``endpoint`` is known to be an origin-form path on it."""
+        if (
+            not isinstance(endpoint, str)
+            or not endpoint.startswith("/")
+            or endpoint.startswith("//")
+            or _NOT_IN_PATH.search(endpoint)
+        ):
+            raise ValueError(
+                "endpoint: expected an origin-form path such as '/search' (one leading '/', "
+                f"no scheme or host, no '#', '\\' or whitespace), got {endpoint!r}"
+            )
+        target = f"{self.url}{endpoint}"
+        if _origin_of(httpx.URL(target)) != self._origin:  # defence in depth
+            raise ValueError(f"endpoint: {endpoint!r} would leave {self.url}")
+        return target
 
     def _record(self, endpoint: str, description: str, started: float, outcome: Outcome) -> None:
         duration = (time.perf_counter() - started) * 1000
@@ -284,10 +315,12 @@ class ObservedGateway(_Observed[httpx.Client]):
         return httpx.Client(timeout=timeout, follow_redirects=False)
 
     def call(self, endpoint: str, body: Any, description: str) -> Any:
-        """POST ``body`` as JSON to ``{url}{endpoint}``; return the reply's JSON unchanged."""
+        """POST ``body`` as JSON to ``{url}{endpoint}``; return the reply's JSON unchanged.
+        ValueError, with nothing sent, if ``endpoint`` is not an origin-form path."""
+        target = self._target(endpoint)
         started = time.perf_counter()
         try:
-            reply = self._http.post(f"{self.url}{endpoint}", json=body)
+            reply = self._http.post(target, json=body)
         except httpx.HTTPError as exc:
             self._transport_failed(endpoint, description, started, exc)
             raise
@@ -320,10 +353,12 @@ class AsyncObservedGateway(_Observed[httpx.AsyncClient]):
         return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
 
     async def call(self, endpoint: str, body: Any, description: str) -> Any:
-        """POST ``body`` as JSON to ``{url}{endpoint}``; return the reply's JSON unchanged."""
+        """POST ``body`` as JSON to ``{url}{endpoint}``; return the reply's JSON unchanged.
+        ValueError, with nothing sent, if ``endpoint`` is not an origin-form path."""
+        target = self._target(endpoint)
         started = time.perf_counter()
         try:
-            reply = await self._http.post(f"{self.url}{endpoint}", json=body)
+            reply = await self._http.post(target, json=body)
         except httpx.HTTPError as exc:
             self._transport_failed(endpoint, description, started, exc)
             raise

@@ -1,17 +1,25 @@
 """The reverse proxy: forwards every request to the gateway unchanged and records it.
 
-The request goes on with its method, path, query, headers (hop-by-hop ones
-aside; ``Host`` becomes the gateway's) and body; the reply comes back with its
+The request goes on with its method, path, query, headers (hop-by-hop ones and
+``X-Observer-Token`` aside; ``Host`` becomes the gateway's; ``X-Forwarded-For``
+and ``-Proto`` set only with ``forwarded_headers``) and body; the reply comes back with its
 status, headers (hop-by-hop ones aside) and body as they arrive, raw: a
 compressed body stays compressed and server-sent events reach the client chunk
 by chunk. The op is queued once the reply has ended and handed to the engine by
 :meth:`GatewayProxy.pump`, so recording never holds up a reply.
+
+With ``listen_token``, a request without the right ``X-Observer-Token`` is
+answered 401 and neither forwarded nor recorded. A target the proxy cannot
+forward as it came (``#``, a control character, a byte that is not ASCII) is
+400. A client that leaves cancels the gateway call at once; its op says
+``client_left`` (SECURITY §11.5).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -21,7 +29,7 @@ from typing import Any
 import anyio
 import httpx
 
-from observer_core import DropOldestQueue, Emit, NotAccepted, Op
+from observer_core import DropOldestQueue, Emit, NotAccepted, Op, Tokens
 from observer_core.httpserver import Request, Response
 
 from .outcome import Outcome, make_op
@@ -53,7 +61,13 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "expect"}
+TOKEN_HEADER = b"x-observer-token"
+"""Where a client of a proxy with ``listen_token`` puts it; never forwarded."""
+CLIENT_LEFT_STATUS = 499
+"""Written (as nginx logs it) to a client that closed its side while its call was cut."""
+_FORWARDED_FOR = frozenset({"x-forwarded-for", "x-forwarded-proto"})
+_NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "expect", TOKEN_HEADER.decode()}
+_BAD_TARGET = re.compile(r"[^\x21-\x7e]|#")
 _NO_BODY = frozenset((*range(100, 200), 204, 304))
 _Attributes = dict[str, str | int | float | bool]
 
@@ -62,16 +76,34 @@ def _named_by_connection(values: list[str]) -> set[str]:
     return {token.strip().lower() for value in values for token in value.split(",")}
 
 
-def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The client's headers that go on to the gateway."""
+def request_headers(
+    headers: list[tuple[bytes, bytes]], client: str | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The client's headers that go on to the gateway; with ``client`` (its address),
+    ``X-Forwarded-For`` and ``X-Forwarded-Proto`` say who asked, replacing the client's."""
     named = _named_by_connection(
         [value.decode("latin-1") for name, value in headers if name == b"connection"]
     )
-    return [
+    if client is not None:
+        named |= _FORWARDED_FOR
+    kept = [
         (name, value)
         for name, value in headers
         if name.decode("latin-1") not in _NOT_FORWARDED and name.decode("latin-1") not in named
     ]
+    if client is not None:
+        kept += [(b"x-forwarded-for", client.encode()), (b"x-forwarded-proto", b"http")]
+    return kept
+
+
+def target_problem(path: str, query: str) -> str | None:
+    """Why the request target cannot be forwarded as it came, or None: only printable
+    ASCII, no ``#`` (a fragment is not sent), no control character (RFC 9112 §3.2)."""
+    for part, text in (("path", path), ("query", query)):
+        found = _BAD_TARGET.search(text)
+        if found:
+            return f"bad request: {found.group()!r} in the target's {part}"
+    return None
 
 
 def response_headers(
@@ -213,8 +245,12 @@ class GatewayProxy:
         logger: logging.Logger,
         on_drop: Callable[[int], None],
         status: dict[str, Any],
+        tokens: Tokens | None = None,
+        forwarded_headers: bool = False,
     ) -> None:
         self._base = httpx.URL(url)
+        self._tokens = tokens or Tokens(None)
+        self._forwarded = forwarded_headers
         self._prefix = self._base.raw_path.split(b"?")[0].rstrip(b"/")
         self._client = client
         self._timeout = timeout
@@ -232,16 +268,39 @@ class GatewayProxy:
     def precheck(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]]
     ) -> Response | None:
-        return None  # everything goes to the gateway
+        """401 without the right ``X-Observer-Token`` (with ``listen_token``); everything
+        else goes to the gateway. Answered before the body is read; no op is recorded."""
+        if self._tokens:
+            given = next((value for name, value in headers if name == TOKEN_HEADER), b"")
+            if not self._tokens.matches(given):
+                return _error(401, "missing or wrong X-Observer-Token (listen_token)")
+        return None
 
     async def handle(self, request: Request) -> Response:
+        """Forward ``request``; answer with the gateway's reply, or 400, 502, 504."""
+        problem = target_problem(request.path, request.query)
+        if problem is not None:
+            return _error(400, problem)
         self._status["proxied"] += 1
         call = _Call(request.method, request.path, request.path not in self._exclude)
-        upstream = self._build(request)
         try:
-            reply = await self._client.send(upstream, stream=True)
-        except httpx.HTTPError as exc:
-            return self._failed(call, exc)
+            upstream = self._build(request)
+        except (httpx.InvalidURL, UnicodeError) as exc:  # what target_problem did not foresee
+            return _error(400, f"bad request: {_describe(exc)}")
+        with anyio.CancelScope() as scope:  # cancelled at once if the client leaves
+            stop_watching = request.on_client_left(scope.cancel)
+            try:
+                return await self._forward(call, upstream)
+            except httpx.HTTPError as exc:
+                return self._failed(call, exc)
+            finally:
+                stop_watching()
+        self.record(call, Outcome.failed("client disconnected"), {"client_left": True})
+        return _error(CLIENT_LEFT_STATUS, "client disconnected")
+
+    async def _forward(self, call: _Call, upstream: httpx.Request) -> Response:
+        """Send ``upstream``; the gateway's reply, streamed back unless it has no body."""
+        reply = await self._client.send(upstream, stream=True)
         if reply.status_code in _NO_BODY:
             return await self._answer_empty(call, reply)
         return Response(
@@ -255,11 +314,12 @@ class GatewayProxy:
         target = self._prefix + request.path.encode("latin-1")
         if request.query:
             target += b"?" + request.query.encode("latin-1")
+        forwarded_for = (request.client_address() or "unknown") if self._forwarded else None
         # A bare Request, not client.build_request: no default headers, no cookies added.
         return httpx.Request(
             request.method,
             self._base.copy_with(raw_path=target),
-            headers=request_headers(request.headers),
+            headers=request_headers(request.headers, forwarded_for),
             content=request.body,
             extensions={"timeout": self._timeouts},
         )

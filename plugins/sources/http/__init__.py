@@ -8,7 +8,6 @@ sink or a backed-up input answers 503 with ``Retry-After``.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Annotated, ClassVar
@@ -29,6 +28,8 @@ from observer_core import (
     Op,
     RegisterSource,
     Source,
+    Token,
+    Tokens,
     hookimpl,
 )
 from observer_core.httpserver import LATER, HttpServer, Later, Request, Response
@@ -49,9 +50,10 @@ class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Where it binds and its token: checked by ``observer_core.config.exposed_listener``."""
     host: str = "127.0.0.1"
     port: Port = 3800
-    token: Annotated[str, msgspec.Meta(min_length=1)] | None = None
-    """When set, every endpoint but /health needs ``Authorization: Bearer <token>``.
-    Empty is refused (a ``${VAR:-}`` left empty must not silently turn auth off)."""
+    token: Token | None = None
+    """When set, every endpoint but /health needs ``Authorization: Bearer <token>``; a list
+    accepts any of its tokens (rotation). Empty is refused (a ``${VAR:-}`` left empty must
+    not silently turn auth off)."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1048576
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
     header_timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10
@@ -79,9 +81,11 @@ class ReadRoutes:
 
     routes: ClassVar[dict[str, str]] = {"/health": "GET", "/stats": "GET", "/metrics": "GET"}
 
-    def __init__(self, observer: Observer, token: str | None, count: Callable[[int], None]) -> None:
+    def __init__(
+        self, observer: Observer, token: str | list[str] | None, count: Callable[[int], None]
+    ) -> None:
         self._observer = observer
-        self._expected = token.encode() if token else None
+        self._tokens = Tokens(token)
         self._count = count
 
     def precheck(
@@ -92,9 +96,9 @@ class ReadRoutes:
             return self._reject(404, f"no such endpoint: {path}")
         if method != allowed and not (method == "HEAD" and allowed == "GET"):
             return self._reject(405, f"{path} takes {allowed}", [("Allow", allowed)])
-        if self._expected is not None and path != "/health":
+        if self._tokens and path != "/health":
             given = next((value for name, value in headers if name == b"authorization"), b"")
-            if not hmac.compare_digest(_bearer_token(given), self._expected):
+            if not self._tokens.matches(_bearer_token(given)):
                 return self._reject(
                     401, "missing or wrong bearer token", [("WWW-Authenticate", "Bearer")]
                 )

@@ -92,6 +92,22 @@ def test_diagnoses_each_new_failure_once(observer_daemon, stub_server):
     assert daemon.stop() == 0
 
 
+def test_ops_whose_client_left_are_not_failures(observer_daemon, stub_server):
+    llm, gateway = stub_server(), stub_server()
+    llm.replies["/ai/generate"] = StubReply(body={"text": "Look at /tool/3."})
+    daemon = observer_daemon.start(config(llm.url, gateway.url))
+    left = [{**failure(number), "attributes": {"client_left": True}} for number in (1, 2)]
+    daemon.post_events(left)
+    daemon.wait_cycles(3)
+    assert llm.received("/ai/generate") == [], "diagnosed ops whose client left"
+
+    daemon.post_events([failure(3)])
+    wait_for(lambda: gateway.received("/log"), what="the diagnosis at /log")
+    [request] = llm.received("/ai/generate")
+    assert request.json()["prompt"] == DEFAULT_PROMPT.replace("{errors}", line(3))
+    assert gateway.received("/log")[0].json()["operation"] == "error_analysis: 1 failures"
+
+
 OLLAMA = {
     "path": "/api/generate",
     "reply": {"model": "m", "response": "Check the index.", "done": True},

@@ -119,6 +119,22 @@ def test_escalates_a_cluster_once_with_the_exact_row(observer_daemon, stub_serve
     assert daemon.metric("observer_escalations_total", instance=INSTANCE) == 1
 
 
+def test_ops_whose_client_left_are_not_failures(observer_daemon, stub_server):
+    service = stub_server()
+    service.replies["/api/run"] = StubReply(body={"run_id": "run-1"})
+    daemon = observer_daemon.start(config(service.url))
+    left = {"attributes": {"client_left": True}}
+    daemon.post_events([failure("stop", number, **left) for number in range(1, 6)])
+    daemon.wait_cycles(3)
+    assert service.received("/api/run") == [], "escalated ops whose client left"
+
+    daemon.post_events([failure("stop", number) for number in range(6, 9)])
+    wait_for(lambda: rows(daemon.directory), what="the escalation row")
+    [request] = service.received("/api/run")
+    assert request.json()["input"].startswith("sig_hash=stop · 3 failures on same signature")
+    assert "fill 5" not in request.json()["input"]
+
+
 def test_last_eight_failures_and_reply_fallbacks(observer_daemon, stub_server):
     service = stub_server()
     service.replies["/api/run"] = StubReply(

@@ -7,6 +7,7 @@ replies, a fixed port (a gateway that comes up later) and an OpenAI-style API.
 
 from __future__ import annotations
 
+import http.client
 import json
 import textwrap
 import threading
@@ -186,3 +187,37 @@ def openai_route(reply: str) -> Route:
         exchange.end_chunked()
 
     return route
+
+
+class Proxies:
+    """A daemon's gateway proxies (``ports`` by source name) in front of ``upstream``."""
+
+    def __init__(self, daemon: Daemon, upstream: Upstream, ports: dict[str, int]) -> None:
+        self.daemon = daemon
+        self.upstream = upstream
+        self.ports = ports
+
+    def url(self, name: str = "gateway") -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        name: str = "gateway",
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """A raw request (no header added, no body decoded)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports[name], timeout=WAIT_SECS)
+        conn.request(method, target, body=body, headers=headers or {})
+        reply = conn.getresponse()
+        data = reply.read()
+        conn.close()
+        return reply, data
+
+    def ops(self, endpoint: str) -> list[dict[str, Any]]:
+        return recorded_ops(self.daemon, endpoint)
+
+    def op(self, endpoint: str) -> dict[str, Any]:
+        return the_op(self.daemon, endpoint)

@@ -113,6 +113,59 @@ async def test_async_call(daemon: Daemon, gateway: StubServer) -> None:
     assert the_op(daemon, "/async/down")["success"] is False
 
 
+@pytest.fixture
+def elsewhere() -> Iterator[Upstream]:
+    """Another host a crafted path could try to reach."""
+    stub = Upstream()
+    try:
+        yield stub
+    finally:
+        stub.close()
+
+
+def _not_origin_form(elsewhere: Upstream) -> list[str]:
+    authority = f"127.0.0.1:{elsewhere.port}"
+    return [
+        f"@{authority}/steal",  # joined to the base URL: the base becomes a user name
+        f"{elsewhere.url}/steal",
+        f"//{authority}/steal",
+        "steal",
+        "",
+        "/frag#ment",
+        "/sp ace",
+        "/new\nline",
+        "/back\\slash",
+    ]
+
+
+def test_call_refuses_a_path_that_is_not_origin_form(
+    daemon: Daemon, gateway: StubServer, elsewhere: Upstream
+) -> None:
+    sent_before = len(gateway.requests)
+    with ObservedGateway(gateway.url, observer_url=daemon.url) as client:
+        for endpoint in _not_origin_form(elsewhere):
+            with pytest.raises(ValueError, match="origin-form path") as caught:
+                client.call(endpoint, {}, "crafted")
+            assert repr(endpoint) in str(caught.value)
+        assert len(gateway.requests) == sent_before  # nothing was sent
+        client.call("/ok/@me", {}, "an @ inside a path is fine")
+    assert elsewhere.seen == []
+    assert gateway.received("/ok/@me")
+
+
+@pytest.mark.anyio
+async def test_async_call_refuses_a_path_that_is_not_origin_form(
+    daemon: Daemon, gateway: StubServer, elsewhere: Upstream
+) -> None:
+    sent_before = len(gateway.requests)
+    async with AsyncObservedGateway(gateway.url, observer_url=daemon.url) as client:
+        for endpoint in _not_origin_form(elsewhere):
+            with pytest.raises(ValueError, match="origin-form path"):
+                await client.call(endpoint, {}, "crafted")
+    assert elsewhere.seen == []
+    assert len(gateway.requests) == sent_before
+
+
 def _time_calls(call: Any, count: int = 100) -> float:
     started = time.perf_counter()
     for _ in range(count):

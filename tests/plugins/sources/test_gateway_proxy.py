@@ -9,7 +9,6 @@ finds its own ops in ``ops.jsonl``.
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
 import threading
 import time
@@ -22,48 +21,15 @@ import pytest
 from gateway_upstream import (
     WAIT_SECS,
     Exchange,
+    Proxies,
     Seen,
     Upstream,
     daemon_config,
     openai_route,
-    recorded_ops,
     sse_events,
-    the_op,
 )
 
-from observer_core.testing import Daemon, DaemonFactory, free_port, wait_for
-
-
-class Proxies:
-    def __init__(self, daemon: Daemon, upstream: Upstream, ports: dict[str, int]) -> None:
-        self.daemon = daemon
-        self.upstream = upstream
-        self.ports = ports
-
-    def url(self, name: str = "gateway") -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    def request(
-        self,
-        method: str,
-        target: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        name: str = "gateway",
-    ) -> tuple[http.client.HTTPResponse, bytes]:
-        """A raw request (no header added, no body decoded)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.ports[name], timeout=WAIT_SECS)
-        conn.request(method, target, body=body, headers=headers or {})
-        reply = conn.getresponse()
-        data = reply.read()
-        conn.close()
-        return reply, data
-
-    def ops(self, endpoint: str) -> list[dict[str, Any]]:
-        return recorded_ops(self.daemon, endpoint)
-
-    def op(self, endpoint: str) -> dict[str, Any]:
-        return the_op(self.daemon, endpoint)
+from observer_core.testing import DaemonFactory, free_port, wait_for
 
 
 @pytest.fixture(scope="module")

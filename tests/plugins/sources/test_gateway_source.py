@@ -44,6 +44,8 @@ def test_defaults_are_the_contracts() -> None:
         "health_check": True,
         "timeout_secs": 300,
         "exclude_paths": ["/health"],
+        "listen_token": None,
+        "forwarded_headers": False,
     }
 
 
@@ -67,6 +69,37 @@ def test_bad_config_is_refused(observer_daemon: DaemonFactory, line: str, messag
     result = observer_daemon.run("check", "--config", "observer.toml")
     assert result.returncode == 2
     assert "[sources.gateway]" in result.stderr and message in result.stderr
+
+
+@pytest.mark.parametrize("value", ['"pr0xy-s3cret"', '["pr0xy-s3cret", "pr0xy-n3xt"]'])
+def test_listen_token_is_masked_in_check_resolved(
+    observer_daemon: DaemonFactory, value: str
+) -> None:
+    table = f'listen = "127.0.0.1:{free_port()}"\nlisten_token = {value}'
+    observer_daemon.write_config(config("http://127.0.0.1:1", table).replace("{port}", "1"))
+    result = observer_daemon.run("check", "--resolved", "--config", "observer.toml")
+    assert result.returncode == 0, result.stderr
+    assert 'listen_token = "********"' in result.stdout
+    assert "pr0xy" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('""', "listen_token: Expected `str` of length >= 1"),
+        ("[]", "listen_token: Expected `array` of length >= 1"),
+        ('["a", ""]', "listen_token[1]: Expected `str` of length >= 1"),
+    ],
+)
+def test_empty_listen_token_is_refused(
+    observer_daemon: DaemonFactory, value: str, message: str
+) -> None:
+    observer_daemon.write_config(
+        config("http://127.0.0.1:1", f"listen_token = {value}").replace("{port}", "1")
+    )
+    result = observer_daemon.run("check", "--config", "observer.toml")
+    assert result.returncode == 2
+    assert f"[sources.gateway] {message}" in result.stderr
 
 
 def test_bad_url_is_refused(observer_daemon: DaemonFactory) -> None:

@@ -283,6 +283,35 @@ class TestToken:
         assert httpx.get(f"{daemon.url}/nope").status_code == 404
 
 
+class TestTokenList:
+    """``token`` as a list (rotation, SECURITY §11.1): any listed token is accepted."""
+
+    def test_every_listed_token_is_accepted_and_no_other(self, observer_daemon):
+        daemon = observer_daemon.start(
+            CONFIG.replace("port = {port}", 'port = {port}\ntoken = ["old-one", "new-one"]')
+        )
+        for token in ("old-one", "new-one"):
+            assert post(daemon, "/event", "{}", authorization=f"Bearer {token}").status_code == 200
+        for wrong in ("old-one,new-one", "new-on", "Bearer", '["old-one", "new-one"]'):
+            assert post(daemon, "/event", "{}", authorization=f"Bearer {wrong}").status_code == 401
+        assert post(daemon, "/event", "{}").status_code == 401
+        assert len(lines(daemon)) == 2
+
+    @pytest.mark.parametrize(
+        ("value", "error"),
+        [
+            ("[]", "token: Expected `array` of length >= 1"),
+            ('["a", ""]', "token[1]: Expected `str` of length >= 1"),
+            ('""', "token: Expected `str` of length >= 1"),
+        ],
+    )
+    def test_empty_list_or_empty_token_is_a_config_error(self, observer_daemon, value, error):
+        observer_daemon.write_config(CONFIG.replace("port = {port}", f"port = 0\ntoken = {value}"))
+        result = observer_daemon.run("check")
+        assert result.returncode == 2
+        assert f"[sources.http] {error}" in result.stderr
+
+
 def test_sink_failure_answers_503_with_retry_after_and_acks_nothing(observer_daemon):
     daemon = observer_daemon.start(CONFIG.replace('path = "ops.jsonl"', 'path = "/dev/full"'))
     reply = post(daemon, "/event", "{}")

@@ -62,6 +62,16 @@ def test_takes_no_events_and_keeps_the_http_rules(observer_daemon):
     assert 'observer_requests_rejected_total{status="404"} 3' in authorized.text
 
 
+def test_token_list_accepts_each_listed_token(observer_daemon):
+    node = observer_daemon.start(NODE.replace("TOKEN", 'token = ["s3cret-a", "s3cret-b"]'))
+    for token, status in (("s3cret-a", 200), ("s3cret-b", 200), ("s3cret-c", 401)):
+        reply = httpx.get(
+            f"{node.url}/stats", headers={"Authorization": f"Bearer {token}"}, timeout=5
+        )
+        assert reply.status_code == status, token
+    assert httpx.get(f"{node.url}/stats", timeout=5).status_code == 401
+
+
 def test_a_taken_port_stops_the_daemon(observer_daemon):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
