@@ -97,8 +97,6 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
             self.listen = None
         if self.listen is not None:
             parse_listen(self.listen)
-        if not self.timeout_secs > 0:
-            raise ValueError(f"timeout_secs: must be more than 0, got {self.timeout_secs}")
         for path in self.exclude_paths:
             if not path.startswith("/"):
                 raise ValueError(f"exclude_paths: a path starts with '/', got {path!r}")

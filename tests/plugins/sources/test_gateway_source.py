@@ -59,7 +59,7 @@ def test_empty_listen_means_no_proxy() -> None:
     [
         ('listen = "3701"', 'listen: expected "host:port"'),
         ('listen = "127.0.0.1:99999"', 'listen: expected "host:port"'),
-        ("timeout_secs = 0", "timeout_secs: must be more than 0"),
+        ("timeout_secs = 0", "timeout_secs: Expected `float` > 0.0"),
         ('exclude_paths = ["health"]', "exclude_paths: a path starts with '/'"),
         ("retries = 3", "retries: unknown key"),
     ],
