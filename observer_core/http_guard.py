@@ -71,9 +71,10 @@ def _split_host(host: str) -> str | None:
     return name or None
 
 
-def is_loopback_host(name: str) -> bool:
-    """Whether ``name`` (from `_split_host`: lower-case, IPv6 in brackets) is ``localhost``,
-    an IPv4 address in 127.0.0.0/8 written the usual way, or the IPv6 loopback address."""
+def _is_loopback_name(name: str) -> bool:
+    """Whether ``name`` (as `_split_host` gives it: lower-case, IPv6 in brackets) is
+    ``localhost``, an IPv4 address in 127.0.0.0/8 written the usual way, or the IPv6
+    loopback address (also IPv4-mapped)."""
     if name == "localhost":
         return True
     try:
@@ -84,6 +85,18 @@ def is_loopback_host(name: str) -> bool:
         return ipaddress.IPv4Address(name).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address or host name is loopback: ``localhost``, ``127.x.y.z``, or
+    ``::1`` with or without brackets (``0.0.0.0``, ``::`` and other names are not)."""
+    return _is_loopback_name(_bind_name(host))
+
+
+def _bind_name(bind_host: str) -> str:
+    """A listener's bind address as `_split_host` spells names (IPv6 in brackets)."""
+    bare = bind_host.removeprefix("[").removesuffix("]")
+    return (_split_host(f"[{bare}]" if ":" in bare else bare) or "") if bare else ""
 
 
 def normalize_allowed_hosts(names: Iterable[str]) -> tuple[str, ...]:
@@ -109,15 +122,10 @@ def normalize_allowed_hosts(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(result))
 
 
-def _bind_name(bind_host: str) -> str:
-    """A listener's bind address as `_split_host` spells names (IPv6 in brackets)."""
-    bare = bind_host.removeprefix("[").removesuffix("]")
-    return (_split_host(f"[{bare}]" if ":" in bare else bare) or "") if bare else ""
-
-
 class BrowserGuard:
-    """The §11.4 checks of one listener. ``bind_host`` and ``port`` are where it listens;
-    ``allowed_hosts`` are further names (or addresses) clients may call it by."""
+    """The §11.4 checks of one listener. ``bind_host`` and ``port`` are where it listens (the
+    bound port, once known, if 0 was asked for); ``allowed_hosts`` are further names (or
+    addresses) clients may call it by, as in the listener's config (ValueError if bad)."""
 
     __slots__ = (
         "_accepted",
@@ -134,7 +142,7 @@ class BrowserGuard:
             raise ValueError(f"port {port} is out of range 0-65535")
         allowed = normalize_allowed_hosts(allowed_hosts)
         bound = _bind_name(bind_host)
-        self.loopback = is_loopback_host(bound)
+        self.loopback = _is_loopback_name(bound)
         """Whether the listener is bound to a loopback address (then Host is always checked)."""
         self._check_host = self.loopback or bool(allowed)
         self._allowed = frozenset(allowed)
@@ -195,7 +203,7 @@ class BrowserGuard:
             return True
         name = _split_host(host.decode("latin-1").strip())
         ok = name is not None and (
-            name in self._allowed or (self.loopback and is_loopback_host(name))
+            name in self._allowed or (self.loopback and _is_loopback_name(name))
         )
         if ok and len(self._accepted) < _ACCEPTED_CACHE_MAX:
             self._accepted.add(host)

@@ -2,18 +2,23 @@
 
 The guard is a pure function of (method, headers), so it is tested directly; Hypothesis
 generates Host values (addresses, names, ports, garbage) against what they must give.
+One test puts it in front of the real server, as a listener's ``precheck`` would, to show
+it reads the headers as the server hands them on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 
+import httpx
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from observer_core.http_guard import BrowserGuard, normalize_allowed_hosts
+from observer_core.http_guard import BrowserGuard, is_loopback_host, normalize_allowed_hosts
+from observer_core.httpserver import HttpServer, Request, Response
 
 PORT = 3800
 LOOPBACK = BrowserGuard("127.0.0.1", PORT)
@@ -239,6 +244,49 @@ def test_a_bad_port_is_an_error() -> None:
         BrowserGuard("127.0.0.1", 70000)
 
 
+# -- in front of the real server ----------------------------------------------------------
+
+
+class Guarded:
+    """A listener's handler with the guard in its ``precheck``; it answers 200 otherwise."""
+
+    def __init__(self) -> None:
+        self.guard: BrowserGuard | None = None
+
+    def precheck(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> Response | None:
+        assert self.guard is not None
+        refused = self.guard.check(method, headers)
+        if refused is None:
+            return None
+        status, message = refused
+        return Response(status, json.dumps({"error": message}).encode())
+
+    def handle(self, request: Request) -> Response:
+        return Response(200, b'{"ok": true}')
+
+
+@pytest.mark.anyio
+async def test_the_guard_in_front_of_a_real_listener() -> None:
+    handler = Guarded()
+    async with HttpServer(handler, host="127.0.0.1", port=0) as server:
+        handler.guard = BrowserGuard("127.0.0.1", server.port)
+        own = f"http://127.0.0.1:{server.port}"
+        async with httpx.AsyncClient(base_url=own, timeout=5) as client:
+            assert (await client.post("/event", json={})).status_code == 200  # a script
+            same = await client.post("/event", json={}, headers={"Origin": own})
+            assert same.status_code == 200
+            cross = await client.post(
+                "/event", content=b"{}", headers={"Origin": "http://evil.example"}
+            )
+            assert cross.status_code == 403
+            assert "Origin 'http://evil.example'" in cross.json()["error"]
+            rebound = await client.get("/stats", headers={"Host": f"evil.example:{server.port}"})
+            assert rebound.status_code == 400
+            assert "allowed_hosts" in rebound.json()["error"]
+
+
 # -- properties ------------------------------------------------------------------------
 
 PORTS = st.one_of(st.just(""), st.integers(0, 65535).map(lambda port: f":{port}"))
@@ -344,3 +392,24 @@ def test_what_the_guard_remembers_is_bounded(hosts: list[bytes]) -> None:
         guard.check("GET", [(b"host", b"127.0.0.%d:%d" % (index % 256, index))])
         guard.check("GET", [(b"host", host)])
     assert len(guard._accepted) <= 64
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("localhost", True),
+        ("LocalHost.", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("192.0.2.1", False),
+        ("observer.example.com", False),
+    ],
+)
+def test_is_loopback_host(host: str, loopback: bool) -> None:
+    """The public helper, for whoever decides whether a listener is exposed (§11.1)."""
+    assert is_loopback_host(host) is loopback
