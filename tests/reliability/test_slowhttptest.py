@@ -58,9 +58,10 @@ SLACK = 4.0
 MEDIAN_BOUND = 0.05
 P99_BOUND = 0.25
 """The normal client's median and 99th percentile latency during an attack (seconds)."""
-OTHERS = 3
-"""Connections to the attacked port that are not the attack's: the normal client's and
-slowhttptest's probe (the server may hold them for a moment)."""
+OTHERS = 8
+"""Connections to the attacked port that are not the attack's slow ones: the normal
+client's and slowhttptest's probes (one a second, each reading the whole answer, so a
+few may overlap), far fewer than the attack's."""
 BIG_ANSWER = 512 << 10
 """The gateway stub's answer to the slow readers: more than socket buffers hold."""
 
@@ -398,10 +399,10 @@ def test_slow_readers_are_cut_off_while_a_normal_client_is_served(
         peak = held.peak
     median, p99 = assert_served(client)
     assert report.service_always_available(), report.rows
-    assert peak <= SLOW_CONNECTIONS + OTHERS
     if target.idle_timeout:
         outcome = f"the daemon's side closed {cut_at:.1f}s into the attack"
     else:  # no idle_timeout_secs: held until the server's fixed idle timeout (60 s)
+        assert peak >= SLOW_CONNECTIONS, f"only {peak} slow readers were held"
         wait_for(
             lambda: held_connections(target.port) <= OTHERS,
             timeout=10,
