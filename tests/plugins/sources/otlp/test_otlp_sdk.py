@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import requests
-from requests.structures import CaseInsensitiveDict
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -15,6 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 from otlp_helpers import OtlpDaemon
+from requests.structures import CaseInsensitiveDict
 
 
 class RecordingSession(requests.Session):
