@@ -22,7 +22,7 @@ from observer_core.httpserver import LATER, Later, Request, Response
 
 from ..http import HttpConfig, HttpSource, ReadRoutes
 from . import otlpjson
-from .mapping import Mapping, Unmappable, map_span
+from .mapping import SIZE_MARGIN, Mapping, Unmappable, map_span
 from .wire import GRPC_CODES, Codec, InvalidBody, ResourceSpans, TooLarge, inflate
 
 __all__ = ["OtlpConfig", "OtlpSource"]
@@ -83,6 +83,7 @@ class _TraceRoutes(ReadRoutes):
         self._precheck_codec = otlpjson.CODEC
         self._max_body = config.max_body_bytes
         self._max_inflated = config.max_decompressed_bytes
+        self._max_field = source.ctx.max_field_bytes
         self._mapping = Mapping(
             all_spans=config.all_spans,
             source=config.source,
@@ -158,7 +159,7 @@ class _TraceRoutes(ReadRoutes):
             return self._fail(codec, 413, str(exc))
         except InvalidBody as exc:
             return self._fail(codec, 400, str(exc))
-        ops, ignored, errors = self._map(resources)
+        ops, ignored, errors = self._map(resources, len(body) + SIZE_MARGIN > self._max_field)
         if ignored:
             self._spans.inc(ignored, instance=self._instance, outcome="ignored")
         if errors:
@@ -177,7 +178,9 @@ class _TraceRoutes(ReadRoutes):
             return self._refused(codec, exc)
         return LATER
 
-    def _map(self, resources: list[ResourceSpans]) -> tuple[list[Op], int, list[str]]:
+    def _map(
+        self, resources: list[ResourceSpans], check_sizes: bool
+    ) -> tuple[list[Op], int, list[str]]:
         """The ops of the GenAI spans, how many spans were ignored, why others were rejected."""
         ops: list[Op] = []
         ignored = 0
@@ -186,7 +189,7 @@ class _TraceRoutes(ReadRoutes):
         for service_name, spans in resources:
             for span in spans:
                 try:
-                    op = map_span(span, service_name, mapping)
+                    op = map_span(span, service_name, mapping, check_sizes)
                 except Unmappable as exc:
                     errors.append(f"span {span.span_id[:16] or '?'}: {exc}")
                     continue

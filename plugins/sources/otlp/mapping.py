@@ -18,6 +18,7 @@ from typing import Final, TypeAlias
 from observer_core import Op
 
 __all__ = [
+    "SIZE_MARGIN",
     "STATUS_ERROR",
     "Mapping",
     "Span",
@@ -28,6 +29,9 @@ __all__ = [
 
 SpanValue: TypeAlias = "str | int | float | bool | list[str | int | float | bool]"
 """An attribute value as the decoders give it: a scalar, or an array of scalars."""
+
+SIZE_MARGIN: Final = 64
+"""What the mapping adds to a span's strings at most (``"ERROR: "``, a space)."""
 
 STATUS_ERROR: Final = 2
 """``Status.code`` of a failed span (``STATUS_CODE_ERROR``)."""
@@ -124,9 +128,14 @@ def is_genai(attributes: dict[str, SpanValue]) -> bool:
     return attributes.get(OI_KIND) in _OI_GENAI_KINDS
 
 
-def map_span(span: Span, service_name: str | None, mapping: Mapping) -> Op | None:
+def map_span(
+    span: Span, service_name: str | None, mapping: Mapping, check_sizes: bool = True
+) -> Op | None:
     """The op of one span (the table of §13.1); None when it is not a GenAI span and
-    ``all_spans`` is off. Raises :class:`Unmappable` naming the problem."""
+    ``all_spans`` is off. Raises :class:`Unmappable` naming the problem.
+
+    ``check_sizes`` may be False when the request body was shorter than
+    ``max_field_bytes`` less :data:`SIZE_MARGIN`: no field can then be too long."""
     attrs = span.attributes
     if not mapping.all_spans and not is_genai(attrs):
         return None
@@ -172,7 +181,8 @@ def map_span(span: Span, service_name: str | None, mapping: Mapping) -> Op | Non
     op.attributes = _attributes(attrs, request_model, input_tokens, output_tokens)
     op.attributes["trace_id"] = trace_id
     op.attributes["span_id"] = span_id
-    _check_sizes(op, mapping.max_field_bytes)
+    if check_sizes:
+        _check_sizes(op, mapping.max_field_bytes)
     return op
 
 

@@ -19,23 +19,17 @@ from .wire import Codec, InvalidBody, ResourceSpans, status_protobuf
 
 __all__ = ["CODEC"]
 
-_SCALARS = ("string_value", "int_value", "double_value", "bool_value")
+_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
 
 
-def _value(value: AnyValue) -> SpanValue | None:
-    """A scalar or an array of scalars; None for bytes, key-value lists and empty."""
-    kind = value.WhichOneof("value")
-    if kind in _SCALARS:
-        scalar: str | int | float | bool = getattr(value, kind)
-        return scalar
-    if kind == "array_value":
-        items = []
-        for item in value.array_value.values:
-            item_kind = item.WhichOneof("value")
-            if item_kind in _SCALARS:
-                items.append(getattr(item, item_kind))
-        return items
-    return None
+def _array(value: AnyValue) -> list[str | int | float | bool]:
+    """The scalars of an ``array_value`` (nested arrays, bytes and key-value lists skipped)."""
+    items = []
+    for item in value.array_value.values:
+        kind = item.WhichOneof("value")
+        if kind in _SCALARS:
+            items.append(getattr(item, kind))
+    return items
 
 
 def decode(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
@@ -49,7 +43,7 @@ def decode(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
     for resource_spans in request.resource_spans:
         service_name = None
         for pair in resource_spans.resource.attributes:
-            if pair.key == "service.name" and pair.value.WhichOneof("value") == "string_value":
+            if pair.key == "service.name":
                 service_name = pair.value.string_value or None
         spans = []
         for scope_spans in resource_spans.scope_spans:
@@ -57,10 +51,13 @@ def decode(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
                 attributes: dict[str, SpanValue] = {}
                 for pair in span.attributes:
                     key = pair.key
-                    if key in wanted:
-                        value = _value(pair.value)
-                        if value is not None:
-                            attributes[key] = value
+                    if key in wanted:  # inline: this runs for every attribute of every span
+                        value = pair.value
+                        kind = value.WhichOneof("value")
+                        if kind in _SCALARS:
+                            attributes[key] = getattr(value, kind)
+                        elif kind == "array_value":
+                            attributes[key] = _array(value)
                 status = span.status
                 spans.append(
                     Span(
