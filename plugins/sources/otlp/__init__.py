@@ -52,18 +52,14 @@ class OtlpConfig(HttpConfig, kw_only=True, forbid_unknown_fields=True):
     digested from source, endpoint and ``error.type`` (may start escalations)."""
 
 
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    """The first value of header ``name`` (lower-case), lower-cased and stripped; else b""."""
+    return next((value.strip().lower() for key, value in headers if key == name), b"")
+
+
 def _media_type(headers: list[tuple[bytes, bytes]]) -> bytes:
-    for name, value in headers:
-        if name == b"content-type":
-            return value.partition(b";")[0].strip().lower()
-    return b""
-
-
-def _encoding(headers: list[tuple[bytes, bytes]]) -> bytes:
-    for name, value in headers:
-        if name == b"content-encoding":
-            return value.strip().lower()
-    return b""
+    """``Content-Type`` without its parameters (``; charset=utf-8``)."""
+    return _header(headers, b"content-type").partition(b";")[0].rstrip()
 
 
 class _TraceRoutes(ReadRoutes):
@@ -83,7 +79,6 @@ class _TraceRoutes(ReadRoutes):
         self._precheck_codec = otlpjson.CODEC
         self._max_body = config.max_body_bytes
         self._max_inflated = config.max_decompressed_bytes
-        self._max_field = source.ctx.max_field_bytes
         self._mapping = Mapping(
             all_spans=config.all_spans,
             source=config.source,
@@ -113,7 +108,7 @@ class _TraceRoutes(ReadRoutes):
         early = super().precheck(method, path, headers)
         if early is not None:
             return early
-        length = next((value for name, value in headers if name == b"content-length"), b"0")
+        length = _header(headers, b"content-length")
         if length.isdigit() and int(length) > self._max_body:
             return self._fail(
                 codec, 413, f"body over max_body_bytes ({self._max_body}); send smaller batches"
@@ -126,8 +121,9 @@ class _TraceRoutes(ReadRoutes):
                 415,
                 f"content type {shown!r}: send application/x-protobuf or application/json",
             )
-        if _encoding(headers) not in (b"", b"gzip", b"identity"):
-            shown = _encoding(headers).decode("latin-1")[:80]
+        coding = _header(headers, b"content-encoding")
+        if coding not in (b"", b"gzip", b"identity"):
+            shown = coding.decode("latin-1")[:80]
             return self._fail(codec, 415, f"content encoding {shown!r}: send gzip or none")
         return None
 
@@ -152,14 +148,16 @@ class _TraceRoutes(ReadRoutes):
         codec = self._codec(request.headers)
         body = request.body
         try:
-            if _encoding(request.headers) == b"gzip":
+            if _header(request.headers, b"content-encoding") == b"gzip":
                 body = inflate(body, self._max_inflated)
             resources = codec.decode(body, self._mapping.wanted)
         except TooLarge as exc:
             return self._fail(codec, 413, str(exc))
         except InvalidBody as exc:
             return self._fail(codec, 400, str(exc))
-        ops, ignored, errors = self._map(resources, len(body) + SIZE_MARGIN > self._max_field)
+        ops, ignored, errors = self._map(
+            resources, len(body) + SIZE_MARGIN > self._mapping.max_field_bytes
+        )
         if ignored:
             self._spans.inc(ignored, instance=self._instance, outcome="ignored")
         if errors:
