@@ -25,11 +25,14 @@ from . import otlpjson
 from .mapping import SIZE_MARGIN, Mapping, Unmappable, map_span
 from .wire import GRPC_CODES, Codec, InvalidBody, ResourceSpans, TooLarge, inflate
 
-__all__ = ["OtlpConfig", "OtlpSource"]
+__all__ = ["MAX_SPANS_PER_REQUEST", "OtlpConfig", "OtlpSource"]
 
 _PROTOBUF = b"application/x-protobuf"
 _JSON = b"application/json"
 _MAX_ERRORS_SHOWN = 3
+MAX_SPANS_PER_REQUEST = 10_000
+"""The most ops one request may bring (as ``max_batch_events`` for ``/events``): past it,
+413, since a 503 would have the exporter retry a request that can never be accepted."""
 
 
 class OtlpConfig(HttpConfig, kw_only=True, forbid_unknown_fields=True):
@@ -162,6 +165,13 @@ class _TraceRoutes(ReadRoutes):
             self._spans.inc(ignored, instance=self._instance, outcome="ignored")
         if errors:
             self._spans.inc(len(errors), instance=self._instance, outcome="rejected")
+        if len(ops) > MAX_SPANS_PER_REQUEST:
+            return self._fail(
+                codec,
+                413,
+                f"{len(ops)} spans to record in one request, more than {MAX_SPANS_PER_REQUEST};"
+                " export smaller batches (OTEL_BSP_MAX_EXPORT_BATCH_SIZE)",
+            )
         answer = codec.response(len(errors), _summary(errors))
         if not ops:
             return Response(200, answer, content_type=codec.content_type)

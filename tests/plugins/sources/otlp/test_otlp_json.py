@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from observer_plugins.sources.otlp import MAX_SPANS_PER_REQUEST
 from otlp_helpers import SPAN_ID, TRACE_ID, OtlpDaemon, json_request, json_span
 
 JSON = {"Content-Type": "application/json"}
@@ -257,6 +258,20 @@ class TestErrors:
         # Under the bound, the same encoding is taken.
         small = gzip.compress(json.dumps(json_request(json_span("chat", CHAT))).encode())
         assert post(otlp, small, {**JSON, "Content-Encoding": "gzip"}).status_code == 200
+
+    def test_more_spans_than_one_request_may_bring_is_413_not_503(self, otlp: OtlpDaemon) -> None:
+        spans = [
+            json_span("chat", CHAT, span_id=f"{number + 1:016x}")
+            for number in range(MAX_SPANS_PER_REQUEST + 1)
+        ]
+        gzipped = {**JSON, "Content-Encoding": "gzip"}
+        body = gzip.compress(json.dumps(json_request(*spans)).encode())
+        reply = post(otlp, body, gzipped)
+        assert reply.status_code == 413  # a retry could never succeed: not 503
+        assert str(MAX_SPANS_PER_REQUEST) in status_of(reply)[1]
+        assert otlp.ops() == []
+        body = gzip.compress(json.dumps(json_request(*spans[:-1])).encode())
+        assert post(otlp, body, gzipped).status_code == 200
 
     def test_token_is_required_when_set(self, start_otlp) -> None:  # type: ignore[no-untyped-def]
         otlp = start_otlp('token = "s3cret"')
