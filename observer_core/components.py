@@ -16,6 +16,7 @@ instance cannot start and the daemon exits 1) and ``aclose()``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,6 +203,24 @@ class Component:
     kind: ClassVar[str]
     name: ClassVar[str]
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Modules this component imports only when it starts (an optional extra's): a config
+    that enables it without them is a config error naming ``install_hint``."""
+    install_hint: ClassVar[str] = ""
+    """How to install ``requires``, e.g. ``pip install 'observer-core[otlp]'``."""
+
+    @classmethod
+    def missing_requirement(cls) -> str | None:
+        """The config error when a module of ``requires`` is not installed, else None."""
+        for module in cls.requires:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ImportError:  # its parent package is missing
+                found = False
+            if not found:
+                hint = f": {cls.install_hint}" if cls.install_hint else ""
+                return f"plugin {cls.name!r} needs {module}, which is not installed{hint}"
+        return None
 
     def __init__(self, config: Any, ctx: Context) -> None:
         self.config = config

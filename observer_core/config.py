@@ -427,6 +427,9 @@ def _instance(label: str, kind: str, name: str, table: Any, registry: Registry) 
     try:
         config = _convert(table, plugin.cls.Config, where)
         plugin.cls.validate_config(config, registry)
+        missing = plugin.cls.missing_requirement() if enabled else None
+        if missing:
+            raise ConfigError(f"{where} {missing}")
     except ConfigError:
         raise
     except ValueError as exc:
