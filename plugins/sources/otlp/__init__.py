@@ -11,13 +11,13 @@ Needs the ``[otlp]`` extra (``opentelemetry-proto``).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from functools import partial
 from typing import Annotated, ClassVar
 
 import msgspec
 
-from observer_core import Context, Emit, Emitter, NotAccepted, Op, Source, hookimpl
+from observer_core import Context, Emit, Emitter, NotAccepted, Op, RegisterSource, hookimpl
 from observer_core.httpserver import LATER, Later, Request, Response
 
 from ..http import HttpConfig, HttpSource, ReadRoutes
@@ -39,9 +39,9 @@ class OtlpConfig(HttpConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sources.NAME]`` with ``plugin = "otlp"`` (the listener keys of ``http``)."""
 
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 4318
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * 1024
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 4 * 1024 * 1024
     """The body as sent (compressed or not); larger gets 413 without being read."""
-    max_decompressed_bytes: Annotated[int, msgspec.Meta(ge=1)] = 16 * 1024 * 1024
+    max_decompressed_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 16 * 1024 * 1024
     """A gzip body that inflates past this gets 413 (checked while inflating)."""
     all_spans: bool = False
     """Every span becomes an op, not only GenAI spans."""
@@ -265,5 +265,5 @@ class OtlpSource(HttpSource):
 
 
 @hookimpl
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     register(OtlpSource)
