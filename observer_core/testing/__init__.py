@@ -25,6 +25,13 @@ needs from the engine (``step_timeout=``, ``start_push_sources``, ``idle()``,
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
+if find_spec("pytest") is None:
+    raise ModuleNotFoundError(
+        "observer_core.testing needs pytest: pip install 'observer-core[testing]'", name="pytest"
+    )
+
 from .collect import COLLECT_PLUGIN, CollectConfig, CollectingSink, plugin_of
 from .context import make_context
 from .daemon import Daemon, DaemonFactory
