@@ -48,6 +48,7 @@ class RunningEngine:
         await self.engine.run_cycle()
 
     async def run_cycles(self, count: int) -> None:
+        """``count`` cycles, one after another."""
         for _ in range(count):
             await self.engine.run_cycle()
 
