@@ -54,6 +54,8 @@ SINK_QUEUE_MAX = 10000
 FINDING_WRITE_TIMEOUT = 30.0
 LAG_PROBE_SECS = 0.1
 """How often the event loop's lag is measured (a sleep of this long, and how late it wakes)."""
+IDLE_POLL_SECS = 0.005
+"""How often :meth:`Engine.idle` looks again while work is in progress."""
 
 
 class StartupError(Exception):
@@ -97,12 +99,20 @@ class _SinkPump:
             limit, lambda n: metrics.sink_dropped.inc(n, instance=name)
         )
         self.stopped = anyio.Event()
+        self.writing = False
+        """A batch was taken from the queue and is not written yet."""
+
+    async def _next_batch(self) -> list[Op]:
+        self.writing = False
+        batch = await self.queue.get_batch(1000)
+        self.writing = bool(batch)
+        return batch
 
     async def run(self) -> None:
         sink = self.instance.component
         assert isinstance(sink, Sink)
         try:
-            while batch := await self.queue.get_batch(1000):
+            while batch := await self._next_batch():
                 try:
                     await sink.write(batch)
                 except Exception as exc:
@@ -114,7 +124,19 @@ class _SinkPump:
 class Engine:
     """Builds the components of a config and runs them."""
 
-    def __init__(self, config: ObserverConfig) -> None:
+    def __init__(self, config: ObserverConfig, *, step_timeout: float | None = None) -> None:
+        """``step_timeout``: seconds each poll and analyze may take (see :attr:`step_timeout`)."""
+        if step_timeout is not None and (
+            isinstance(step_timeout, bool)
+            or not isinstance(step_timeout, int | float)
+            or not step_timeout > 0
+        ):
+            raise ValueError(
+                f"step_timeout must be a positive number of seconds or None, got {step_timeout!r}"
+            )
+        self._step_timeout_secs = step_timeout
+        self._spawned_running = 0
+        """Work started by ``ctx.spawn`` that has not finished."""
         self.config = config
         self.settings = config.settings
         self.metrics = Metrics()
@@ -375,7 +397,21 @@ class Engine:
     ) -> None:
         if self._background is None:
             raise RuntimeError("spawn() is only available while the daemon runs")
-        self._background.start_soon(self._guarded, ctx, fn, args, timeout)
+        self._spawned_running += 1
+        self._background.start_soon(self._counted, ctx, fn, args, timeout)
+
+    async def _counted(
+        self,
+        ctx: Context,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> None:
+        """:meth:`_guarded`, counted in ``_spawned_running`` until it ends (for :meth:`idle`)."""
+        try:
+            await self._guarded(ctx, fn, args, timeout)
+        finally:
+            self._spawned_running -= 1
 
     async def _guarded(
         self,
@@ -402,10 +438,51 @@ class Engine:
             self._loop_lag["last"] = lag
             self._loop_lag["max"] = max(self._loop_lag["max"], lag)
 
+    # -- waiting for quiet (tests and tools) ---------------------------------
+
+    def pending_work(self) -> dict[str, int]:
+        """What the engine still has to do, by kind; all zero when it is idle.
+
+        ``emits_pending``: ``emit``/``submit`` calls whose ops wait for the next
+        commit; ``committing``: 1 while the dispatcher commits a batch (writes it
+        to the ack-holding sinks, puts it in the ring, answers the sources);
+        ``sink_queues``: ops waiting in the queues of sinks that do not hold
+        acks; ``sink_writes``: such sinks writing a batch now; ``spawned``:
+        work started with ``ctx.spawn`` that has not finished. Records a sink
+        buffers itself (see ``Sink.queue_depth``) are not counted.
+        """
+        return {
+            "emits_pending": len(self._pending),
+            "committing": int(self._dispatching),
+            "sink_queues": sum(len(pump.queue) for pump in self._pumps),
+            "sink_writes": sum(pump.writing for pump in self._pumps),
+            "spawned": self._spawned_running,
+        }
+
+    async def idle(self) -> None:
+        """Return once :meth:`pending_work` is all zero: every op handed in so far is
+        committed and written to every op sink, and spawned work has finished.
+
+        Waits as long as that takes: bound it with ``anyio.fail_after``. Work that
+        starts after it returns (the next cycle, a push source's next ops) is not
+        waited for.
+        """
+        while any(self.pending_work().values()):
+            await anyio.sleep(IDLE_POLL_SECS)
+
     # -- cycles -----------------------------------------------------------
 
-    def _step_timeout(self) -> float:
+    @property
+    def step_timeout(self) -> float:
+        """Seconds each ``poll`` and ``analyze`` may take before it is cut off (logged and
+        counted against the instance): the ``step_timeout`` the engine was built with,
+        else ``max(cycle_secs, 10)``."""
+        if self._step_timeout_secs is not None:
+            return float(self._step_timeout_secs)
         return max(float(self.settings.cycle_secs), 10.0)
+
+    def _step_timeout(self) -> float:
+        return self.step_timeout
 
     async def run_cycle(self) -> None:
         """One cycle: poll per-cycle sources, run due analyzers, log a stats line."""
@@ -516,17 +593,22 @@ class Engine:
         """Run until SIGINT/SIGTERM, then shut down cleanly."""
         async with self.running() as inputs:
             inputs.start_soon(self._watch_signals, inputs.cancel_scope)
-            for item in self._of(Source):
-                source = item.component
-                assert isinstance(source, Source)
-                if source.is_push():
-                    inputs.start_soon(self._run_source, item, source)
+            self.start_push_sources(inputs)
             inputs.start_soon(self._cycle_loop)
             log.info(
                 "observer-core running: %d instance(s), first cycle in %ss",
                 len(self.instances),
                 self.settings.cycle_secs,
             )
+
+    def start_push_sources(self, group: anyio.abc.TaskGroup) -> None:
+        """Start each push source's ``run(emit)`` in ``group`` (the one :meth:`running`
+        yields), each isolated: one that raises is logged and counted, the rest run on."""
+        for item in self._of(Source):
+            source = item.component
+            assert isinstance(source, Source)
+            if source.is_push():
+                group.start_soon(self._run_source, item, source)
 
     async def run_once(self) -> int:
         """Poll, run the ``every = 1`` analyzers to completion, flush, exit.

@@ -136,6 +136,16 @@ class Metrics:
             raise ValueError(f"metric {name} is already a {family.kind}")
         return family
 
+    def sample(self, name: str, /, **labels: str) -> float:
+        """The value ``/metrics`` shows for family ``name`` with exactly ``labels``
+        (0 when that label set has no sample yet); :class:`LookupError` when no family
+        is called ``name``."""
+        family = self._families.get(name)
+        if family is None:
+            known = ", ".join(sorted(self._families))
+            raise LookupError(f"no metric named {name!r} (metrics: {known})")
+        return dict(family.samples()).get(tuple(sorted(labels.items())), 0.0)
+
     def source_label(self, source: str) -> str:
         """``source`` as a label value: at most 64 distinct ones, the rest ``other``."""
         if source in self._sources:

@@ -37,6 +37,8 @@ COVERED_ELSEWHERE = {
     "pip install -e '.[test]'": "the installed_package fixture installs the example",
     "pip install -e .": "the installed_package fixture installs the example",
     "pytest": "test_plugin_kit.py::test_the_example_passes_its_own_tests runs them",
+    "pip install 'observer-core[testing]'": "test_packaging.py::"
+    "test_a_plugin_project_installs_the_kit_as_documented_and_its_tests_pass runs it",
 }
 """Commands the docs show that the suite runs by other means, and how."""
 
@@ -221,3 +223,5 @@ def test_commands_covered_elsewhere_are_really_covered():
     kit = (ROOT / "tests" / "core" / "test_plugin_kit.py").read_text()
     assert "def test_the_example_passes_its_own_tests" in kit
     assert "installed_package(EXAMPLE)" in kit
+    packaging = (ROOT / "tests" / "core" / "test_packaging.py").read_text()
+    assert "def test_a_plugin_project_installs_the_kit_as_documented" in packaging

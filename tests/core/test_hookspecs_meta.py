@@ -14,6 +14,7 @@ import pytest
 
 import observer_core
 from observer_core import hookspecs, testing
+from observer_core.testing import plugin as testing_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = (ROOT / "docs" / "writing-plugins.md").read_text(encoding="utf-8")
@@ -121,7 +122,7 @@ def test_records_and_components_have_headings(record: str):
 
 
 def _fixtures() -> list[str]:
-    tree = ast.parse(inspect.getsource(testing))
+    tree = ast.parse(inspect.getsource(testing_plugin))
     return [
         node.name
         for node in tree.body
@@ -137,7 +138,7 @@ def test_every_fixture_of_the_testing_plugin_has_a_heading(fixture: str):
 
 def test_the_testing_plugin_is_the_pytest11_entry_point():
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    table = r"\[project\.entry-points\.pytest11\]\s*\n\s*\w+ = \"observer_core\.testing\""
+    table = r"\[project\.entry-points\.pytest11\]\s*\n\s*\w+ = \"observer_core\.testing\.plugin\""
     assert re.search(table, text)
 
 

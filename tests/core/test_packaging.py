@@ -1,8 +1,11 @@
-"""The package as users get it: a wheel in a fresh venv, and a third-party plugin."""
+"""The package as users get it: a wheel in a fresh venv, a plugin author's project
+installing the testing kit as the docs say, and a third-party plugin."""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,15 +17,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TICKER = ROOT / "tests" / "fixtures" / "observer-ticker"
+EXAMPLE = ROOT / "examples" / "observer-source-example"
+GUIDE = ROOT / "docs" / "writing-plugins.md"
+INSTALL_KIT = "pip install 'observer-core[testing]'"
+"""How docs/writing-plugins.md installs observer-core with its testing kit."""
+INSTALL_PROJECT = "pip install -e '.[test]'"
+"""How it installs the plugin author's project (whose ``test`` extra names the kit)."""
 
 
 def pip(*args: str, python: str = sys.executable) -> None:
     subprocess.run([python, "-m", "pip", "--disable-pip-version-check", "-q", *args], check=True)
 
 
-@pytest.mark.slow
-def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(tmp_path):
-    source = tmp_path / "source"  # build from the tracked files only, away from the work tree
+def fresh_venv(folder: Path) -> str:
+    """A new venv with pip and nothing else; its python."""
+    venv.create(folder, with_pip=True)
+    return str(folder / "bin" / "python")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """observer-core's wheel, built from the tracked files only (away from the work tree)."""
+    workdir = tmp_path_factory.mktemp("wheel")
+    source = workdir / "source"
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.decode()
@@ -31,19 +48,27 @@ def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(tmp_p
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(source)],
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(workdir / "dist"), str(source)],
         check=True,
         capture_output=True,
     )
-    [wheel] = (tmp_path / "dist").glob("observer_core-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    [built] = (workdir / "dist").glob("observer_core-*.whl")
+    return built
+
+
+@pytest.mark.slow
+def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(wheel, tmp_path):
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
     top_level = {name.split("/")[0] for name in names}
     assert "plugins" not in top_level
     assert {"observer_core", "observer_plugins"} <= top_level
+    assert "observer_core/testing/plugin.py" in names  # the testing kit is a package
+    [entry_points] = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+    assert "observer_core = observer_core.testing.plugin" in archive.read(entry_points).decode()
 
+    python = fresh_venv(tmp_path / "venv")
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    python = str(env_dir / "bin" / "python")
     pip("install", str(wheel), python=python)
     result = subprocess.run(
         [str(env_dir / "bin" / "observer-core"), "plugins"],
@@ -61,6 +86,49 @@ def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(tmp_p
         [str(env_dir / "bin" / "observer-core"), "init", "o.toml"], cwd=tmp_path, check=True
     )
     assert init.returncode == 0
+
+    kit = subprocess.run([python, "-c", "import observer_core.testing"], capture_output=True)
+    assert kit.returncode == 1  # without the [testing] extra, the kit says what to install
+    assert b"observer_core.testing needs pytest: pip install 'observer-core[testing]'" in kit.stderr
+
+
+def run_as_documented(command: str, python: str, cwd: Path, index: Path) -> None:
+    """Run a ``pip install`` line of the docs with ``python``'s pip; ``index`` (a folder of
+    wheels) stands in for PyPI, where observer-core would come from."""
+    words = shlex.split(command)
+    assert words[:2] == ["pip", "install"], command
+    subprocess.run(
+        [python, "-m", "pip", *words[1:], "--find-links", str(index), "-q"],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.mark.slow
+def test_a_plugin_project_installs_the_kit_as_documented_and_its_tests_pass(wheel, tmp_path):
+    guide = GUIDE.read_text(encoding="utf-8")
+    assert INSTALL_KIT in guide and INSTALL_PROJECT in guide
+    python = fresh_venv(tmp_path / "venv")
+    run_as_documented(INSTALL_KIT, python, tmp_path, wheel.parent)
+    kit = [python, "-c", "import observer_core.testing.plugin"]
+    assert subprocess.run(kit, capture_output=True).returncode == 0  # the extra brings pytest
+    project = tmp_path / "observer-source-example"
+    shutil.copytree(
+        EXAMPLE, project, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
+    run_as_documented(INSTALL_PROJECT, python, project, wheel.parent)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 't'}"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout and "skipped" not in result.stdout
 
 
 @pytest.fixture(scope="module")
