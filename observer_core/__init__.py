@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .components import (
     Analyzer,
     AnalyzerConfig,
+    BatchTooLarge,
     Component,
     ComponentConfig,
     Context,
@@ -25,7 +26,8 @@ from .components import (
     Window,
 )
 from .hookspecs import RowFormat, hookimpl
-from .ingest import EventDecoder, InvalidEvent, split_lines
+from .ingest import EventDecoder, InvalidEvent, UnknownFields, split_lines
+from .memory import memory_key
 from .metrics import Counter, Gauge, Metrics
 from .queues import DropOldestQueue
 from .records import (
@@ -40,6 +42,7 @@ from .records import (
     now_timestamp,
     parse_timestamp,
 )
+from .redact import redact_config, redact_url
 from .state import StateStore, atomic_write
 
 try:
@@ -51,6 +54,7 @@ __all__ = [
     "UNSET",
     "Analyzer",
     "AnalyzerConfig",
+    "BatchTooLarge",
     "Component",
     "ComponentConfig",
     "Context",
@@ -75,13 +79,17 @@ __all__ = [
     "SinkConfig",
     "Source",
     "StateStore",
+    "UnknownFields",
     "UnsetType",
     "Window",
     "__version__",
     "atomic_write",
     "format_timestamp",
     "hookimpl",
+    "memory_key",
     "now_timestamp",
     "parse_timestamp",
+    "redact_config",
+    "redact_url",
     "split_lines",
 ]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from observer_core import Context, now_timestamp
+from observer_core import Context, now_timestamp, redact_url
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -167,7 +167,8 @@ class Link:
 
     @property
     def url(self) -> str:
-        return ",".join(self.servers)
+        """The servers as shown (/health, /stats, logs): passwords and tokens masked."""
+        return redact_url(",".join(self.servers))
 
     async def _on_error(self, exc: Exception) -> None:
         self._trouble(f"NATS: {_describe(exc)}")

@@ -24,7 +24,7 @@ import anyio
 import httpx
 import msgspec
 
-from observer_core import ComponentConfig, Context, Emit, Source, hookimpl
+from observer_core import ComponentConfig, Context, Emit, Source, hookimpl, redact_url
 from observer_core.httpserver import HttpServer
 
 from .client import AsyncObservedGateway, ObservedGateway, OpRecorder
@@ -104,7 +104,7 @@ class GatewaySource(Source):
             "observer_gateway_ops_dropped_total",
             "Proxied calls whose op was lost (queue full or not accepted).",
         )
-        ctx.status.update(url=config.url, listen=config.listen)
+        ctx.status.update(url=redact_url(config.url), listen=config.listen)
 
     @property
     def check_name(self) -> str:
@@ -147,7 +147,7 @@ class GatewaySource(Source):
         )
         await self._server.start()
         self.ctx.logger.info(
-            "proxying http://%s:%d to %s", host, self._server.port, self.config.url
+            "proxying http://%s:%d to %s", host, self._server.port, redact_url(self.config.url)
         )
 
     def _count_drop(self, count: int) -> None:
