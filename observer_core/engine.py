@@ -38,7 +38,7 @@ from .components import (
     Source,
 )
 from .config import InstanceConfig, ObserverConfig
-from .metrics import Metrics
+from .metrics import MAX_LABEL_BYTES, Metrics, cut_utf8
 from .queues import DropOldestQueue
 from .records import Finding, Op, now_timestamp
 from .redact import redact_config
@@ -53,7 +53,8 @@ MAX_PENDING_OPS = 65536
 """Ops waiting for the dispatcher before ``emit`` answers "backed up" (503); a single
 submission of more is refused outright (:class:`BatchTooLarge`): no retry can clear it."""
 MAX_STATS_SOURCES = 64
-"""``/stats`` ``by_source`` entries: the sources with the most ops; the rest under ``other``."""
+"""``/stats`` ``by_source`` entries: the sources with the most ops (each name cut to 128
+bytes); the rest under ``other``."""
 SINK_QUEUE_MAX = 10000
 """Default bound of a non-ack sink's queue (a sink's own ``queue_max`` wins)."""
 FINDING_WRITE_TIMEOUT = 30.0
@@ -661,8 +662,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def _top(tally: Tally[str], limit: int) -> dict[str, int]:
-    """The ``limit`` largest counts of ``tally``; when there are more, the largest
-    ``limit - 1`` and the sum of the rest under ``other``."""
+    """The ``limit`` largest counts of ``tally``, each name cut to 128 bytes (as a metric
+    label); when there are more, the largest ``limit - 1`` and the rest under ``other``."""
+    if any(len(name) * 4 > MAX_LABEL_BYTES for name in tally):
+        cut: Tally[str] = Tally()
+        for name, count in tally.items():
+            cut[cut_utf8(name, MAX_LABEL_BYTES)] += count
+        tally = cut
     if len(tally) <= limit:
         return dict(tally)
     top = dict(tally.most_common(limit - 1))

@@ -119,6 +119,12 @@ class TestLabelsAndStats:
         assert all(by_source[f"source-{n}"] == 2 for n in range(10))  # the largest are kept
         assert by_source["other"] == 80 - 20 - 53
 
+    def test_stats_source_names_are_cut_to_128_bytes(self, daemon):
+        body = b"\n".join(event(source="é" * 5000 + str(n)) for n in range(3))
+        assert post(daemon, "/events", body).status_code == 200
+        by_source = httpx.get(f"{daemon.url}/stats").json()["by_source"]
+        assert by_source == {"é" * 64: 3}
+
 
 class TestLogs:
     def test_cycle_line_carries_counts_not_the_sources(self, daemon):
