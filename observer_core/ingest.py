@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from .metrics import Metrics
+from .metrics import MAX_LABEL_VALUES, Metrics
 from .records import (
     MAX_ATTRIBUTES,
     MAX_ID_CHARS,
@@ -502,8 +502,16 @@ class UnknownFields:
         for name, count in fields.items():
             label = self._metrics.label("field", name)
             self._counter.inc(count, field=label)
-            if label not in self._logged:
-                self._logged.add(label)
+            if label in self._logged:
+                continue
+            self._logged.add(label)
+            if label == "other" and name != "other":
+                self._logger.info(
+                    "more than %d distinct unknown event fields; the rest are counted "
+                    'as field="other", not logged',
+                    MAX_LABEL_VALUES,
+                )
+            else:
                 self._logger.info(
                     "ignoring unknown event field %r (a misspelling?); counted in "
                     "observer_input_unknown_fields_total",

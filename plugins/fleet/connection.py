@@ -51,7 +51,8 @@ def check_url(url: str, key: str = "url") -> list[str]:
     for server in servers:
         if not server.startswith(_SCHEMES):
             raise ValueError(
-                f"{key}: expected nats://HOST:PORT (or tls://, ws://, wss://), got {server!r}"
+                f"{key}: expected nats://HOST:PORT (or tls://, ws://, wss://), "
+                f"got {redact_url(server)!r}"
             )
     return servers
 

@@ -200,6 +200,9 @@ class TestUnknownFields:
         assert len(lines) == 65
         assert daemon.metric("observer_input_unknown_fields_total", field="other") == 6
         assert max(map(len, lines)) < 300
+        logged = [line for line in daemon.logs().splitlines() if "unknown event field" in line]
+        assert len(logged) == 65
+        assert "more than 64 distinct unknown event fields" in logged[-1]
 
 
 class TestSecrets:

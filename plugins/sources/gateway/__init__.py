@@ -74,9 +74,9 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
         try:
             url = httpx.URL(self.url)
         except httpx.InvalidURL as exc:
-            raise ValueError(f"url: {exc}, in {self.url!r}") from None
+            raise ValueError(f"url: {exc}, in {redact_url(self.url)!r}") from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"url: expected an http(s) URL, got {self.url!r}")
+            raise ValueError(f"url: expected an http(s) URL, got {redact_url(self.url)!r}")
         if self.listen == "":  # e.g. "${GATEWAY_PROXY_LISTEN:-}": no proxy
             self.listen = None
         if self.listen is not None:

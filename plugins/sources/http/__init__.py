@@ -1,9 +1,10 @@
 """The ``http`` source: the ingest listener agents post events to.
 
 Endpoints: ``GET /health``, ``GET /stats``, ``GET /metrics``, ``POST /event``
-(one JSON object) and ``POST /events`` (NDJSON or a JSON array). An event is
-answered 200 only after every ack-holding op sink has written it; a failing
-sink or a backed-up input answers 503 with ``Retry-After``.
+(one JSON object) and ``POST /events`` (NDJSON or a JSON array, at most
+``max_batch_events`` events: past it 413). An event is answered 200 only after
+every ack-holding op sink has written it; a failing sink or a backed-up input
+answers 503 with ``Retry-After`` (only what a retry can clear).
 """
 
 from __future__ import annotations
