@@ -196,15 +196,10 @@ class EventDecoder:
         self.max_field_bytes = max_field_bytes
         self.require_all = require_all
         self._on_unknown = on_unknown
-        strict = on_unknown is not None
-        self._one: msgspec.json.Decoder[_EventIn] = msgspec.json.Decoder(
-            _EventInStrict if strict else _EventIn
-        )
-        self._many: msgspec.json.Decoder[list[_EventIn]] = msgspec.json.Decoder(
-            list[_EventInStrict] if strict else list[_EventIn]
-        )
-        self._loose_one = msgspec.json.Decoder(_EventIn)
-        self._loose_many = msgspec.json.Decoder(list[_EventIn])
+        self._one = msgspec.json.Decoder(_EventIn)
+        self._many = msgspec.json.Decoder(list[_EventIn])
+        self._strict_one = msgspec.json.Decoder(_EventInStrict)
+        self._strict_many = msgspec.json.Decoder(list[_EventInStrict])
         self._direct = msgspec.json.Decoder(Op)
         self._direct_many = msgspec.json.Decoder(list[Op])
         self._known_hours: set[str] = set()
@@ -213,7 +208,7 @@ class EventDecoder:
         """Decode one JSON object. Raises :class:`InvalidEvent`."""
         op, unknown = self._decode(body)
         if unknown:
-            self._report_unknown([_decode_any(body)])
+            self._report_unknown([body])
         return op
 
     def _decode(self, body: bytes | str) -> tuple[Op, bool]:
@@ -231,38 +226,47 @@ class EventDecoder:
                         if op.rescue_succeeded is UNSET:
                             op.rescue_succeeded = False
                     return op, False
-        unknown = False
         try:
-            raw = self._one.decode(body)
+            raw, unknown = self._read(body, many=False)
         except msgspec.ValidationError as exc:
-            if not _names_unknown_field(exc):
-                raise InvalidEvent(_describe(exc)[1]) from None
-            unknown = True
-            raw = self._loose(self._loose_one.decode, body)
+            raise InvalidEvent(_describe(exc)[1]) from None
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidEvent.unreadable(exc) from None
         return self._to_op(raw, len(body) > self.max_field_bytes), unknown
 
-    @staticmethod
-    def _loose(decode: Callable[[bytes | str], Any], body: bytes | str) -> Any:
-        """Decode ``body`` ignoring unknown fields; errors worded as elsewhere."""
+    def _read(self, body: bytes | str, *, many: bool) -> tuple[Any, bool]:
+        """The general path's decoding of ``body`` (one object, or a list when ``many``) and
+        whether it has unknown fields. When they are counted, the strict shape goes first;
+        if it fails for anything but a known field's value, the loose shape decides, so a
+        body fails (or not) exactly as without counting. Raises msgspec's errors."""
+        loose = self._many if many else self._one
+        if self._on_unknown is None:
+            return loose.decode(body), False
+        strict = self._strict_many if many else self._strict_one
         try:
-            return decode(body)
+            return strict.decode(body), False
         except msgspec.ValidationError as exc:
-            item, message = _describe(exc)
-            where = f"item {item + 1}: " if item is not None else ""
-            raise InvalidEvent(f"{where}{message}") from None
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise InvalidEvent.unreadable(exc) from None
+            if not _names_unknown_field(exc):
+                raise
+        except _UNDECODABLE:
+            pass  # e.g. an unknown key that is not UTF-8: the loose shape skips it unread
+        return loose.decode(body), True
 
-    def _report_unknown(self, objects: Iterable[Any]) -> None:
-        """Count the unknown fields of decoded JSON objects and tell ``on_unknown``."""
+    def _report_unknown(self, bodies: Iterable[bytes | str], *, array: bool = False) -> None:
+        """Count the unknown fields of JSON objects (each body one, or an ``array`` of
+        them) and tell ``on_unknown``. A body that does not decode as plain JSON (e.g. an
+        ignored key that is not UTF-8: msgspec skips such keys unread) is passed over."""
         if self._on_unknown is None:
             return
         fields: Tally[str] = Tally()
-        for item in objects:
-            if isinstance(item, dict):
-                fields.update(key for key in item if key not in _KNOWN_FIELDS)
+        for body in bodies:
+            try:
+                decoded = _decode_any(body)
+            except _UNDECODABLE:
+                continue
+            for item in decoded if array and isinstance(decoded, list) else [decoded]:
+                if isinstance(item, dict):
+                    fields.update(key for key in item if key not in _KNOWN_FIELDS)
         if fields:
             self._on_unknown(fields)
 
@@ -276,21 +280,17 @@ class EventDecoder:
             else:
                 if self._complete(ops):
                     return ops
-        unknown = False
         try:
-            raws = self._many.decode(body)
+            raws, unknown = self._read(body, many=True)
         except msgspec.ValidationError as exc:
-            if not _names_unknown_field(exc):
-                item, message = _describe(exc)
-                where = f"item {item + 1}: " if item is not None else ""
-                raise InvalidEvent(f"{where}{message}") from None
-            unknown = True
-            raws = self._loose(self._loose_many.decode, body)
+            item, message = _describe(exc)
+            where = f"item {item + 1}: " if item is not None else ""
+            raise InvalidEvent(f"{where}{message}") from None
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidEvent.unreadable(exc) from None
         ops = self._to_ops(raws, len(body) > self.max_field_bytes, "item")
         if unknown:
-            self._report_unknown(_decode_any(body))
+            self._report_unknown([body], array=True)
         return ops
 
     def decode_lines(self, body: bytes) -> list[Op]:
@@ -299,15 +299,18 @@ class EventDecoder:
         if ops is not None:
             return ops
         lines = body.split(b"\n")
-        unknown = False
-        raws = self._decode_each(self._one.decode, lines)
-        if isinstance(raws, msgspec.ValidationError) and _names_unknown_field(raws):
-            unknown = True
-            raws = self._decode_each(self._loose_one.decode, lines)
-        if isinstance(raws, list):
+        nonblank = [line for line in lines if line and not line.isspace()]
+        read = self._read
+        try:
+            decoded = [read(line, many=False) for line in nonblank]
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            decoded = None  # the slow path below finds the line and words the error
+        if decoded is not None:
+            raws = [raw for raw, _ in decoded]
             ops = self._to_ops(raws, len(body) > self.max_field_bytes, "line", lines)
-            if unknown:
-                self._report_unknown(_decode_any(line) for line in lines if line.strip())
+            self._report_unknown(
+                line for line, (_, unknown) in zip(nonblank, decoded, strict=True) if unknown
+            )
             return ops
         # The slow path: find the line and word the error.
         for number, line in enumerate(lines, 1):
@@ -317,16 +320,6 @@ class EventDecoder:
                 except InvalidEvent as exc:
                     raise InvalidEvent(f"line {number}: {exc}") from None
         raise AssertionError("a line failed to decode once but not twice")
-
-    @staticmethod
-    def _decode_each(
-        decode: Callable[[bytes], _EventIn], lines: list[bytes]
-    ) -> list[_EventIn] | Exception:
-        """Every nonblank line decoded, or the first error (then the slow path words it)."""
-        try:
-            return [decode(line) for line in lines if not line.isspace() and line]
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            return exc
 
     def decode_complete(self, lines: list[bytes]) -> list[Op] | None:
         """The fast path for lines of JSON (empty ones skipped; a line may end with its newline):

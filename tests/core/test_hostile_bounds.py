@@ -193,6 +193,18 @@ class TestUnknownFields:
         assert post(daemon, "/event", b'{"typo": 1, "count": "x"}').status_code == 400
         assert not metric_lines(daemon, "observer_input_unknown_fields_total")
 
+    def test_an_unknown_key_that_is_not_utf8_is_ignored_not_a_500(self, daemon):
+        """msgspec skips an unknown key unread: the event is taken, the key not counted."""
+        for path, body in [
+            ("/event", b'{"": null, "\\u001f\xff": null}'),
+            ("/events", b'{"\xff": 1}\n{"typo": 1}\n'),
+            ("/events", b'[{"\xff": 1}]'),
+        ]:
+            assert post(daemon, path, body).status_code == 200
+        assert daemon.metric("observer_input_unknown_fields_total", field="typo") == 1
+        assert len(metric_lines(daemon, "observer_input_unknown_fields_total")) == 1
+        assert written(daemon) == 4
+
     def test_unknown_field_labels_are_bounded(self, daemon):
         body = b"\n".join(json.dumps({f"f{n}" + "z" * 300: 1}).encode() for n in range(70))
         assert post(daemon, "/events", body).status_code == 200
