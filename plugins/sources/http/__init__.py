@@ -135,9 +135,11 @@ _Items = msgspec.json.Decoder(list[msgspec.Raw])
 def _check_count(body: bytes, array: bool, limit: int) -> None:
     """Raise :class:`_TooManyEvents` when ``body`` holds more than ``limit`` events.
 
-    Cheap upper bounds first (newlines of NDJSON, ``{`` of an array: each event has one);
-    only when one is past the limit are the events counted exactly. A body that is not
-    JSON passes, and decoding words its error."""
+    Cheap bounds first, each one C call: an upper bound (the newlines of NDJSON, the ``{``
+    of an array: each event has one) that is not past the limit lets the body through; a
+    lower bound (NDJSON lines ending ``}``) past it refuses it. Only in between are the
+    events counted. A body that is not JSON passes, and decoding words its error."""
+    at_least = ""
     if array:
         if body.count(b"{") <= limit:
             return
@@ -148,11 +150,20 @@ def _check_count(body: bytes, array: bool, limit: int) -> None:
     else:
         if body.count(b"\n") < limit:
             return
-        count = sum(1 for line in body.split(b"\n") if line.strip())
+        count = body.count(b"}\n")
+        if count > limit:
+            at_least = "at least "
+        else:
+            lines = body.translate(None, _BLANK).split(b"\n")
+            count = len(lines) - lines.count(b"")
     if count > limit:
         raise _TooManyEvents(
-            f"batch too large: {count} events, more than max_batch_events ({limit})"
+            f"batch too large: {at_least}{count} events, more than max_batch_events ({limit})"
         )
+
+
+_BLANK = b" \t\r\x0b\x0c"
+"""What, besides newlines, a blank line of NDJSON may hold (``bytes.isspace``)."""
 
 
 class _Routes(ReadRoutes):
