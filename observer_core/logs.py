@@ -5,6 +5,7 @@ Every line is rendered by :func:`render_message`, whatever logged it (CONTRACT Â
 say, to as many of their ``str``/``repr``), control characters (newline, ESC, ...) are
 escaped, URL passwords masked, and the whole message cut to :data:`MAX_MESSAGE_CHARS`. So a
 client string can neither forge a line nor make one unbounded, and no call site can forget.
+A traceback keeps its lines, but each exception's own message in it is treated the same.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -98,7 +100,30 @@ def render_message(record: logging.LogRecord) -> str:
     return _cut(message, MAX_MESSAGE_CHARS)
 
 
-class _TextFormatter(logging.Formatter):
+class _BoundedFormatter(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        """The traceback, each exception's message (which may quote a client) bounded and
+        escaped like a message: the frames' lines are ours, the messages may not be."""
+        value = ei[1]
+        if not isinstance(value, BaseException):
+            return super().formatException(ei)
+        described = traceback.TracebackException.from_exception(value)
+        pending, seen = [described], set()
+        while pending:
+            item = pending.pop()
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            text = getattr(item, "_str", None)
+            if isinstance(text, str):
+                bounded = escape_controls(redact_text(_cut(text, MAX_MESSAGE_CHARS)))
+                setattr(item, "_str", bounded)  # noqa: B010 (private: no public setter)
+            chained = (item.__cause__, item.__context__, *(getattr(item, "exceptions", None) or ()))
+            pending.extend(link for link in chained if link is not None)
+        return "".join(described.format()).rstrip("\n")
+
+
+class _TextFormatter(_BoundedFormatter):
     def format(self, record: logging.LogRecord) -> str:
         moment = format_timestamp(datetime.fromtimestamp(record.created, UTC))
         line = f"{moment} {record.levelname:<7} {record.name}: {render_message(record)}"
@@ -107,7 +132,7 @@ class _TextFormatter(logging.Formatter):
         return line
 
 
-class _JsonFormatter(logging.Formatter):
+class _JsonFormatter(_BoundedFormatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": format_timestamp(datetime.fromtimestamp(record.created, UTC)),
