@@ -12,6 +12,7 @@ from .auth import Token, Tokens
 from .components import (
     Analyzer,
     AnalyzerConfig,
+    BatchTooLarge,
     Component,
     ComponentConfig,
     Context,
@@ -36,7 +37,8 @@ from .hookspecs import (
     RowFormat,
     hookimpl,
 )
-from .ingest import EventDecoder, InvalidEvent, split_lines
+from .ingest import EventDecoder, InvalidEvent, UnknownFields, split_lines
+from .memory import memory_key
 from .metrics import Counter, Gauge, Metrics
 from .queues import DropOldestQueue
 from .records import (
@@ -51,6 +53,7 @@ from .records import (
     now_timestamp,
     parse_timestamp,
 )
+from .redact import redact_config, redact_url
 from .state import StateStore, atomic_write
 
 try:
@@ -62,6 +65,7 @@ __all__ = [
     "UNSET",
     "Analyzer",
     "AnalyzerConfig",
+    "BatchTooLarge",
     "Component",
     "ComponentConfig",
     "Context",
@@ -95,13 +99,17 @@ __all__ = [
     "StateStore",
     "Token",
     "Tokens",
+    "UnknownFields",
     "UnsetType",
     "Window",
     "__version__",
     "atomic_write",
     "format_timestamp",
     "hookimpl",
+    "memory_key",
     "now_timestamp",
     "parse_timestamp",
+    "redact_config",
+    "redact_url",
     "split_lines",
 ]

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Analyzer",
     "AnalyzerConfig",
+    "BatchTooLarge",
     "Component",
     "ComponentConfig",
     "Context",
@@ -60,6 +61,14 @@ class NotAccepted(Exception):
     def __init__(self, reason: str, retry_after: int = 1) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class BatchTooLarge(NotAccepted):
+    """Ops refused because the batch is larger than the engine ever holds: no retry can
+    clear it (an HTTP source answers 413, not 503)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retry_after=0)
 
 
 Emit = Callable[[Sequence[Op]], Awaitable[None]]

@@ -26,6 +26,7 @@ from msgspec import Meta
 
 from .components import AnalyzerConfig, ComponentConfig, SinkConfig
 from .plugins import KINDS, PluginInfo, Registry
+from .redact import redact_config
 
 __all__ = [
     "ConfigError",
@@ -39,7 +40,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-SECRET_KEY = re.compile(r"^((listen_)?token|password|.*_key)$")
 
 
 class ConfigError(Exception):
@@ -137,16 +137,20 @@ class ObserverConfig:
         """The whole config with every default filled in, as TOML.
 
         Unset values (``None``) are left out, at any depth, since TOML has no
-        null; with ``mask_secrets`` the values of secret-named keys are masked.
+        null; with ``mask_secrets`` every secret is masked (see :mod:`observer_core.redact`).
         """
-        document: dict[str, Any] = {"observer": msgspec.to_builtins(self.settings)}
+        settings = msgspec.to_builtins(self.settings)
+        document: dict[str, Any] = {
+            "observer": _resolved(redact_config(settings) if mask_secrets else settings)
+        }
         for item in self.instances:
             table = {
                 "plugin": item.plugin.name,
                 "enabled": item.enabled,
                 **msgspec.to_builtins(item.config),
             }
-            document.setdefault(item.kind, {})[item.name] = _resolved(table, mask_secrets)
+            shown = redact_config(table) if mask_secrets else table
+            document.setdefault(item.kind, {})[item.name] = _resolved(shown)
         return tomli_w.dumps(document)
 
 
@@ -193,18 +197,12 @@ def _has_token(value: object) -> bool:
     return bool(value)
 
 
-def _resolved(value: Any, mask_secrets: bool) -> Any:
-    """``value`` ready for TOML: no ``None`` anywhere, secrets masked when asked."""
+def _resolved(value: Any) -> Any:
+    """``value`` ready for TOML: no ``None`` anywhere."""
     if isinstance(value, dict):
-        return {
-            key: "********"
-            if mask_secrets and SECRET_KEY.match(key)
-            else _resolved(item, mask_secrets)
-            for key, item in value.items()
-            if item is not None
-        }
+        return {key: _resolved(item) for key, item in value.items() if item is not None}
     if isinstance(value, list):
-        return [_resolved(item, mask_secrets) for item in value if item is not None]
+        return [_resolved(item) for item in value if item is not None]
     return value
 
 

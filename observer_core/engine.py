@@ -28,6 +28,7 @@ from msgspec import UNSET
 
 from .components import (
     Analyzer,
+    BatchTooLarge,
     Component,
     Context,
     Emitter,
@@ -37,9 +38,10 @@ from .components import (
     Source,
 )
 from .config import InstanceConfig, ObserverConfig
-from .metrics import Metrics
+from .metrics import MAX_LABEL_BYTES, Metrics, cut_utf8
 from .queues import DropOldestQueue
 from .records import Finding, Op, now_timestamp
+from .redact import redact_config
 from .ring import Ring
 from .state import StateStore
 
@@ -48,7 +50,11 @@ __all__ = ["Engine", "StartupError"]
 log = logging.getLogger("observer_core")
 
 MAX_PENDING_OPS = 65536
-"""Ops waiting for the dispatcher before ``emit`` answers "backed up" (503)."""
+"""Ops waiting for the dispatcher before ``emit`` answers "backed up" (503); a single
+submission of more is refused outright (:class:`BatchTooLarge`): no retry can clear it."""
+MAX_STATS_SOURCES = 64
+"""``/stats`` ``by_source`` entries: the sources with the most ops (each name cut to 128
+bytes); the rest under ``other``."""
 SINK_QUEUE_MAX = 10000
 """Default bound of a non-ack sink's queue (a sink's own ``queue_max`` wins)."""
 FINDING_WRITE_TIMEOUT = 30.0
@@ -214,7 +220,7 @@ class Engine:
         checks: dict[str, Any] = {}
         for item in self.instances:
             checks.update(item.ctx.status.get("checks", {}))
-        return {"status": "ok", "ops_in_ring": len(self.ring), "checks": checks}
+        return {"status": "ok", "ops_in_ring": len(self.ring), "checks": redact_config(checks)}
 
     def stats(self) -> dict[str, Any]:
         successes = 0
@@ -229,7 +235,7 @@ class Engine:
             "total": len(self.ring),
             "successes": successes,
             "failures": len(self.ring) - successes,
-            "by_source": dict(by_source),
+            "by_source": _top(by_source, MAX_STATS_SOURCES),
             "recent_scenario_ops": [
                 {
                     "ts": op.timestamp,
@@ -243,7 +249,9 @@ class Engine:
             "cycle": self.cycle,
             "started_at": self.started_at,
             "instances": {
-                item.spec.qualified: item.ctx.status for item in self.instances if item.ctx.status
+                item.spec.qualified: redact_config(item.ctx.status)
+                for item in self.instances
+                if item.ctx.status
             },
         }
 
@@ -284,6 +292,11 @@ class Engine:
         if self._closing:
             self.metrics.input_rejected.inc(len(ops), reason="shutting_down")
             raise NotAccepted("observer is shutting down", retry_after=5)
+        if len(ops) > MAX_PENDING_OPS:
+            self.metrics.input_rejected.inc(len(ops), reason="too_large")
+            raise BatchTooLarge(
+                f"a batch of {len(ops)} ops is more than the engine ever holds ({MAX_PENDING_OPS})"
+            )
         if self._pending_ops + len(ops) > MAX_PENDING_OPS:
             self.metrics.input_rejected.inc(len(ops), reason="backlog")
             raise NotAccepted("input is backed up; retry shortly", retry_after=1)
@@ -504,14 +517,16 @@ class Engine:
         elapsed = time.perf_counter() - started
         self.metrics.cycles.inc()
         self.metrics.cycle_duration.set(elapsed)
-        stats = self.stats()
+        total = len(self.ring)
+        successes = sum(map(_success_of, self.ring))
+        sources = len(set(map(_source_of, self.ring)))
         log.info(
-            "cycle %d: total_ops=%d successes=%d failures=%d by_source=%s (%.1f ms)",
+            "cycle %d: total_ops=%d successes=%d failures=%d sources=%d (%.1f ms)",
             self.cycle,
-            stats["total"],
-            stats["successes"],
-            stats["failures"],
-            stats["by_source"],
+            total,
+            successes,
+            total - successes,
+            sources,
             elapsed * 1000,
         )
 
@@ -726,6 +741,21 @@ def _reason(exc: BaseException) -> str:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return str(exc) or type(exc).__name__
+
+
+def _top(tally: Tally[str], limit: int) -> dict[str, int]:
+    """The ``limit`` largest counts of ``tally``, each name cut to 128 bytes (as a metric
+    label); when there are more, the largest ``limit - 1`` and the rest under ``other``."""
+    if any(len(name) * 4 > MAX_LABEL_BYTES for name in tally):
+        cut: Tally[str] = Tally()
+        for name, count in tally.items():
+            cut[cut_utf8(name, MAX_LABEL_BYTES)] += count
+        tally = cut
+    if len(tally) <= limit:
+        return dict(tally)
+    top = dict(tally.most_common(limit - 1))
+    top["other"] = top.get("other", 0) + tally.total() - sum(top.values())
+    return top
 
 
 def _or_none(value: Any) -> Any:

@@ -7,16 +7,18 @@ Two entry points, both strict about types (CONTRACT §1):
 - :class:`EventDecoder` with ``require_all=True`` for ``op``-format rows
   (e.g. a tailed JSONL file): the required fields must be present.
 
-``null`` means absent, unknown fields are ignored, strings longer than
-``max_field_bytes`` are rejected. Every problem is an :class:`InvalidEvent`
-whose message starts with the field's name.
+``null`` means absent, unknown fields are ignored (with ``on_unknown``, counted:
+see :class:`UnknownFields`), strings longer than ``max_field_bytes`` are rejected.
+Every problem is an :class:`InvalidEvent` whose message starts with the field's name.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
-from collections.abc import Sequence
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from operator import itemgetter
 from typing import Annotated, Any
@@ -24,6 +26,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from .metrics import MAX_LABEL_VALUES, Metrics
 from .records import (
     MAX_ATTRIBUTES,
     MAX_ID_CHARS,
@@ -34,7 +37,7 @@ from .records import (
     parse_timestamp,
 )
 
-__all__ = ["REQUIRED_OP_FIELDS", "EventDecoder", "InvalidEvent", "split_lines"]
+__all__ = ["REQUIRED_OP_FIELDS", "EventDecoder", "InvalidEvent", "UnknownFields", "split_lines"]
 
 REQUIRED_OP_FIELDS = (
     "timestamp",
@@ -111,6 +114,21 @@ class _EventIn(msgspec.Struct, kw_only=True):
     attributes: Annotated[dict[str, AttributeValue], Meta(max_length=MAX_ATTRIBUTES)] | None = None
 
 
+class _EventInStrict(_EventIn, forbid_unknown_fields=True):
+    """:class:`_EventIn` that fails on the first unknown field: tried first when unknown
+    fields are counted, so that an event without one costs no more than before."""
+
+
+_KNOWN_FIELDS = frozenset(_EventIn.__struct_fields__)
+_decode_any = msgspec.json.Decoder().decode
+OnUnknown = Callable[[Mapping[str, int]], None]
+"""Told, after a request's events were decoded, how often each unknown field occurred."""
+
+
+def _names_unknown_field(error: msgspec.ValidationError) -> bool:
+    return str(error).startswith("Object contains unknown field")
+
+
 _STRING_FIELDS = (
     "endpoint",
     "input_summary",
@@ -168,17 +186,33 @@ class EventDecoder:
     Anything else takes the general path, which also words every error.
     """
 
-    def __init__(self, *, max_field_bytes: int = 65536, require_all: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        max_field_bytes: int = 65536,
+        require_all: bool = False,
+        on_unknown: OnUnknown | None = None,
+    ) -> None:
         self.max_field_bytes = max_field_bytes
         self.require_all = require_all
+        self._on_unknown = on_unknown
         self._one = msgspec.json.Decoder(_EventIn)
         self._many = msgspec.json.Decoder(list[_EventIn])
+        self._strict_one = msgspec.json.Decoder(_EventInStrict)
+        self._strict_many = msgspec.json.Decoder(list[_EventInStrict])
         self._direct = msgspec.json.Decoder(Op)
         self._direct_many = msgspec.json.Decoder(list[Op])
         self._known_hours: set[str] = set()
 
     def decode(self, body: bytes | str) -> Op:
         """Decode one JSON object. Raises :class:`InvalidEvent`."""
+        op, unknown = self._decode(body)
+        if unknown:
+            self._report_unknown([body])
+        return op
+
+    def _decode(self, body: bytes | str) -> tuple[Op, bool]:
+        """:meth:`decode`, and whether the object has unknown fields (when counted)."""
         if len(body) <= self.max_field_bytes:
             try:
                 op = self._direct.decode(body)
@@ -191,14 +225,50 @@ class EventDecoder:
                             op.rescue_attempted = False
                         if op.rescue_succeeded is UNSET:
                             op.rescue_succeeded = False
-                    return op
+                    return op, False
         try:
-            raw = self._one.decode(body)
+            raw, unknown = self._read(body, many=False)
         except msgspec.ValidationError as exc:
             raise InvalidEvent(_describe(exc)[1]) from None
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidEvent.unreadable(exc) from None
-        return self._to_op(raw, len(body) > self.max_field_bytes)
+        return self._to_op(raw, len(body) > self.max_field_bytes), unknown
+
+    def _read(self, body: bytes | str, *, many: bool) -> tuple[Any, bool]:
+        """The general path's decoding of ``body`` (one object, or a list when ``many``) and
+        whether it has unknown fields. When they are counted, the strict shape goes first;
+        if it fails for anything but a known field's value, the loose shape decides, so a
+        body fails (or not) exactly as without counting. Raises msgspec's errors."""
+        loose = self._many if many else self._one
+        if self._on_unknown is None:
+            return loose.decode(body), False
+        strict = self._strict_many if many else self._strict_one
+        try:
+            return strict.decode(body), False
+        except msgspec.ValidationError as exc:
+            if not _names_unknown_field(exc):
+                raise
+        except _UNDECODABLE:
+            pass  # e.g. an unknown key that is not UTF-8: the loose shape skips it unread
+        return loose.decode(body), True
+
+    def _report_unknown(self, bodies: Iterable[bytes | str], *, array: bool = False) -> None:
+        """Count the unknown fields of JSON objects (each body one, or an ``array`` of
+        them) and tell ``on_unknown``. A body that does not decode as plain JSON (e.g. an
+        ignored key that is not UTF-8: msgspec skips such keys unread) is passed over."""
+        if self._on_unknown is None:
+            return
+        fields: Tally[str] = Tally()
+        for body in bodies:
+            try:
+                decoded = _decode_any(body)
+            except _UNDECODABLE:
+                continue
+            for item in decoded if array and isinstance(decoded, list) else [decoded]:
+                if isinstance(item, dict):
+                    fields.update(key for key in item if key not in _KNOWN_FIELDS)
+        if fields:
+            self._on_unknown(fields)
 
     def decode_array(self, body: bytes) -> list[Op]:
         """Decode a JSON array of objects; errors name the item, counted from 1."""
@@ -211,14 +281,17 @@ class EventDecoder:
                 if self._complete(ops):
                     return ops
         try:
-            raws = self._many.decode(body)
+            raws, unknown = self._read(body, many=True)
         except msgspec.ValidationError as exc:
             item, message = _describe(exc)
             where = f"item {item + 1}: " if item is not None else ""
             raise InvalidEvent(f"{where}{message}") from None
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidEvent.unreadable(exc) from None
-        return self._to_ops(raws, len(body) > self.max_field_bytes, "item")
+        ops = self._to_ops(raws, len(body) > self.max_field_bytes, "item")
+        if unknown:
+            self._report_unknown([body], array=True)
+        return ops
 
     def decode_lines(self, body: bytes) -> list[Op]:
         """Decode NDJSON; blank lines are skipped, errors name the line, counted from 1."""
@@ -226,17 +299,24 @@ class EventDecoder:
         if ops is not None:
             return ops
         lines = body.split(b"\n")
-        decode = self._one.decode
+        nonblank = [line for line in lines if line and not line.isspace()]
+        read = self._read
         try:
-            raws = [decode(line) for line in lines if not line.isspace() and line]
+            decoded = [read(line, many=False) for line in nonblank]
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            raws = None  # the slow path below finds the line and words the error
-        if raws is not None:
-            return self._to_ops(raws, len(body) > self.max_field_bytes, "line", lines)
+            decoded = None  # the slow path below finds the line and words the error
+        if decoded is not None:
+            raws = [raw for raw, _ in decoded]
+            ops = self._to_ops(raws, len(body) > self.max_field_bytes, "line", lines)
+            self._report_unknown(
+                line for line, (_, unknown) in zip(nonblank, decoded, strict=True) if unknown
+            )
+            return ops
+        # The slow path: find the line and word the error.
         for number, line in enumerate(lines, 1):
             if line.strip():
                 try:
-                    self.decode(line)
+                    self._decode(line)
                 except InvalidEvent as exc:
                     raise InvalidEvent(f"line {number}: {exc}") from None
         raise AssertionError("a line failed to decode once but not twice")
@@ -395,6 +475,41 @@ class EventDecoder:
                     raise InvalidEvent(
                         f"attributes.{key[:40]}: string longer than max_field_bytes ({limit})"
                     )
+
+
+class UnknownFields:
+    """An ``on_unknown`` for :class:`EventDecoder`: counts each unknown field in
+    ``observer_input_unknown_fields_total{field}`` (the name cut to 128 bytes, 64 names at
+    most, the rest ``other``) and logs its first occurrence at INFO (so at most 65 lines)."""
+
+    def __init__(self, metrics: Metrics, logger: logging.Logger) -> None:
+        self._metrics = metrics
+        self._logger = logger
+        self._counter = metrics.counter(
+            "observer_input_unknown_fields_total",
+            "Fields of accepted events that are not op fields (ignored), by name.",
+        )
+        self._logged: set[str] = set()
+
+    def __call__(self, fields: Mapping[str, int]) -> None:
+        for name, count in fields.items():
+            label = self._metrics.label("field", name)
+            self._counter.inc(count, field=label)
+            if label in self._logged:
+                continue
+            self._logged.add(label)
+            if label == "other" and name != "other":
+                self._logger.info(
+                    "more than %d distinct unknown event fields; the rest are counted "
+                    'as field="other", not logged',
+                    MAX_LABEL_VALUES,
+                )
+            else:
+                self._logger.info(
+                    "ignoring unknown event field %r (a misspelling?); counted in "
+                    "observer_input_unknown_fields_total",
+                    label,
+                )
 
 
 def split_lines(data: bytes) -> list[bytes]:

@@ -9,10 +9,26 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-__all__ = ["Counter", "Gauge", "Metrics"]
+__all__ = ["MAX_LABEL_BYTES", "MAX_LABEL_VALUES", "Counter", "Gauge", "Metrics", "cut_utf8"]
+
+MAX_LABEL_BYTES = 128
+"""A label value that comes from a client (``source``, ``endpoint``, ``model``, a field
+name) is cut to this many bytes of UTF-8 (CONTRACT §11.3)."""
+MAX_LABEL_VALUES = 64
+"""Distinct values one such label takes; later ones are counted as ``other``."""
 
 Labels = tuple[tuple[str, str], ...]
 _F = TypeVar("_F", bound="_Family")
+
+
+def cut_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    if len(text) * 4 <= limit:
+        return text
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode(errors="ignore")
 
 
 def _escape(value: str) -> str:
@@ -87,11 +103,12 @@ class Gauge(_Family):
 class Metrics:
     """The daemon's metric families; ``render()`` gives the ``/metrics`` body."""
 
-    MAX_SOURCE_LABELS = 64
+    MAX_SOURCE_LABELS = MAX_LABEL_VALUES
 
     def __init__(self) -> None:
         self._families: dict[str, _Family] = {}
-        self._sources: set[str] = set()
+        self._labels: dict[str, dict[str, str]] = {}
+        """label name -> client value -> the label value it is shown as."""
         self.ops_received = self.counter(
             "observer_ops_received_total", "Ops accepted into the ring, by source and outcome."
         )
@@ -145,15 +162,27 @@ class Metrics:
             known = ", ".join(sorted(self._families))
             raise LookupError(f"no metric named {name!r} (metrics: {known})")
         return dict(family.samples()).get(tuple(sorted(labels.items())), 0.0)
+    def label(self, name: str, value: str) -> str:
+        """A client-written ``value`` of label ``name``, bounded: cut to 128 bytes, and at
+        most 64 distinct values per label name, the rest ``other``. Remembers at most 64
+        values per name (each at most 128 bytes), so the memory it holds is bounded too."""
+        seen = self._labels.get(name)
+        if seen is None:
+            seen = self._labels[name] = {}
+        shown = seen.get(value)
+        if shown is not None:
+            return shown
+        shown = cut_utf8(value, MAX_LABEL_BYTES)
+        if shown in seen:
+            return shown
+        if len(seen) >= MAX_LABEL_VALUES:
+            return "other"
+        seen[shown] = shown
+        return shown
 
     def source_label(self, source: str) -> str:
-        """``source`` as a label value: at most 64 distinct ones, the rest ``other``."""
-        if source in self._sources:
-            return source
-        if len(self._sources) < self.MAX_SOURCE_LABELS:
-            self._sources.add(source)
-            return source
-        return "other"
+        """``source`` as a label value (see :meth:`label`)."""
+        return self.label("source", source)
 
     def render(self) -> str:
         return "\n".join(family.render() for family in self._families.values()) + "\n"

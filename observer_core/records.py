@@ -36,13 +36,16 @@ MAX_ID_CHARS: Final = 128
 MAX_ATTRIBUTES: Final = 64
 
 
-class Op(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+class Op(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     """One observed operation. Field names and order are the wire format.
 
     The ``Meta`` constraints are the contract's input rules: msgspec checks them when
     it decodes an op from JSON, not when a plugin builds one. ``gc=False``: an op holds
     only strings, numbers and a dict of them, so it cannot be part of a reference cycle,
     and the garbage collector need not track the thousands in the ring.
+    ``forbid_unknown_fields``: JSON with a field an op lacks leaves the decoder's fast
+    path (straight into Op) for the general one, which ignores the field and counts it
+    (:class:`~observer_core.ingest.EventDecoder`); a clean event pays nothing for that.
     """
 
     timestamp: str

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from observer_core import Context, now_timestamp
+from observer_core import Context, now_timestamp, redact_url
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -51,7 +51,8 @@ def check_url(url: str, key: str = "url") -> list[str]:
     for server in servers:
         if not server.startswith(_SCHEMES):
             raise ValueError(
-                f"{key}: expected nats://HOST:PORT (or tls://, ws://, wss://), got {server!r}"
+                f"{key}: expected nats://HOST:PORT (or tls://, ws://, wss://), "
+                f"got {redact_url(server)!r}"
             )
     return servers
 
@@ -167,7 +168,8 @@ class Link:
 
     @property
     def url(self) -> str:
-        return ",".join(self.servers)
+        """The servers as shown (/health, /stats, logs): passwords and tokens masked."""
+        return redact_url(",".join(self.servers))
 
     async def _on_error(self, exc: Exception) -> None:
         self._trouble(f"NATS: {_describe(exc)}")

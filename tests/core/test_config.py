@@ -294,10 +294,11 @@ def test_warns_when_a_finding_kind_reaches_no_sink(tmp_path, registry):
 
 def test_resolved_drops_nested_unset_values_and_masks_nested_secrets():
     from observer_core.config import _resolved
+    from observer_core.redact import redact_config
 
     table = {"fleet": {"url": "nats://x", "token": "s3cret", "name": None}, "keys": [1, None]}
-    assert _resolved(table, True) == {
+    assert _resolved(redact_config(table)) == {
         "fleet": {"url": "nats://x", "token": "********"},
         "keys": [1],
     }
-    assert _resolved(table, False)["fleet"]["token"] == "s3cret"
+    assert _resolved(table)["fleet"]["token"] == "s3cret"

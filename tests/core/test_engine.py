@@ -14,6 +14,7 @@ import pytest
 from observer_core import (
     Analyzer,
     AnalyzerConfig,
+    BatchTooLarge,
     Finding,
     NotAccepted,
     Op,
@@ -161,6 +162,22 @@ async def test_backed_up_input_is_refused_not_acknowledged(tmp_path, monkeypatch
     assert results.count("ok") == 2
     assert len(engine.ring) == 7
     assert engine.metrics.input_rejected.get(reason="backlog") == 6
+
+
+async def test_a_batch_larger_than_the_pending_bound_is_too_large_not_backed_up(
+    tmp_path, monkeypatch
+):
+    """No retry can clear it: BatchTooLarge (a source answers 413), not 503 Retry-After."""
+    monkeypatch.setattr(engine_module, "MAX_PENDING_OPS", 10)
+    engine = make_engine(tmp_path, GATED)
+    GateSink.gate.set()
+    results: list[object] = []
+    async with engine.running():
+        await emit_all(engine, [[op(n) for n in range(11)], [op(n) for n in range(10)]], results)
+    [refusal] = [result for result in results if result != "ok"]
+    assert isinstance(refusal, BatchTooLarge) and "(10)" in str(refusal)
+    assert results.count("ok") == 1 and len(engine.ring) == 10
+    assert engine.metrics.input_rejected.get(reason="too_large") == 11
 
 
 async def test_failing_ack_sink_refuses_and_leaves_the_ring_alone(tmp_path):

@@ -28,6 +28,7 @@ max_field_bytes = {MAX_FIELD}
 [sources.http]
 port = {{port}}
 max_body_bytes = {MAX_BODY}
+max_batch_events = {MAX_BODY // 3}
 [sources.tail]
 plugin = "jsonl_tail"
 path = "tail.jsonl"

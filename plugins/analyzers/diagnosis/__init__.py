@@ -45,6 +45,7 @@ from observer_core import (
     RegisterAnalyzer,
     Window,
     hookimpl,
+    memory_key,
     now_timestamp,
 )
 
@@ -276,7 +277,9 @@ class DiagnosisAnalyzer(Analyzer):
         fresh: tuple[str, ...] = ()
         if self._fleet.shared:
             fresh = tuple(
-                self._identity(op).decode() for seq, op in failures if seq >= self._next_seq
+                memory_key(self._identity(op).decode())
+                for seq, op in failures
+                if seq >= self._next_seq
             )
         return _Batch(lines, len(failures), failures[-1][0], fresh)
 

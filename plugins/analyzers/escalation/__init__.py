@@ -46,6 +46,7 @@ from observer_core import (
     RegisterAnalyzer,
     Window,
     hookimpl,
+    memory_key,
     now_timestamp,
 )
 
@@ -67,7 +68,8 @@ RAW_RESPONSE_CHARS = 2000
 MAX_IN_FLIGHT = 4
 """Calls running at once; further due clusters wait for a later cycle."""
 MAX_TRACKED = 100_000
-"""sig_hashes remembered; past it the ones attempted longest ago are forgotten."""
+"""sig_hashes remembered; past it the ones attempted longest ago are forgotten. Each is
+remembered by its :func:`~observer_core.memory_key` (at most 64 bytes)."""
 PUBLISH_MARGIN_SECS = 60.0
 _PROMPT = (
     "Review this failure pattern. What is the root cause? What code change would "
@@ -190,9 +192,10 @@ class EscalationAnalyzer(Analyzer):
         check_fleet(config.fleet)
 
     async def open(self) -> None:
-        self._records = await anyio.to_thread.run_sync(
+        records = await anyio.to_thread.run_sync(
             self.ctx.state.load, STATE_FILE, dict[str, SigRecord], {}
         )
+        self._records = {memory_key(sig): record for sig, record in records.items()}
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.config.timeout_secs))
         await self._fleet.open()
         self._report()
@@ -220,11 +223,12 @@ class EscalationAnalyzer(Analyzer):
         return []
 
     def _clusters(self, window: Window) -> dict[str, list[Op]]:
-        """Failures by sig_hash, oldest first, for the groups that reach the threshold."""
+        """Failures by sig_hash (its :func:`~observer_core.memory_key`), oldest first, for
+        the groups that reach the threshold."""
         groups: dict[str, list[Op]] = {}
         for op in window.ops:
             if is_failure(op) and op.sig_hash is not UNSET:
-                groups.setdefault(op.sig_hash, []).append(op)
+                groups.setdefault(memory_key(op.sig_hash), []).append(op)
         return {sig: ops for sig, ops in groups.items() if len(ops) >= self.config.threshold}
 
     def _due(self, sig_hash: str, now: float) -> bool:
@@ -250,14 +254,14 @@ class EscalationAnalyzer(Analyzer):
                 return
             record = self._records.setdefault(sig_hash, SigRecord())
             try:
-                reply = await self._post(escalation_input(sig_hash, cluster))
+                reply = await self._post(escalation_input(_sig_of(cluster), cluster))
             except _Failed as exc:
                 record.attempts += 1
                 record.last_attempt_at = time.time()
                 self._failed(sig_hash, record, exc)
                 await self._settle(self._fleet.release(sig_hash, claim))
             else:
-                row = escalation_row(sig_hash, cluster, reply)
+                row = escalation_row(_sig_of(cluster), cluster, reply)
                 await self.ctx.publish([Finding("escalation", row)])
                 record.attempts += 1
                 record.last_attempt_at = record.escalated_at = time.time()
@@ -350,6 +354,13 @@ class EscalationAnalyzer(Analyzer):
             in_flight=sorted(self._in_flight),
             escalated=sum(record.escalated_at is not None for record in self._records.values()),
         )
+
+
+def _sig_of(cluster: Sequence[Op]) -> str:
+    """The cluster's sig_hash as the ops carry it (its key may be a digest of it)."""
+    sig_hash = cluster[0].sig_hash
+    assert isinstance(sig_hash, str)
+    return sig_hash
 
 
 def _length(value: Any) -> int:

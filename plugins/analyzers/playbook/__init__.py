@@ -36,6 +36,7 @@ from observer_core import (
     RegisterAnalyzer,
     Window,
     hookimpl,
+    memory_key,
 )
 
 from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
@@ -47,7 +48,8 @@ _STATE_FILE = "emitted.json"
 _PATTERN_LIMIT = 200
 _PATTERN_OPS = 3
 _MAX_ENDPOINTS = 10000
-"""Endpoints remembered; past it the least recently emitted are forgotten."""
+"""Endpoints remembered; past it the least recently emitted are forgotten. Each is
+remembered by its :func:`~observer_core.memory_key` (at most 64 bytes)."""
 
 
 class PlaybookConfig(AnalyzerConfig, kw_only=True, forbid_unknown_fields=True):
@@ -137,9 +139,10 @@ class PlaybookAnalyzer(Analyzer):
         check_fleet(config.fleet)
 
     async def open(self) -> None:
-        self._covered_ts = await anyio.to_thread.run_sync(
+        covered = await anyio.to_thread.run_sync(
             self.ctx.state.load, _STATE_FILE, dict[str, str], {}
         )
+        self._covered_ts = {memory_key(endpoint): ts for endpoint, ts in covered.items()}
         await self._fleet.open()
 
     async def aclose(self) -> None:
@@ -151,15 +154,16 @@ class PlaybookAnalyzer(Analyzer):
             return []
         findings = []
         for endpoint, group in groups.items():
-            if len(group.ops) < self.config.min_group or not self._gained(endpoint, group):
+            key = memory_key(endpoint)
+            if len(group.ops) < self.config.min_group or not self._gained(key, group):
                 continue
             try:
-                if await self._fleet.advance(endpoint, _newest(group)):
+                if await self._fleet.advance(key, _newest(group)):
                     findings.append(Finding("playbook", playbook_entry(endpoint, group.ops)))
             except FleetUnavailable as exc:
                 self.ctx.error("cannot reach the fleet, the rest waits for a later run: %s", exc)
                 break
-            self._remember(endpoint, group)
+            self._remember(key, group)
         if findings:
             self.ctx.status["entries_emitted"] = self.ctx.status.get("entries_emitted", 0) + len(
                 findings
@@ -179,17 +183,18 @@ class PlaybookAnalyzer(Analyzer):
                 group.newest_seq = seq
         return groups
 
-    def _gained(self, endpoint: str, group: _Group) -> bool:
-        """Whether the group holds a success its endpoint's last entry did not cover."""
-        next_seq = self._next_seq.get(endpoint)
+    def _gained(self, key: str, group: _Group) -> bool:
+        """Whether the group holds a success its endpoint's last entry did not cover
+        (``key``: the endpoint's :func:`~observer_core.memory_key`)."""
+        next_seq = self._next_seq.get(key)
         if next_seq is not None:
             return group.newest_seq >= next_seq
-        covered = self._covered_ts.get(endpoint)
+        covered = self._covered_ts.get(key)
         return covered is None or any(op.timestamp > covered for op in group.ops)
 
-    def _remember(self, endpoint: str, group: _Group) -> None:
-        _put_newest(self._next_seq, endpoint, group.newest_seq + 1)
-        _put_newest(self._covered_ts, endpoint, _newest(group))
+    def _remember(self, key: str, group: _Group) -> None:
+        _put_newest(self._next_seq, key, group.newest_seq + 1)
+        _put_newest(self._covered_ts, key, _newest(group))
 
     async def _save(self) -> None:
         async with self._save_lock:

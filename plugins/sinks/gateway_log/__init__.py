@@ -39,6 +39,7 @@ from observer_core import (
     hookimpl,
     now_timestamp,
 )
+from observer_core.redact import redact_text
 
 __all__ = ["GatewayLogConfig", "GatewayLogSink"]
 
@@ -384,7 +385,7 @@ class GatewayLogSink(Sink):
             )
             await self._journal_lines([_Line(item.seq, attempts=item.attempts)])
             return
-        row = {"ts": now_timestamp(), "attempts": item.attempts, "error": str(exc)}
+        row = {"ts": now_timestamp(), "attempts": item.attempts, "error": redact_text(str(exc))}
         data = _encode({**row, "entry": item.entry}) + b"\n"
         await anyio.to_thread.run_sync(_append_dead_letter, self.ctx.state, data)
         self._dead.inc(instance=self.ctx.instance)

@@ -32,6 +32,7 @@ from observer_core import (
     Token,
     Tokens,
     hookimpl,
+    redact_url,
 )
 from observer_core.httpserver import HttpServer
 
@@ -90,9 +91,9 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
         try:
             url = httpx.URL(self.url)
         except httpx.InvalidURL as exc:
-            raise ValueError(f"url: {exc}, in {self.url!r}") from None
+            raise ValueError(f"url: {exc}, in {redact_url(self.url)!r}") from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"url: expected an http(s) URL, got {self.url!r}")
+            raise ValueError(f"url: expected an http(s) URL, got {redact_url(self.url)!r}")
         if self.listen == "":  # e.g. "${GATEWAY_PROXY_LISTEN:-}": no proxy
             self.listen = None
         if self.listen is not None:
@@ -118,7 +119,7 @@ class GatewaySource(Source):
             "observer_gateway_ops_dropped_total",
             "Proxied calls whose op was lost (queue full or not accepted).",
         )
-        ctx.status.update(url=config.url, listen=config.listen)
+        ctx.status.update(url=redact_url(config.url), listen=config.listen)
 
     @property
     def check_name(self) -> str:
@@ -163,7 +164,7 @@ class GatewaySource(Source):
         )
         await self._server.start()
         self.ctx.logger.info(
-            "proxying http://%s:%d to %s", host, self._server.port, self.config.url
+            "proxying http://%s:%d to %s", host, self._server.port, redact_url(self.config.url)
         )
 
     def _count_drop(self, count: int) -> None:

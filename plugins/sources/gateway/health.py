@@ -11,7 +11,7 @@ from __future__ import annotations
 import anyio
 import httpx
 
-from observer_core import Context, now_timestamp
+from observer_core import Context, now_timestamp, redact_url
 
 __all__ = ["HealthWatch"]
 
@@ -26,6 +26,8 @@ class HealthWatch:
 
     def __init__(self, url: str, client: httpx.AsyncClient, ctx: Context, check: str) -> None:
         self.url = url.rstrip("/") + "/health"
+        self.shown = redact_url(self.url)
+        """The URL as /health, /stats and logs show it (password masked)."""
         self._client = client
         self._ctx = ctx
         self._check = check
@@ -60,11 +62,11 @@ class HealthWatch:
         was = self.healthy
         self.healthy = healthy
         extra = {} if healthy else {"error": detail}
-        self._ctx.set_check(self._check, healthy, now_timestamp(), url=self.url, **extra)
+        self._ctx.set_check(self._check, healthy, now_timestamp(), url=self.shown, **extra)
         log = self._ctx.logger
         if not healthy:
-            log.warning("gateway unhealthy at %s (%s); retrying with backoff", self.url, detail)
+            log.warning("gateway unhealthy at %s (%s); retrying with backoff", self.shown, detail)
         elif was is None:
-            log.info("gateway healthy at %s", self.url)
+            log.info("gateway healthy at %s", self.shown)
         else:
-            log.info("gateway healthy again at %s", self.url)
+            log.info("gateway healthy again at %s", self.shown)

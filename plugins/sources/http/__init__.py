@@ -1,9 +1,10 @@
 """The ``http`` source: the ingest listener agents post events to.
 
 Endpoints: ``GET /health``, ``GET /stats``, ``GET /metrics``, ``POST /event``
-(one JSON object) and ``POST /events`` (NDJSON or a JSON array). An event is
-answered 200 only after every ack-holding op sink has written it; a failing
-sink or a backed-up input answers 503 with ``Retry-After``.
+(one JSON object) and ``POST /events`` (NDJSON or a JSON array, at most
+``max_batch_events`` events: past it 413). An event is answered 200 only after
+every ack-holding op sink has written it; a failing sink or a backed-up input
+answers 503 with ``Retry-After`` (only what a retry can clear).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import anyio
 import msgspec
 
 from observer_core import (
+    BatchTooLarge,
     ComponentConfig,
     Context,
     Emit,
@@ -30,8 +32,10 @@ from observer_core import (
     Source,
     Token,
     Tokens,
+    UnknownFields,
     hookimpl,
 )
+from observer_core.engine import MAX_PENDING_OPS
 from observer_core.httpserver import LATER, HttpServer, Later, Request, Response
 
 __all__ = ["HttpSource", "ReadRoutes"]
@@ -58,6 +62,9 @@ class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
     header_timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10
     idle_timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60
+    max_batch_events: Annotated[int, msgspec.Meta(ge=1, le=MAX_PENDING_OPS)] = 10000
+    """Events one ``POST /events`` may carry; past it 413 and nothing is accepted. At most
+    the engine's pending bound (65536): a larger batch could never be accepted."""
 
 
 def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -127,6 +134,49 @@ async def _not_serving(ops: Sequence[Op]) -> None:
     raise NotAccepted("not serving yet", retry_after=1)
 
 
+class _TooManyEvents(InvalidEvent):
+    """A batch with more events than ``max_batch_events``: 413, not 400."""
+
+
+_UNREADABLE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
+_Items = msgspec.json.Decoder(list[msgspec.Raw])
+"""A JSON array's items, each left undecoded: counts them without building objects."""
+
+
+def _check_count(body: bytes, array: bool, limit: int) -> None:
+    """Raise :class:`_TooManyEvents` when ``body`` holds more than ``limit`` events.
+
+    Cheap bounds first, each one C call: an upper bound (the newlines of NDJSON, the ``{``
+    of an array: each event has one) that is not past the limit lets the body through; a
+    lower bound (NDJSON lines ending ``}``) past it refuses it. Only in between are the
+    events counted. A body that is not JSON passes, and decoding words its error."""
+    at_least = ""
+    if array:
+        if body.count(b"{") <= limit:
+            return
+        try:
+            count = len(_Items.decode(body))
+        except _UNREADABLE:
+            return
+    else:
+        if body.count(b"\n") < limit:
+            return
+        count = body.count(b"}\n")
+        if count > limit:
+            at_least = "at least "
+        else:
+            lines = body.translate(None, _BLANK).split(b"\n")
+            count = len(lines) - lines.count(b"")
+    if count > limit:
+        raise _TooManyEvents(
+            f"batch too large: {at_least}{count} events, more than max_batch_events ({limit})"
+        )
+
+
+_BLANK = b" \t\r\x0b\x0c"
+"""What, besides newlines, a blank line of NDJSON may hold (``bytes.isspace``)."""
+
+
 class _Routes(ReadRoutes):
     """The read routes plus ``POST /event`` and ``POST /events``.
 
@@ -141,8 +191,12 @@ class _Routes(ReadRoutes):
         super().__init__(source.ctx.observer, source.config.token, source.reject)
         self._emit: Emit = _not_serving
         self._submit: Callable[[Sequence[Op], OnAccepted], None] | None = None
-        self._decoder = EventDecoder(max_field_bytes=source.ctx.max_field_bytes)
+        ctx = source.ctx
+        self._decoder = EventDecoder(
+            max_field_bytes=ctx.max_field_bytes, on_unknown=UnknownFields(ctx.metrics, ctx.logger)
+        )
         self._ring_len = source.ctx.observer.ring_len
+        self._max_batch = source.config.max_batch_events
 
     def serve(self, emit: Emit) -> None:
         """Start taking events: accepted ones go to ``emit``."""
@@ -160,6 +214,8 @@ class _Routes(ReadRoutes):
                 batch = len(ops)
             else:
                 return super().handle(request)
+        except _TooManyEvents as exc:
+            return self._reject(413, str(exc))
         except InvalidEvent as exc:
             return self._reject(400, str(exc))
         if self._submit is None:
@@ -187,15 +243,19 @@ class _Routes(ReadRoutes):
         return Response(200, b'{"accepted":true,"ring_size":%d}' % self._ring_len())
 
     def _refused(self, refusal: NotAccepted) -> Response:
+        """503 with ``Retry-After`` for what a retry can clear; 413 for what it never can."""
+        if isinstance(refusal, BatchTooLarge):
+            return self._reject(413, str(refusal))
         return self._reject(503, str(refusal), [("Retry-After", str(refusal.retry_after))])
 
     def _decode_batch(self, body: bytes) -> list[Op]:
-        """``POST /events``: NDJSON or a JSON array, at least one event."""
+        """``POST /events``: NDJSON or a JSON array, at least one event and at most
+        ``max_batch_events`` (counted before anything is decoded)."""
         stripped = body.lstrip()
-        if stripped[:1] == b"[":
-            ops = self._decoder.decode_array(stripped)
-        else:
-            ops = self._decoder.decode_lines(body)
+        array = stripped[:1] == b"["
+        _check_count(stripped if array else body, array, self._max_batch)
+        decoder = self._decoder
+        ops = decoder.decode_array(stripped) if array else decoder.decode_lines(body)
         if not ops:
             raise InvalidEvent("empty batch: send one or more events")
         return ops
