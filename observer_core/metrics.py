@@ -162,6 +162,7 @@ class Metrics:
             known = ", ".join(sorted(self._families))
             raise LookupError(f"no metric named {name!r} (metrics: {known})")
         return dict(family.samples()).get(tuple(sorted(labels.items())), 0.0)
+
     def label(self, name: str, value: str) -> str:
         """A client-written ``value`` of label ``name``, bounded: cut to 128 bytes, and at
         most 64 distinct values per label name, the rest ``other``. Remembers at most 64
