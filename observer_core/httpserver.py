@@ -18,16 +18,31 @@ import contextlib
 import enum
 import json
 import logging
+import re
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Final, Protocol, cast
+from typing import Annotated, Any, Final, Protocol, cast
 
 import httptools
 import msgspec
 
-__all__ = ["LATER", "Handler", "HttpServer", "Later", "Request", "Response"]
+__all__ = [
+    "LATER",
+    "Handler",
+    "HeaderBytes",
+    "HeaderCount",
+    "HttpLimits",
+    "HttpServer",
+    "Later",
+    "Request",
+    "Response",
+    "Seconds",
+    "Size",
+    "UrlBytes",
+]
 
 _PIPELINE_LIMIT = 16  # requests queued on one connection before it stops reading
 _RESUME_AT = _PIPELINE_LIMIT // 2  # ... and starts again
@@ -36,12 +51,64 @@ _STOP_CANCEL_WAIT = 1.0  # at the end of stop(), how long cancelled handlers get
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _SPECIAL_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"connection"))
-_TARGET_CACHE_MAX = 256  # request targets whose (path, query) split is remembered
+_TARGET_CACHE_MAX = 256  # request targets whose (path, query) split is remembered ...
+_TARGET_CACHE_KEY_MAX = 512  # ... if no longer than this: the cache holds at most 128 KiB
+# The request line is method SP target SP HTTP/x.y (10 bytes besides method and target; the
+# shortest method has 3); a header line is name ":" value CRLF (whitespace around the value
+# is not counted: it is not kept); the head ends with CRLF.
+_LINE_EXTRA = 10
+_FIELD_EXTRA = 3
+_MIN_METHOD = 3
+_BAD_TARGET = re.compile(rb"[\x00-\x1f#\x7f]")  # a fragment, or a control character
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _NO_BODY_STATUSES = frozenset((*range(100, 200), 204, 304))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+
+
+UrlBytes = Annotated[int, msgspec.Meta(ge=64, le=1 << 20)]
+HeaderBytes = Annotated[int, msgspec.Meta(ge=256, le=1 << 24)]
+HeaderCount = Annotated[int, msgspec.Meta(ge=1, le=10000)]
+Size = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class HttpLimits(msgspec.Struct, kw_only=True, frozen=True):
+    """What one listener holds and waits for (contract §11.2). Each field is also the
+    listener's config key of that name; past a limit the client gets an error naming it."""
+
+    max_url_bytes: UrlBytes = 8192
+    """Request line (method, target, version): 414 past it."""
+    max_header_bytes: HeaderBytes = 32768
+    """Request head (request line and header lines), chunked trailers included: 431."""
+    max_headers: HeaderCount = 100
+    """Header fields in one request (trailers included): 431."""
+    max_body_bytes: Size = 1 << 20
+    """Request body: 413."""
+    header_timeout_secs: Seconds = 10.0
+    """Time to receive a whole head (a new connection's first one too): 408."""
+    body_timeout_secs: Seconds = 10.0
+    """Time to receive a whole body, from the end of its head: 408."""
+    idle_timeout_secs: Seconds = 60.0
+    """How long a keep-alive connection may idle, or a client leave a response unread."""
+    max_connections: Size = 1024
+    """Open connections: 503 past it."""
+    max_inflight_bytes: Size = 64 << 20
+    """Request body bytes held by the listener, all connections together: reading pauses."""
+
+    @classmethod
+    def of(cls, config: object, **overrides: Any) -> HttpLimits:
+        """The limits set by ``config``'s attributes of the same names (others: defaults),
+        then ``overrides``; checked against the bounds (ValueError naming the field)."""
+        values = {
+            name: getattr(config, name) for name in cls.__struct_fields__ if hasattr(config, name)
+        }
+        values.update(overrides)
+        try:
+            return msgspec.convert(values, cls)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"HTTP limits: {exc}") from None
 
 
 class Later(enum.Enum):
@@ -141,6 +208,23 @@ def _uncancel() -> None:
         task.uncancel()
 
 
+class _LogGate:
+    """At most one log line a second per kind; counts the lines left out."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, kind: str) -> int | None:
+        """None to leave this line out, else how many were left out since the last one."""
+        now = time.monotonic()
+        if now - self._last.get(kind, -2.0) < 1.0:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return None
+        self._last[kind] = now
+        return self._suppressed.pop(kind, 0)
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback after the connection was told to stop reading."""
 
@@ -163,6 +247,14 @@ class _Connection(asyncio.Protocol):
         self._later_waiter: asyncio.Future[Response] | None = None  # the task awaits its reply
         # The request being parsed.
         self._url = b""
+        self._url_parts: list[bytes] | None = None  # a target that came in several reads
+        self._head_size = 0  # bytes of the head counted so far (see _LINE_EXTRA)
+        self._head_done = False  # its headers are complete: what follows are trailers
+        self._head_open = False  # an incomplete head was left in the parser by a read ...
+        self._head_carried = 0  # ... and these bytes were read since (bounded as they come)
+        self._trailers = 0
+        self._held = 0  # request body bytes read and not yet answered (max_inflight_bytes)
+        self._memory_paused = False  # reading paused for max_inflight_bytes
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
@@ -194,6 +286,7 @@ class _Connection(asyncio.Protocol):
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._request_timer = False  # the deadline is for a request's head or body (408)
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -208,11 +301,12 @@ class _Connection(asyncio.Protocol):
             transport.close()
             return
         server._connections.add(self)
-        self._set_deadline(server._header_timeout)  # the first request, like any other
+        self._set_deadline(server._header_timeout, request=True)  # the first request's head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = self._closed = self._stopped = True
         self._queue.clear()
+        self._server._forget_memory(self)
         self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
@@ -230,23 +324,54 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return  # lingering, or nothing more is read on this connection
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            if self._method == "CONNECT":  # what follows is a tunnel we do not offer
-                self._stopped = self._linger_on_close = True
-                self._pause_reading()
-                if not self._busy and not self._queue:
-                    self._close()  # its answer went out already, before the tunnel began
-            else:  # ignore the upgrade offer and go on with HTTP/1.1
-                self.data_received(data[exc.args[0] :])
-        except httptools.HttpParserCallbackError:
-            if not self._stopped:  # not our _StopParsing: a bug in a callback
-                self._server._logger.exception("HTTP parser callback failed")
-                self._fail(_error(500, "internal error"))
-        except httptools.HttpParserError as exc:
-            if not self._stopped:  # else: data after "Connection: close", ignored
-                self._fail(_error(400, f"bad request: {exc}"))
+        if self._head_open:  # a head is incomplete: bound what the parser accumulates
+            carried = self._head_carried + len(data)
+            if carried > self._server._max_head:
+                self._feed_bounded(data)
+                return
+            self._head_carried = carried
+        self._feed(data)
+        if self._in_message and not self._head_done:
+            if not self._head_open:
+                self._head_open = True
+                self._head_carried = 0
+        else:
+            self._head_open = False
+
+    def _feed_bounded(self, data: bytes) -> None:
+        """Feed ``data`` to an incomplete head no further than ``max_header_bytes``: 431 if
+        the head is not complete by then, else go on with the rest."""
+        view = memoryview(data)
+        room = self._server._max_head - self._head_carried
+        self._feed(view[:room])
+        if self._stopped:
+            return
+        if self._in_message and not self._head_done:
+            self._head_too_large()
+            return
+        self._head_open = False
+        self._feed(view[room:])
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        """Parse ``data``; an Upgrade offer is ignored (parsing goes on after the request,
+        in a loop: any number of pipelined offers)."""
+        while True:
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as exc:
+                if self._stopped:
+                    return
+                data = memoryview(data)[exc.args[0] :]
+            except httptools.HttpParserCallbackError:
+                if not self._stopped:  # not our _StopParsing: a bug in a callback
+                    self._server._log_exception("callback", "HTTP parser callback failed")
+                    self._fail(_error(500, "internal error"))
+                return
+            except httptools.HttpParserError as exc:
+                if not self._stopped:  # else: data after "Connection: close", ignored
+                    self._fail(_error(400, f"bad request: {exc}"))
+                return
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -270,23 +395,71 @@ class _Connection(asyncio.Protocol):
         # The first piece of a request's URL begins the message: one callback fewer per
         # request than on_message_begin (the request line's method is all that came before).
         if self._in_message:
-            self._url += url
+            self._more_url(url)
             return
         self._in_message = True
         self._url = url
+        self._url_parts = None
+        size = self._head_size = len(url)
         self._headers = []
         self._body = []
         self._body_size = self._content_length = 0
-        self._chunked = self._expect = self._connection_header = False
+        self._chunked = self._expect = self._connection_header = self._head_done = False
         self._early = None
-        # _set_deadline(header_timeout), inline: this runs for every request.
+        if size > self._server._url_room:
+            self._check_url()
+        # _set_deadline(header_timeout, request=True), inline: this runs for every request.
+        self._request_timer = True
         deadline = self._deadline = self._loop.time() + self._server._header_timeout
         if self._timer is None or self._timer_at > deadline:
             self._arm(deadline)
 
+    def _more_url(self, url: bytes) -> None:
+        """A further piece of the target (it came in several reads): kept in a list."""
+        if self._url_parts is None:
+            self._url_parts = [self._url]
+        self._url_parts.append(url)
+        self._head_size += len(url)
+        if self._head_size > self._server._url_room:
+            self._check_url()
+
+    def _check_url(self) -> None:
+        """414 if the request line is longer than ``max_url_bytes``."""
+        limit = self._server._limits.max_url_bytes
+        if self._head_size + len(self._parser.get_method()) + _LINE_EXTRA > limit:
+            self._url_parts = None
+            self._reject(414, f"request line longer than max_url_bytes ({limit} bytes)")
+
+    def _check_head(self) -> None:
+        """431 if the head (trailers included) is past ``max_header_bytes`` or ``max_headers``."""
+        limits = self._server._limits
+        if len(self._headers) > limits.max_headers:
+            self._reject(431, f"more than max_headers ({limits.max_headers}) header fields")
+        size = self._head_size + len(self._parser.get_method()) + _LINE_EXTRA + 4
+        if size > limits.max_header_bytes:
+            self._head_too_large()
+
+    def _head_too_large(self) -> None:
+        limit = self._server._limits.max_header_bytes
+        self._reject(431, f"request head longer than max_header_bytes ({limit} bytes)")
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answer ``status`` after what is queued, read no more, close: a limit was passed."""
+        self._headers = []
+        self._body = []
+        self._fail(_error(status, message))
+        raise _StopParsing
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        size = self._head_size = self._head_size + len(name) + len(value) + _FIELD_EXTRA
+        if self._head_done:  # a chunked trailer: counted, then dropped
+            self._trailer()
+            return
         name = name.lower()
-        self._headers.append((name, value))
+        headers = self._headers
+        headers.append((name, value))
+        if size > self._server._head_room or len(headers) > self._server._max_headers:
+            self._check_head()
         if name in _SPECIAL_HEADERS:
             if name == b"content-length":
                 self._content_length = int(value)  # llhttp has validated it
@@ -297,11 +470,32 @@ class _Connection(asyncio.Protocol):
             else:
                 self._connection_header = True
 
+    def _trailer(self) -> None:
+        """A trailer field: it counts toward the head's limits and is never kept."""
+        self._trailers += 1
+        if self._trailers + len(self._headers) > self._server._max_headers:
+            self._check_head_with(self._trailers)
+        elif self._head_size > self._server._head_room:
+            self._check_head_with(0)
+
+    def _check_head_with(self, trailers: int) -> None:
+        limits = self._server._limits
+        if trailers + len(self._headers) > limits.max_headers:
+            self._reject(431, f"more than max_headers ({limits.max_headers}) header fields")
+        self._check_head()
+
     def on_headers_complete(self) -> None:
         parser = self._parser
         server = self._server
+        self._head_done = True
+        self._trailers = 0  # chunked trailer fields (counted, not kept)
+        if self._url_parts is not None:
+            self._url = b"".join(self._url_parts)
+            self._url_parts = None
         method = parser.get_method()
         self._method = _METHODS.get(method) or method.decode("ascii")
+        if self._method == "CONNECT":
+            self._reject(400, "bad request: CONNECT is not served (this is no tunnel)")
         has_body = self._chunked or self._content_length > 0
         target = server._targets.get(self._url)
         if target is None:
@@ -309,50 +503,48 @@ class _Connection(asyncio.Protocol):
         self._path, self._query = target
 
         # The body would be taken as the new protocol. An upgrade needs "Connection: upgrade"
-        # or CONNECT: only then is llhttp asked (a call per request otherwise).
-        if (
-            has_body
-            and (self._connection_header or self._method == "CONNECT")
-            and parser.should_upgrade()
-        ):
-            self._fail(_error(400, "bad request: upgrade with a body"))
-            raise _StopParsing
+        # (only then is llhttp asked: a call per request otherwise).
+        if has_body and self._connection_header and parser.should_upgrade():
+            self._reject(400, "bad request: an Upgrade offer with a body")
         try:
             early = self._handler.precheck(self._method, self._path, self._headers)
         except Exception:
-            server._logger.exception("precheck failed for %s %s", self._method, self._path)
+            server._log_exception("precheck", "precheck failed for %s %s", self._method, self._path)
             server._rejected(500)
             early = _error(500, "internal error")
         if early is None and self._content_length > server._max_body:
             server._rejected(413)
-            early = _error(413, "request body too large")
+            early = _error(413, self._body_too_large())
         if early is not None:
             if has_body:  # answer without reading the body, then close
                 self._fail(early, own=False)
                 raise _StopParsing
             self._early = early  # sent in turn when the (empty) message completes
-        elif self._expect and has_body and not self._is_http10():
-            if not self._busy:
-                self._transport.write(_CONTINUE)
-            else:  # earlier responses go first
-                self._continue_pending = True
+            return
+        if has_body:
+            self._set_deadline(server._body_timeout, request=True)
+            if self._expect and not self._is_http10():
+                if not self._busy:
+                    self._transport.write(_CONTINUE)
+                else:  # earlier responses go first
+                    self._continue_pending = True
+
+    def _body_too_large(self) -> str:
+        return f"request body too large: over max_body_bytes ({self._server._max_body} bytes)"
 
     def _split_target(self) -> tuple[str, str]:
-        """(path, query) of the request target; origin-form targets are remembered."""
+        """(path, query) of an origin-form target (short ones are remembered); else 400."""
         url = self._url
-        if url[:1] == b"/":  # origin-form: nearly always
-            path, _, query = url.partition(b"?")
-            target = path.decode("latin-1"), query.decode("latin-1")
-            targets = self._server._targets
-            if len(targets) < _TARGET_CACHE_MAX:
-                targets[url] = target
-            return target
-        try:  # absolute-form, "*", authority-form (CONNECT)
-            parsed = httptools.parse_url(url)
-        except httptools.HttpParserError:
-            self._fail(_error(400, "bad request: invalid URL"))
-            raise _StopParsing from None
-        return (parsed.path or b"/").decode("latin-1"), (parsed.query or b"").decode("latin-1")
+        if url[:1] != b"/":
+            self._reject(400, "bad request: the target must be a path (origin-form)")
+        if _BAD_TARGET.search(url) is not None:
+            self._reject(400, "bad request: a '#' or a control character in the target")
+        path, _, query = url.partition(b"?")
+        target = path.decode("latin-1"), query.decode("latin-1")
+        targets = self._server._targets
+        if len(targets) < _TARGET_CACHE_MAX and len(url) <= _TARGET_CACHE_KEY_MAX:
+            targets[url] = target
+        return target
 
     def _is_http10(self) -> bool:
         """Whether the request is HTTP/1.0 (asked only when it matters: the call is slow)."""
@@ -360,12 +552,16 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
-        if self._chunked:  # a Content-Length body was checked against the limit already
-            self._body_size += len(body)
-            if self._body_size > self._server._max_body:
-                self._body = []
-                self._fail(_error(413, "request body too large"))
-                raise _StopParsing
+        size = len(body)
+        self._body_size += size
+        self._held += size
+        server = self._server
+        server._inflight += size
+        if server._inflight > server._max_inflight:
+            server._over_budget(self)
+        # A Content-Length body was checked against the limit already.
+        if self._chunked and self._body_size > server._max_body:
+            self._reject(413, self._body_too_large())
 
     def on_message_complete(self) -> None:
         self._in_message = self._continue_pending = False
@@ -482,6 +678,8 @@ class _Connection(asyncio.Protocol):
         if self._shutdown or (self._stopped and not self._queue):
             keep_alive = False  # the last response on this connection
         self._send(response, keep_alive, http10, head)
+        if self._held and not self._queue:
+            self._release_answered()
         if not keep_alive:
             self._close()
         elif self._queue or self._write_paused:
@@ -490,9 +688,16 @@ class _Connection(asyncio.Protocol):
             self._became_idle()
         elif not self._in_message:
             # _became_idle's usual case, inline: the idle timeout starts.
+            self._request_timer = False
             deadline = self._deadline = self._loop.time() + self._server._idle_timeout
             if self._timer is None or self._timer_at > deadline:
                 self._arm(deadline)
+
+    def _release_answered(self) -> None:
+        """Nothing is left to answer: the bodies of the requests answered are not held."""
+        keep = self._body_size if self._in_message else 0  # the body being read
+        if self._held > keep:
+            self._server._release(self, self._held - keep)
 
     def _call_handler(self, request: Request) -> Response | Awaitable[Response] | Later:
         try:
@@ -503,7 +708,7 @@ class _Connection(asyncio.Protocol):
     def _handler_failed(self, request: Request | None) -> Response:
         """Log the exception being handled; a 500 to send instead."""
         where = f" for {request.method} {request.path}" if request is not None else ""
-        self._server._logger.exception("handler failed%s", where)
+        self._server._log_exception("handler", "handler failed%s", where)
         self._server._rejected(500)
         return _error(500, "internal error")
 
@@ -556,6 +761,8 @@ class _Connection(asyncio.Protocol):
                     self._send(response, keep_alive, http10, head)
                 else:
                     keep_alive = await self._send_stream_checked(response, keep_alive, http10, head)
+                if self._held and not queue:
+                    self._release_answered()
                 if not keep_alive:
                     self._close()
                     break
@@ -580,7 +787,7 @@ class _Connection(asyncio.Protocol):
             return keep_alive
 
     def _invalid_response(self, response: Response) -> None:
-        self._server._logger.exception("invalid response (status %r)", response.status)
+        self._server._log_exception("response", "invalid response (status %r)", response.status)
         self._server._rejected(500)
 
     def _head(
@@ -673,7 +880,7 @@ class _Connection(asyncio.Protocol):
             return False
         except Exception:
             if not self._lost:
-                self._server._logger.exception("response stream failed")
+                self._server._log_exception("stream", "response stream failed")
             return False  # the body is cut short: closing tells the client
         finally:
             self._streaming = False
@@ -736,11 +943,13 @@ class _Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and not self._lost:
+        if self._reading_paused and not self._lost and not self._memory_paused:
             self._reading_paused = False
             self._transport.resume_reading()
             if self._in_message:  # the pause was ours, not the client's
-                self._set_deadline(self._server._header_timeout)
+                server = self._server
+                timeout = server._body_timeout if self._head_done else server._header_timeout
+                self._set_deadline(timeout, request=True)
 
     def _close(self) -> None:
         """Close after the written data is flushed (lingering if input may be unread)."""
@@ -773,10 +982,24 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
         return self._task
 
-    def _set_deadline(self, timeout: float) -> None:
+    def _set_deadline(self, timeout: float, *, request: bool = False) -> None:
+        """Act in ``timeout`` seconds: for a ``request`` (its head or body) with a 408 if
+        nothing is being answered, else by closing."""
+        self._request_timer = request
         deadline = self._deadline = self._loop.time() + timeout
         if self._timer is None or self._timer_at > deadline:
             self._arm(deadline)
+
+    def _timed_out(self) -> None:
+        """A request's head or body did not arrive in time: 408, then close."""
+        server = self._server
+        if self._head_done and self._in_message:
+            key, timeout = "body_timeout_secs", server._body_timeout
+            what = "request body"
+        else:
+            key, timeout = "header_timeout_secs", server._header_timeout
+            what = "request head"
+        self._fail(_error(408, f"{what} not received within {key} ({timeout:g}s)"))
 
     def _arm(self, deadline: float) -> None:
         """Have the timer fire at ``deadline`` (nearer than where it is set, or unset)."""
@@ -791,19 +1014,21 @@ class _Connection(asyncio.Protocol):
         if deadline is None:
             return
         if self._loop.time() + 1e-3 >= deadline:
-            self.abort()  # slow headers or body, idle keep-alive, or lingering done
+            if self._request_timer and not self._busy and not self._queue and not self._closed:
+                self._timed_out()
+            else:
+                self.abort()  # idle keep-alive, lingering done, or a client not reading
         else:
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
 
 class HttpServer:
-    """An HTTP/1.1 server calling one `Handler`.
+    """An HTTP/1.1 server calling one `Handler`, within ``limits`` (see `HttpLimits`).
 
-    ``header_timeout``: a request's headers and body must arrive within it (and a new
-    connection's first request). ``idle_timeout``: how long a keep-alive connection may
-    sit idle, or a client leave a response unread. ``on_reject(status)`` is called for
-    each error the server itself answers: 400, 413, 500 (a failing handler), 503.
+    ``max_body_bytes``, ``max_connections``, ``header_timeout`` and ``idle_timeout``, when
+    given, override those fields of ``limits``. ``on_reject(status)`` is called for each
+    error the server itself answers: 400, 408, 413, 414, 431, 500 (a failing handler), 503.
     """
 
     def __init__(
@@ -812,21 +1037,45 @@ class HttpServer:
         *,
         host: str,
         port: int,
-        max_body_bytes: int = 1 << 20,
-        max_connections: int = 1024,
-        header_timeout: float = 10.0,
-        idle_timeout: float = 60.0,
+        limits: HttpLimits | None = None,
+        max_body_bytes: int | None = None,
+        max_connections: int | None = None,
+        header_timeout: float | None = None,
+        idle_timeout: float | None = None,
         on_reject: Callable[[int], None] | None = None,
         logger: logging.Logger | None = None,
         server_name: str = "observer-core",
     ) -> None:
+        overrides = {
+            key: value
+            for key, value in (
+                ("max_body_bytes", max_body_bytes),
+                ("max_connections", max_connections),
+                ("header_timeout_secs", header_timeout),
+                ("idle_timeout_secs", idle_timeout),
+            )
+            if value is not None
+        }
+        self._limits = limits = HttpLimits.of(limits, **overrides)
         self._handler = handler
         self._host = host
         self._port = port
-        self._max_body = max_body_bytes
-        self._max_connections = max_connections
-        self._header_timeout = header_timeout
-        self._idle_timeout = idle_timeout
+        # The limits as plain attributes (read per request), and the sizes below which a
+        # head needs no exact check (that asks the parser for the method: a call).
+        self._max_body = limits.max_body_bytes
+        self._max_connections = limits.max_connections
+        self._header_timeout = limits.header_timeout_secs
+        self._body_timeout = limits.body_timeout_secs
+        self._idle_timeout = limits.idle_timeout_secs
+        self._max_head = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._url_room = limits.max_url_bytes - _LINE_EXTRA - _MIN_METHOD
+        self._head_room = limits.max_header_bytes - _LINE_EXTRA - 4 - _MIN_METHOD
+        self._max_inflight = limits.max_inflight_bytes
+        self._inflight = 0  # request body bytes held, all connections together
+        self._overdraft: _Connection | None = None  # may read on past max_inflight_bytes
+        self._memory_waiting: dict[_Connection, None] = {}  # paused for it, in order
+        self._log_gate = _LogGate()
         self._on_reject = on_reject
         self._logger = logger or logging.getLogger(__name__)
         self._server_header = _header_line("Server", server_name) if server_name else b""
@@ -908,6 +1157,58 @@ class HttpServer:
             if len(self._prefixes) < 256:
                 self._prefixes[key] = prefix
         return prefix
+
+    @property
+    def limits(self) -> HttpLimits:
+        """The limits this server applies."""
+        return self._limits
+
+    def _log_exception(self, kind: str, message: str, *args: object) -> None:
+        """Log the exception being handled, at most once a second per ``kind`` (a client
+        can cause it), with the count of those left out since."""
+        suppressed = self._log_gate.allow(kind)
+        if suppressed is None:
+            return
+        if suppressed:
+            message += f" ({suppressed} more like it in the last second not logged)"
+        self._logger.exception(message, *args)
+
+    def _over_budget(self, conn: _Connection) -> None:
+        """Past ``max_inflight_bytes``: ``conn`` stops reading until answers go out, unless
+        it may finish its request first (one connection at a time, so none waits forever
+        on the others; it holds at most ``max_body_bytes`` more)."""
+        if conn is self._overdraft:
+            return
+        if self._overdraft is None and not conn._busy and not conn._queue:
+            self._overdraft = conn
+            return
+        if not conn._memory_paused:
+            conn._pause_reading()
+            conn._memory_paused = True
+            self._memory_waiting[conn] = None
+
+    def _release(self, conn: _Connection, size: int) -> None:
+        """``conn`` no longer holds ``size`` bytes: let paused connections read again."""
+        conn._held -= size
+        self._inflight -= size
+        if conn is self._overdraft:
+            self._overdraft = None
+        waiting = self._memory_waiting
+        while waiting and (self._inflight <= self._max_inflight or self._overdraft is None):
+            other = next(iter(waiting))
+            del waiting[other]
+            other._memory_paused = False
+            if self._inflight > self._max_inflight:
+                self._overdraft = other
+            if not other._stopped:
+                other._resume_reading()
+
+    def _forget_memory(self, conn: _Connection) -> None:
+        """``conn`` is gone: what it held is free."""
+        self._memory_waiting.pop(conn, None)
+        conn._memory_paused = False
+        if conn._held or conn is self._overdraft:
+            self._release(conn, conn._held)
 
     def _rejected(self, status: int) -> None:
         if self._on_reject is not None:

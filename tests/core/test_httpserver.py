@@ -18,7 +18,7 @@ import anyio
 import httpx
 import pytest
 
-from observer_core.httpserver import LATER, HttpServer, Later, Request, Response
+from observer_core.httpserver import LATER, HttpLimits, HttpServer, Later, Request, Response
 
 pytestmark = pytest.mark.anyio
 
@@ -356,7 +356,10 @@ async def test_expect_100_continue_over_the_limit() -> None:
         headers = "Expect: 100-continue"
         await conn.send(post("/echo", b"", headers).replace(b": 0", b": 101"))
         r = await conn.response()
-        assert r.status == 413 and json.loads(r.body) == {"error": "request body too large"}
+        assert r.status == 413
+        assert json.loads(r.body) == {
+            "error": "request body too large: over max_body_bytes (100 bytes)"
+        }
         assert await conn.closed_by_server()
     assert rejects == [413]
 
@@ -466,18 +469,31 @@ async def test_malformed_response_is_a_500(caplog: pytest.LogCaptureFixture) -> 
 # -- timeouts and limits ----------------------------------------------------------------
 
 
-async def test_header_timeout_disconnects_slow_clients() -> None:
-    async with serving(header_timeout=0.3, idle_timeout=60) as server:
-        for partial in (
-            b"",  # connects and says nothing
-            b"GET /echo HTTP/1.1\r\nHost: te",  # slow headers
-            post("/echo", b"12345").replace(b": 5", b": 10"),  # slow body
+async def test_header_and_body_timeouts_answer_408_and_close() -> None:
+    limits = HttpLimits(header_timeout_secs=0.3, body_timeout_secs=0.6)
+    async with serving(limits=limits) as server:
+        for partial, key, least in (
+            (b"", "header_timeout_secs (0.3s)", 0.29),  # connects and says nothing
+            (b"GET /echo HTTP/1.1\r\nHost: te", "header_timeout_secs (0.3s)", 0.29),
+            (post("/echo", b"12345").replace(b": 5", b": 10"), "body_timeout_secs (0.6s)", 0.59),
         ):
             started = time.monotonic()  # before the server can start its clock
             async with connection(server) as conn:
                 await conn.send(partial)
+                r = await conn.response()
+                assert r.status == 408 and r.headers["connection"] == "close"
+                assert key in json.loads(r.body)["error"]
                 assert await conn.closed_by_server()
-                assert 0.29 <= time.monotonic() - started < 4
+                assert least <= time.monotonic() - started < 4
+
+
+async def test_timeout_while_an_answer_is_pending_just_closes() -> None:
+    app = App()
+    limits = HttpLimits(header_timeout_secs=0.3)
+    async with serving(app, limits=limits) as server, connection(server) as conn:
+        await conn.send(get("/wait") + b"GET /echo HTTP/1.1\r\nHost: te")
+        await eventually(lambda: len(app.requests) == 1)
+        assert await conn.closed_by_server()  # no 408 ahead of /wait's answer
 
 
 async def test_idle_timeout_closes_keep_alive_connections() -> None:
@@ -734,8 +750,11 @@ async def test_stop_waits_for_a_pending_reply() -> None:
         await conn.close()
 
 
-async def test_connect_answered_at_once_then_closed() -> None:
-    async with serving(PromptApp()) as server, connection(server) as conn:
+async def test_connect_is_400_and_closed() -> None:
+    app = PromptApp()
+    async with serving(app) as server, connection(server) as conn:
         await conn.send(b"CONNECT /now HTTP/1.1\r\nHost: test\r\n\r\ntunnel bytes")
-        assert (await conn.response()).status == 200
+        r = await conn.response()
+        assert r.status == 400 and "CONNECT" in json.loads(r.body)["error"]
         assert await conn.closed_by_server()  # no tunnel: the connection ends with the answer
+    assert app.requests == []

@@ -25,7 +25,15 @@ import httpx
 import msgspec
 
 from observer_core import ComponentConfig, Context, Emit, Source, hookimpl
-from observer_core.httpserver import HttpServer
+from observer_core.httpserver import (
+    HeaderBytes,
+    HeaderCount,
+    HttpLimits,
+    HttpServer,
+    Seconds,
+    Size,
+    UrlBytes,
+)
 
 from .client import AsyncObservedGateway, ObservedGateway, OpRecorder
 from .health import HealthWatch
@@ -69,6 +77,15 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """Per proxied call: seconds the gateway may take to answer (else 504) or stall mid-reply."""
     exclude_paths: list[str] = msgspec.field(default_factory=lambda: ["/health"])
     """Paths proxied but not recorded (exact match, without the query)."""
+    # The proxy listener's limits (contract §11.2; see observer_core.httpserver.HttpLimits).
+    max_url_bytes: UrlBytes = 8192
+    max_header_bytes: HeaderBytes = 32768
+    max_headers: HeaderCount = 100
+    max_body_bytes: Size = MAX_BODY_BYTES
+    header_timeout_secs: Seconds = 10
+    body_timeout_secs: Seconds = 300
+    max_connections: Size = MAX_CONNECTIONS
+    max_inflight_bytes: Size = 256 << 20
 
     def __post_init__(self) -> None:
         try:
@@ -140,8 +157,7 @@ class GatewaySource(Source):
             self._proxy,
             host=host,
             port=port,
-            max_body_bytes=MAX_BODY_BYTES,
-            max_connections=MAX_CONNECTIONS,
+            limits=HttpLimits.of(self.config),
             logger=server_log,
             server_name="",
         )

@@ -30,7 +30,19 @@ from observer_core import (
     Source,
     hookimpl,
 )
-from observer_core.httpserver import LATER, HttpServer, Later, Request, Response
+from observer_core.httpserver import (
+    LATER,
+    HeaderBytes,
+    HeaderCount,
+    HttpLimits,
+    HttpServer,
+    Later,
+    Request,
+    Response,
+    Seconds,
+    Size,
+    UrlBytes,
+)
 
 __all__ = ["HttpSource", "ReadRoutes"]
 
@@ -45,10 +57,16 @@ class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     token: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     """When set, every endpoint but /health needs ``Authorization: Bearer <token>``.
     Empty is refused (a ``${VAR:-}`` left empty must not silently turn auth off)."""
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1048576
-    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
-    header_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 10
-    idle_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 60
+    max_body_bytes: Size = 1048576
+    max_connections: Size = 1024
+    header_timeout_secs: Seconds = 10
+    idle_timeout_secs: Seconds = 60
+    # Contract §11.2: the limits every listener has (see observer_core.httpserver.HttpLimits).
+    max_url_bytes: UrlBytes = 8192
+    max_header_bytes: HeaderBytes = 32768
+    max_headers: HeaderCount = 100
+    body_timeout_secs: Seconds = 10
+    max_inflight_bytes: Size = 64 << 20
 
 
 def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -211,10 +229,7 @@ class HttpSource(Source):
             self._routes(),
             host=self.config.host,
             port=self.config.port,
-            max_body_bytes=self.config.max_body_bytes,
-            max_connections=self.config.max_connections,
-            header_timeout=self.config.header_timeout_secs,
-            idle_timeout=self.config.idle_timeout_secs,
+            limits=HttpLimits.of(self.config),
             on_reject=self.reject,
             logger=self.ctx.logger,
         )
