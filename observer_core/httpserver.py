@@ -253,6 +253,7 @@ class _Connection(asyncio.Protocol):
         self._head_open = False  # an incomplete head was left in the parser by a read ...
         self._head_carried = 0  # ... and these bytes were read since (bounded as they come)
         self._trailers = 0
+        self._heads = 0  # heads parsed on this connection
         self._held = 0  # request body bytes read and not yet answered (max_inflight_bytes)
         self._memory_paused = False  # reading paused for max_inflight_bytes
         self._headers: list[tuple[bytes, bytes]] = []
@@ -327,10 +328,13 @@ class _Connection(asyncio.Protocol):
         if self._head_open:  # a head is incomplete: bound what the parser accumulates
             carried = self._head_carried + len(data)
             if carried > self._server._max_head:
-                self._feed_bounded(data)
-                return
-            self._head_carried = carried
-        self._feed(data)
+                if not self._feed_bounded(data):
+                    return
+            else:
+                self._head_carried = carried
+                self._feed(data)
+        else:
+            self._feed(data)
         if self._in_message and not self._head_done:
             if not self._head_open:
                 self._head_open = True
@@ -338,19 +342,22 @@ class _Connection(asyncio.Protocol):
         else:
             self._head_open = False
 
-    def _feed_bounded(self, data: bytes) -> None:
+    def _feed_bounded(self, data: bytes) -> bool:
         """Feed ``data`` to an incomplete head no further than ``max_header_bytes``: 431 if
-        the head is not complete by then, else go on with the rest."""
+        the head is not complete by then, else go on with the rest. Whether parsing goes on."""
         view = memoryview(data)
         room = self._server._max_head - self._head_carried
+        heads = self._heads
         self._feed(view[:room])
         if self._stopped:
-            return
-        if self._in_message and not self._head_done:
-            self._head_too_large()
-            return
+            return False
+        if self._heads == heads:  # the head is still incomplete
+            with contextlib.suppress(_StopParsing):
+                self._head_too_large()
+            return False
         self._head_open = False
         self._feed(view[room:])
+        return not self._stopped
 
     def _feed(self, data: bytes | memoryview) -> None:
         """Parse ``data``; an Upgrade offer is ignored (parsing goes on after the request,
@@ -488,6 +495,7 @@ class _Connection(asyncio.Protocol):
         parser = self._parser
         server = self._server
         self._head_done = True
+        self._heads += 1
         self._trailers = 0  # chunked trailer fields (counted, not kept)
         if self._url_parts is not None:
             self._url = b"".join(self._url_parts)

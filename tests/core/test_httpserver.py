@@ -758,3 +758,182 @@ async def test_connect_is_400_and_closed() -> None:
         assert r.status == 400 and "CONNECT" in json.loads(r.body)["error"]
         assert await conn.closed_by_server()  # no tunnel: the connection ends with the answer
     assert app.requests == []
+
+
+# -- contract §11.2: limits on what a client sends ----------------------------------------
+
+
+def _line(target: str, method: str = "GET") -> bytes:
+    return f"{method} {target} HTTP/1.1\r\n".encode()
+
+
+async def test_request_line_up_to_max_url_bytes_then_414() -> None:
+    rejects: list[int] = []
+    limits = HttpLimits(max_url_bytes=100)
+    async with serving(limits=limits, on_reject=rejects.append) as server:
+        target = "/echo?" + "x" * (100 - 13 - 6)  # GET SP target SP HTTP/1.1: 100 bytes
+        async with connection(server) as conn:
+            await conn.send(_line(target) + b"\r\n")
+            assert (await conn.response()).status == 200
+        async with connection(server) as conn:
+            await conn.send(_line(target + "x") + b"\r\n")
+            r = await conn.response()
+            assert r.status == 414 and r.headers["connection"] == "close"
+            assert json.loads(r.body) == {
+                "error": "request line longer than max_url_bytes (100 bytes)"
+            }
+            assert await conn.closed_by_server()
+    assert rejects == [414]
+
+
+async def _send_until_answered(conn: Conn, first: bytes, piece: bytes) -> tuple[int, Raw]:
+    """Send ``first``, then ``piece`` after ``piece`` (at most 300 of them) until an answer
+    comes; how many bytes went, and the answer."""
+    answer = asyncio.create_task(conn.response())
+    await conn.send(first)
+    sent = len(first)
+    for _ in range(300):
+        if answer.done():
+            break
+        try:
+            await conn.send(piece)
+        except OSError:
+            break
+        sent += len(piece)
+        await asyncio.sleep(0.002)  # a read on the server's side per piece
+    return sent, await answer
+
+
+async def test_url_arriving_in_pieces_is_cut_off_as_it_arrives() -> None:
+    limits = HttpLimits(max_url_bytes=1000)
+    async with serving(limits=limits) as server, connection(server) as conn:
+        sent, r = await _send_until_answered(conn, b"GET /", b"u" * 100)
+        assert r.status == 414 and sent < 2000
+
+
+async def test_head_up_to_max_header_bytes_then_431() -> None:
+    limits = HttpLimits(max_header_bytes=300)
+    async with serving(limits=limits) as server:
+        line = _line("/echo")  # then one "X:<value>\r\n" field and the blank line
+        value = "v" * (300 - len(line) - 4 - 2)
+        async with connection(server) as conn:
+            await conn.send(line + f"X:{value}\r\n\r\n".encode())
+            assert (await conn.response()).status == 200
+        async with connection(server) as conn:
+            await conn.send(line + f"X:{value}v\r\n\r\n".encode())
+            r = await conn.response()
+            assert r.status == 431 and r.headers["connection"] == "close"
+            assert "max_header_bytes (300 bytes)" in json.loads(r.body)["error"]
+
+
+async def test_head_trickled_in_small_reads_is_cut_off_at_the_limit() -> None:
+    app = App()
+    limits = HttpLimits(max_header_bytes=4096)
+    async with serving(app, limits=limits) as server, connection(server) as conn:
+        # one header value that never ends
+        sent, r = await _send_until_answered(conn, get("/echo")[:-2] + b"X: ", b"a" * 512)
+        assert r.status == 431 and sent < 8192
+    assert app.requests == []
+
+
+async def test_more_than_max_headers_is_431() -> None:
+    async with serving(limits=HttpLimits(max_headers=5)) as server:
+        for count, status in ((5, 200), (6, 431)):
+            async with connection(server) as conn:
+                await conn.send(get("/echo", *[f"X-{i}: 1" for i in range(count - 1)]))
+                r = await conn.response()
+                assert r.status == status
+        assert "max_headers (5)" in json.loads(r.body)["error"]
+
+
+async def test_head_limits_come_before_precheck() -> None:
+    limits = HttpLimits(max_header_bytes=1000)
+    async with serving(limits=limits) as server, connection(server) as conn:
+        await conn.send(get("/private", "X-Big: " + "a" * 2000))  # would be 401: 431 first
+        assert (await conn.response()).status == 431
+
+
+async def test_trailers_are_counted_and_never_merged_into_headers() -> None:
+    app = App()
+    async with serving(app, limits=HttpLimits(max_header_bytes=400, max_headers=6)) as server:
+        head = b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        async with connection(server) as conn:
+            await conn.send(head + b"2\r\nhi\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+            r = await conn.response()
+            assert r.status == 200 and json.loads(r.body)["body"] == "hi"
+            await conn.send(get("/echo"))  # the connection stays in step
+            assert (await conn.response()).status == 200
+        assert [name for name, _ in app.requests[0].headers] == [b"host", b"transfer-encoding"]
+        for trailers in (b"X-T: " + b"a" * 400 + b"\r\n", b"X-T: 1\r\n" * 5):
+            async with connection(server) as conn:
+                await conn.send(head + b"2\r\nhi\r\n0\r\n" + trailers + b"\r\n")
+                r = await conn.response()
+                assert r.status == 431 and await conn.closed_by_server()
+    assert len(app.requests) == 2
+
+
+async def test_target_cache_is_bounded_in_bytes() -> None:
+    async with serving() as server, connection(server) as conn:
+        for i in range(300):
+            await conn.send(get(f"/missing?{i}" + "q" * 4000))
+            assert (await conn.response()).status == 404
+        assert len(server._targets) <= 256
+        assert sum(map(len, server._targets)) <= 256 * 512
+
+
+@pytest.mark.parametrize(
+    "target", ["/echo#frag", "http://127.0.0.1/echo", "*", "//x#"], ids=["hash", "abs", "*", "//#"]
+)
+async def test_malformed_target_is_400(target: str) -> None:
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(get(target))
+        r = await conn.response()
+        assert r.status == 400 and json.loads(r.body)["error"].startswith("bad request: ")
+        assert await conn.closed_by_server()
+    assert app.requests == []
+
+
+async def test_pipelined_upgrade_offers_are_answered_without_recursion(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    offer = get("/echo", "Connection: upgrade", "Upgrade: websocket")
+    async with serving() as server, connection(server) as conn:
+        with caplog.at_level(logging.ERROR):
+            await conn.send(offer * 3000)
+            for _ in range(3000):
+                assert (await conn.response()).status == 200
+    assert not caplog.records
+
+
+async def test_max_inflight_bytes_pauses_reading_until_answers_go_out() -> None:
+    app = App()
+    limits = HttpLimits(max_inflight_bytes=1000)
+    async with serving(app, limits=limits) as server:
+        first, second, third = [await Conn.open(server) for _ in range(3)]
+        try:
+            await first.send(post("/wait?1", b"a" * 600))  # held: the handler waits
+            await second.send(post("/wait?2", b"b" * 600))  # past the budget, may finish
+            await eventually(lambda: len(app.requests) == 2)
+            assert server._inflight == 1200
+            await third.send(post("/echo", b"c" * 100)[:-50])  # reading pauses after this
+            await asyncio.sleep(0.05)
+            await third.send(b"c" * 50)
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.3):
+                    await third.reader.readuntil(b"\r\n\r\n")
+            app.release.set()  # answers go out, the bytes are freed, the third reads on
+            assert (await first.response()).status == 200
+            assert (await second.response()).status == 200
+            r = await third.response()
+            assert r.status == 200 and json.loads(r.body)["body"] == "c" * 100
+            await eventually(lambda: server._inflight == 0)
+        finally:
+            for conn in (first, second, third):
+                await conn.close()
+
+
+def test_limits_are_checked_against_their_bounds() -> None:
+    with pytest.raises(ValueError, match="max_header_bytes"):
+        HttpLimits.of(None, max_header_bytes=10)
+    assert HttpLimits.of(None) == HttpLimits()
