@@ -19,6 +19,7 @@ import enum
 import json
 import logging
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,7 @@ import msgspec
 
 __all__ = [
     "LATER",
+    "STREAM",
     "Handler",
     "HeaderBytes",
     "HeaderCount",
@@ -38,13 +40,17 @@ __all__ = [
     "HttpServer",
     "Later",
     "Request",
+    "RequestBody",
+    "RequestBodyError",
     "Response",
     "Seconds",
     "Size",
+    "Stream",
     "UrlBytes",
 ]
 
 _PIPELINE_LIMIT = 16  # requests queued on one connection before it stops reading
+_STREAM_BUFFER = 256 << 10  # a streamed body's bytes not yet taken before reading pauses
 _RESUME_AT = _PIPELINE_LIMIT // 2  # ... and starts again
 _LINGER_SECONDS = 2.0  # after an error response, how long to drain unread input
 _STOP_CANCEL_WAIT = 1.0  # at the end of stop(), how long cancelled handlers get
@@ -122,10 +128,94 @@ LATER: Final = Later.LATER
 coroutine or future per request, for handlers whose answer comes from a callback."""
 
 
+class Stream(enum.Enum):
+    """The type of :data:`STREAM`."""
+
+    STREAM = "stream"
+
+
+STREAM: Final = Stream.STREAM
+"""What ``Handler.precheck`` returns to take the request's body as it arrives: the handler
+is called once the head is in, with ``body`` empty and ``body_stream`` set (a request
+without a body is handled as usual)."""
+
+
+class RequestBodyError(Exception):
+    """The client's body broke off: too large, too slow, or the client left. ``response``
+    is what the client gets (a handler that lets this propagate answers with it)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.body.decode("utf-8", "replace"))
+        self.response = response
+
+
+class RequestBody:
+    """A request body as it arrives (see :data:`STREAM`): iterate it for its chunks. What
+    is not yet taken counts toward ``max_inflight_bytes``; past 256 KiB the connection
+    stops reading until the handler takes more. A body that breaks off raises
+    :class:`RequestBodyError`."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._done = False
+        self._error: RequestBodyError | None = None
+        self._discarded = False  # answered already: what still comes is dropped
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __aiter__(self) -> RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                raise StopAsyncIteration
+            waiter = self._waiter = self._connection._loop.create_future()
+            await waiter
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        self._connection._body_taken(len(chunk), self._buffered)
+        return chunk
+
+    def _put(self, chunk: bytes) -> int:
+        """Keep ``chunk`` for the handler; the bytes now buffered (0: dropped)."""
+        if self._discarded:
+            return 0
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        self._wake()
+        return self._buffered
+
+    def _end(self, error: RequestBodyError | None = None) -> None:
+        if self._done or self._error is not None:
+            return
+        if error is None:
+            self._done = True
+        else:
+            self._error = error
+        self._wake()
+
+    def _discard(self) -> int:
+        """Drop what was not taken, and what is still to come; the bytes dropped."""
+        self._discarded = self._done = True
+        dropped, self._buffered = self._buffered, 0
+        self._chunks.clear()
+        return dropped
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class Request(msgspec.Struct):
     """A complete request. ``path`` and ``query`` are as sent: not percent-decoded, the bytes
     read as latin-1. Header names are lower-cased. (A msgspec Struct rather than a
-    dataclass: its ``__init__`` is C, a third of the cost, and one is made per request.)"""
+    dataclass: its ``__init__`` is C, a third of the cost, and one is made per request.)
+    ``body_stream``: the body as it arrives, when ``precheck`` returned :data:`STREAM`."""
 
     method: str
     path: str
@@ -133,6 +223,7 @@ class Request(msgspec.Struct):
     headers: list[tuple[bytes, bytes]]
     body: bytes
     _connection: Any = None
+    body_stream: RequestBody | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (give it lower-case), or None."""
@@ -165,9 +256,10 @@ class Handler(Protocol):
 
     def precheck(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]]
-    ) -> Response | None:
-        """Called when the headers are complete, before the body is read.
-        Return a Response to answer early (404, 405, 401...), None to go on."""
+    ) -> Response | Stream | None:
+        """Called when the headers are complete, before the body is read. Return a Response
+        to answer early (404, 405, 401...), None to go on, :data:`STREAM` to be handed the
+        body as it arrives."""
         ...
 
     def handle(self, request: Request) -> Response | Awaitable[Response] | Later:
@@ -256,6 +348,9 @@ class _Connection(asyncio.Protocol):
         self._heads = 0  # heads parsed on this connection
         self._held = 0  # request body bytes read and not yet answered (max_inflight_bytes)
         self._memory_paused = False  # reading paused for max_inflight_bytes
+        self._body_stream: RequestBody | None = None  # the streamed body being read
+        self._last_stream: RequestBody | None = None  # the latest one, until answered
+        self._stream_full = False  # reading paused until the handler takes more of it
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
@@ -307,6 +402,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = self._closed = self._stopped = True
         self._queue.clear()
+        if self._body_stream is not None:
+            self._break_stream(_error(400, "bad request: the client left before its body ended"))
         self._server._forget_memory(self)
         self._deadline = None
         if self._timer is not None:
@@ -451,11 +548,28 @@ class _Connection(asyncio.Protocol):
         self._reject(431, f"request head longer than max_header_bytes ({limit} bytes)")
 
     def _reject(self, status: int, message: str) -> None:
-        """Answer ``status`` after what is queued, read no more, close: a limit was passed."""
+        """Answer ``status`` after what is queued, read no more, close: a limit was passed.
+        (A streamed body's handler gets it as a RequestBodyError instead.)"""
         self._headers = []
         self._body = []
-        self._fail(_error(status, message))
+        if self._body_stream is not None:
+            self._server._rejected(status)
+            self._break_stream(_error(status, message))
+        else:
+            self._fail(_error(status, message))
         raise _StopParsing
+
+    def _break_stream(self, response: Response) -> None:
+        """The streamed body cannot end well: its handler gets ``response`` as an error;
+        nothing more is read, and the connection closes after the handler's answer."""
+        stream = cast(RequestBody, self._body_stream)
+        self._body_stream = None
+        stream._end(RequestBodyError(response))
+        self._stopped = self._linger_on_close = True
+        self._in_message = self._continue_pending = False
+        self._deadline = None
+        if not self._lost:
+            self._pause_reading()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = self._head_size = self._head_size + len(name) + len(value) + _FIELD_EXTRA
@@ -515,11 +629,13 @@ class _Connection(asyncio.Protocol):
         if has_body and self._connection_header and parser.should_upgrade():
             self._reject(400, "bad request: an Upgrade offer with a body")
         try:
-            early = self._handler.precheck(self._method, self._path, self._headers)
+            checked = self._handler.precheck(self._method, self._path, self._headers)
         except Exception:
             server._log_exception("precheck", "precheck failed for %s %s", self._method, self._path)
             server._rejected(500)
-            early = _error(500, "internal error")
+            checked = _error(500, "internal error")
+        stream = checked is STREAM
+        early = None if stream else cast("Response | None", checked)
         if early is None and self._content_length > server._max_body:
             server._rejected(413)
             early = _error(413, self._body_too_large())
@@ -536,6 +652,26 @@ class _Connection(asyncio.Protocol):
                     self._transport.write(_CONTINUE)
                 else:  # earlier responses go first
                     self._continue_pending = True
+            if stream:
+                self._start_stream()
+
+    def _start_stream(self) -> None:
+        """Hand the request to its handler now, its body to come through ``body_stream``."""
+        body = self._body_stream = self._last_stream = RequestBody(self)
+        keep_alive = self._parser.should_keep_alive()
+        http10 = (not keep_alive or self._connection_header) and self._is_http10()
+        request = Request(
+            self._method, self._path, self._query, self._headers, b"", self, body_stream=body
+        )
+        self._enqueue((request, keep_alive, http10, self._method == "HEAD"))
+
+    def _body_taken(self, size: int, buffered: int) -> None:
+        """The handler took ``size`` bytes of the streamed body; ``buffered`` are left."""
+        self._server._release(self, size)
+        if self._stream_full and buffered <= _STREAM_BUFFER // 2:
+            self._stream_full = False
+            if not self._stopped:
+                self._resume_reading()
 
     def _body_too_large(self) -> str:
         return f"request body too large: over max_body_bytes ({self._server._max_body} bytes)"
@@ -559,11 +695,20 @@ class _Connection(asyncio.Protocol):
         return self._parser.get_http_version() == "1.0"
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
         size = len(body)
         self._body_size += size
-        self._held += size
         server = self._server
+        stream = self._body_stream
+        if stream is None:
+            self._body.append(body)
+        else:
+            buffered = stream._put(body)
+            if not buffered:
+                size = 0  # the request was answered: dropped
+            elif buffered > _STREAM_BUFFER:
+                self._stream_full = True
+                self._pause_reading()
+        self._held += size
         server._inflight += size
         if server._inflight > server._max_inflight:
             server._over_budget(self)
@@ -581,6 +726,11 @@ class _Connection(asyncio.Protocol):
         if not keep_alive:
             self._stopped = True
             self._pause_reading()
+        stream = self._body_stream
+        if stream is not None:  # its request is with the handler already
+            self._body_stream = None
+            stream._end()
+            return
         head = self._method == "HEAD"
         if self._early is not None:
             self._enqueue((self._early, keep_alive, http10, head))
@@ -685,6 +835,8 @@ class _Connection(asyncio.Protocol):
         """Send a (non-streamed) response outside the task, then go idle or on."""
         if self._shutdown or (self._stopped and not self._queue):
             keep_alive = False  # the last response on this connection
+        elif self._body_stream is not None and not self._queue:
+            keep_alive = self._answered_mid_body()
         self._send(response, keep_alive, http10, head)
         if self._held and not self._queue:
             self._release_answered()
@@ -701,9 +853,29 @@ class _Connection(asyncio.Protocol):
             if self._timer is None or self._timer_at > deadline:
                 self._arm(deadline)
 
+    def _answered_mid_body(self) -> bool:
+        """The streamed request is answered before its body ended: read no more of it, and
+        close after the answer. Returns the answer's keep-alive: False."""
+        stream = cast(RequestBody, self._body_stream)
+        self._body_stream = None
+        stream._discard()
+        self._stopped = self._linger_on_close = True
+        self._in_message = self._continue_pending = False
+        self._deadline = None
+        self._pause_reading()
+        return False
+
     def _release_answered(self) -> None:
         """Nothing is left to answer: the bodies of the requests answered are not held."""
-        keep = self._body_size if self._in_message else 0  # the body being read
+        stream = self._body_stream
+        if stream is not None:  # the body still arriving: what its handler has not taken
+            keep = stream._buffered
+        else:
+            keep = self._body_size if self._in_message else 0  # the body being read
+        last = self._last_stream
+        if last is not None and last is not stream:
+            last._discard()  # its handler is done: what it left is dropped
+            self._last_stream = None
         if self._held > keep:
             self._server._release(self, self._held - keep)
 
@@ -714,7 +886,11 @@ class _Connection(asyncio.Protocol):
             return self._handler_failed(request)
 
     def _handler_failed(self, request: Request | None) -> Response:
-        """Log the exception being handled; a 500 to send instead."""
+        """Log the exception being handled; a 500 to send instead (or, if the client's
+        streamed body broke off, the answer that says why)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, RequestBodyError):
+            return exc.response
         where = f" for {request.method} {request.path}" if request is not None else ""
         self._server._log_exception("handler", "handler failed%s", where)
         self._server._rejected(500)
@@ -765,6 +941,8 @@ class _Connection(asyncio.Protocol):
                     break
                 if self._shutdown or (self._stopped and not queue):
                     keep_alive = False  # the last response on this connection
+                elif self._body_stream is not None and not queue:
+                    keep_alive = self._answered_mid_body()
                 if response.stream is None:
                     self._send(response, keep_alive, http10, head)
                 else:
@@ -951,7 +1129,7 @@ class _Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and not self._lost and not self._memory_paused:
+        if self._reading_paused and not (self._lost or self._memory_paused or self._stream_full):
             self._reading_paused = False
             self._transport.resume_reading()
             if self._in_message:  # the pause was ours, not the client's
@@ -1000,6 +1178,9 @@ class _Connection(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         """A request's head or body did not arrive in time: 408, then close."""
+        self._fail(self._timeout_error())
+
+    def _timeout_error(self) -> Response:
         server = self._server
         if self._head_done and self._in_message:
             key, timeout = "body_timeout_secs", server._body_timeout
@@ -1007,7 +1188,7 @@ class _Connection(asyncio.Protocol):
         else:
             key, timeout = "header_timeout_secs", server._header_timeout
             what = "request head"
-        self._fail(_error(408, f"{what} not received within {key} ({timeout:g}s)"))
+        return _error(408, f"{what} not received within {key} ({timeout:g}s)")
 
     def _arm(self, deadline: float) -> None:
         """Have the timer fire at ``deadline`` (nearer than where it is set, or unset)."""
@@ -1022,7 +1203,10 @@ class _Connection(asyncio.Protocol):
         if deadline is None:
             return
         if self._loop.time() + 1e-3 >= deadline:
-            if self._request_timer and not self._busy and not self._queue and not self._closed:
+            if self._request_timer and self._body_stream is not None:
+                self._server._rejected(408)
+                self._break_stream(self._timeout_error())
+            elif self._request_timer and not self._busy and not self._queue and not self._closed:
                 self._timed_out()
             else:
                 self.abort()  # idle keep-alive, lingering done, or a client not reading
@@ -1187,6 +1371,10 @@ class HttpServer:
         on the others; it holds at most ``max_body_bytes`` more)."""
         if conn is self._overdraft:
             return
+        if conn._body_stream is not None:  # paused until its handler takes what it has
+            conn._stream_full = True
+            conn._pause_reading()
+            return
         if self._overdraft is None and not conn._busy and not conn._queue:
             self._overdraft = conn
             return
@@ -1199,7 +1387,7 @@ class HttpServer:
         """``conn`` no longer holds ``size`` bytes: let paused connections read again."""
         conn._held -= size
         self._inflight -= size
-        if conn is self._overdraft:
+        if conn is self._overdraft and not conn._held:
             self._overdraft = None
         waiting = self._memory_waiting
         while waiting and (self._inflight <= self._max_inflight or self._overdraft is None):

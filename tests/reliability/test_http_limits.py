@@ -20,7 +20,7 @@ import httpx
 import pytest
 from reliability_kit import daemon_factory, errors_logged, exchange, parse_responses, rss_kb
 
-from observer_core.testing import Daemon, free_port
+from observer_core.testing import Daemon, free_port, wait_for
 
 TOKEN = "limits-token-0123456789"
 
@@ -39,6 +39,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.seen: list[Forwarded] = []
+        self.partial: dict[bytes, bytearray] = {}  # body bytes received so far, by target
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])
         threading.Thread(target=self._accept, daemon=True).start()
@@ -66,6 +67,7 @@ class Upstream:
                     continue
                 if isinstance(event, h11.Request):
                     request, body = event, bytearray()
+                    self.partial[event.target] = body
                 elif isinstance(event, h11.Data):
                     body += event.data
                 elif isinstance(event, h11.EndOfMessage) and request is not None:
@@ -88,6 +90,7 @@ class Listeners:
     daemon: Daemon
     upstream: Upstream
     proxy_port: int
+    small_port: int  # a proxy with small limits
 
     @property
     def port(self) -> int:
@@ -98,7 +101,7 @@ class Listeners:
 @pytest.fixture(scope="module")
 def listeners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listeners]:
     upstream = Upstream()
-    proxy_port = free_port()
+    proxy_port, small_port = free_port(), free_port()
     config = f"""
     [observer]
     cycle_secs = 3600
@@ -109,6 +112,13 @@ def listeners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listeners]:
     url = "http://127.0.0.1:{upstream.port}"
     listen = "127.0.0.1:{proxy_port}"
     health_check = false
+    [sources.small]
+    plugin = "gateway"
+    url = "http://127.0.0.1:{upstream.port}"
+    listen = "127.0.0.1:{small_port}"
+    health_check = false
+    max_body_bytes = 1000
+    body_timeout_secs = 0.5
     [sinks.ops]
     plugin = "jsonl"
     path = "ops.jsonl"
@@ -116,7 +126,7 @@ def listeners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listeners]:
     """
     try:
         with daemon_factory(tmp_path_factory.mktemp("limits")) as factory:
-            yield Listeners(factory.start(config), upstream, proxy_port)
+            yield Listeners(factory.start(config), upstream, proxy_port, small_port)
     finally:
         upstream.close()
 
@@ -278,3 +288,51 @@ def test_request_after_an_early_401_is_never_parsed(listeners: Listeners) -> Non
     smuggled = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
     answers = parse_responses(exchange(listeners.port, first + smuggled.ljust(60)))
     assert [status for status, _ in answers] == [401]
+
+
+# -- the proxy streams request bodies (§11.5) --------------------------------------------------
+
+CHUNKED_HEAD = b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_request_body_reaches_the_gateway_as_it_arrives(listeners: Listeners) -> None:
+    upstream = listeners.upstream
+    with socket.create_connection(("127.0.0.1", listeners.proxy_port), timeout=10) as sock:
+        sock.sendall(CHUNKED_HEAD % b"/v1/streamed" + b"6\r\nfirst \r\n")
+        wait_for(
+            lambda: upstream.partial.get(b"/v1/streamed") == b"first ",
+            what="the first chunk at the gateway before the body ended",
+        )
+        sock.sendall(b"6\r\nsecond\r\n0\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert parse_responses(reply)[0][0] == 200
+    (seen,) = [seen for seen in upstream.seen if seen.target == b"/v1/streamed"]
+    assert seen.body == b"first second"
+    assert (b"transfer-encoding", b"chunked") in seen.headers
+
+
+def test_sized_body_is_streamed_with_its_content_length(listeners: Listeners) -> None:
+    data = b"POST /v1/sized HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+    status, _ = one_answer(listeners.proxy_port, data + b"hello")
+    assert status == 200
+    (seen,) = [seen for seen in listeners.upstream.seen if seen.target == b"/v1/sized"]
+    assert seen.body == b"hello" and (b"content-length", b"5") in seen.headers
+
+
+def test_streamed_body_past_max_body_bytes_is_413(listeners: Listeners) -> None:
+    body = b"".join(b"64\r\n" + b"x" * 100 + b"\r\n" for _ in range(11)) + b"0\r\n\r\n"
+    status, reply = one_answer(listeners.small_port, CHUNKED_HEAD % b"/v1/big" + body)
+    assert status == 413 and "max_body_bytes (1000 bytes)" in error_of(reply)
+
+
+def test_streamed_body_too_slow_is_408(listeners: Listeners) -> None:
+    with socket.create_connection(("127.0.0.1", listeners.small_port), timeout=10) as sock:
+        sock.sendall(CHUNKED_HEAD % b"/v1/slow" + b"2\r\nhi\r\n")  # and nothing more
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    ((status, body),) = parse_responses(reply)
+    assert status == 408 and "body_timeout_secs (0.5s)" in error_of(body)

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ import anyio
 import httpx
 
 from observer_core import DropOldestQueue, Emit, NotAccepted, Op
-from observer_core.httpserver import Request, Response
+from observer_core.httpserver import STREAM, Request, Response, Stream
 
 from .outcome import Outcome, make_op
 
@@ -231,8 +231,8 @@ class GatewayProxy:
 
     def precheck(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]]
-    ) -> Response | None:
-        return None  # everything goes to the gateway
+    ) -> Response | Stream | None:
+        return STREAM  # everything goes to the gateway, the body as it arrives
 
     async def handle(self, request: Request) -> Response:
         self._status["proxied"] += 1
@@ -255,12 +255,19 @@ class GatewayProxy:
         target = self._prefix + request.path.encode("latin-1")
         if request.query:
             target += b"?" + request.query.encode("latin-1")
+        headers = request_headers(request.headers)
+        content: bytes | AsyncIterator[bytes] = request.body
+        if request.body_stream is not None:  # streamed on: chunked unless the client sized it
+            content = request.body_stream
+            length = request.header(b"content-length")
+            if length is not None:
+                headers.append((b"content-length", length))
         # A bare Request, not client.build_request: no default headers, no cookies added.
         return httpx.Request(
             request.method,
             self._base.copy_with(raw_path=target),
-            headers=request_headers(request.headers),
-            content=request.body,
+            headers=headers,
+            content=content,
             extensions={"timeout": self._timeouts},
         )
 
