@@ -18,7 +18,17 @@ import anyio
 import httpx
 import pytest
 
-from observer_core.httpserver import LATER, HttpLimits, HttpServer, Later, Request, Response
+from observer_core.httpserver import (
+    LATER,
+    STREAM,
+    HttpLimits,
+    HttpServer,
+    Later,
+    Request,
+    RequestBodyError,
+    Response,
+    Stream,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -937,3 +947,81 @@ def test_limits_are_checked_against_their_bounds() -> None:
     with pytest.raises(ValueError, match="max_header_bytes"):
         HttpLimits.of(None, max_header_bytes=10)
     assert HttpLimits.of(None) == HttpLimits()
+
+
+class StreamingApp(App):
+    """Takes ``/in`` bodies as they arrive (``STREAM``); reads them once ``go`` is set
+    (``/in?noread``: answers without reading)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.errors: list[str] = []
+
+    def precheck(  # type: ignore[override]
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> Response | Stream | None:
+        return STREAM if path == "/in" else super().precheck(method, path, headers)
+
+    async def handle(self, request: Request) -> Response:
+        if request.path != "/in":
+            return await super().handle(request)
+        self.requests.append(request)
+        assert request.body_stream is not None and request.body == b""
+        if request.query == "noread":
+            return Response(200, b"{}")
+        await self.go.wait()
+        size = 0
+        try:
+            async for chunk in request.body_stream:
+                size += len(chunk)
+        except RequestBodyError as exc:
+            self.errors.append(str(exc))
+            raise
+        return Response(200, json.dumps({"size": size}).encode())
+
+
+async def test_streamed_body_is_handed_over_with_backpressure() -> None:
+    app = StreamingApp()
+    async with serving(app, max_body_bytes=8 << 20) as server, connection(server) as conn:
+        body = b"x" * (4 << 20)
+        send = asyncio.create_task(conn.send(post("/in", body) + get("/echo?after")))
+        await eventually(lambda: len(app.requests) == 1)  # called before the body is in
+        (server_conn,) = server._connections
+        await eventually(lambda: not server_conn._transport.is_reading())
+        assert server._inflight <= (256 << 10) + (256 << 10)  # the buffer and one read
+        app.go.set()
+        r = await conn.response()
+        assert r.status == 200 and json.loads(r.body) == {"size": len(body)}
+        assert json.loads((await conn.response()).body)["query"] == "after"
+        await send
+        await eventually(lambda: server._inflight == 0)
+
+
+async def test_streamed_body_breaking_off_is_the_handlers_error_not_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = StreamingApp()
+    app.go.set()
+    rejects: list[int] = []
+    async with serving(app, max_body_bytes=100, on_reject=rejects.append) as server:
+        head = b"POST /in HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        with caplog.at_level(logging.ERROR):
+            async with connection(server) as conn:
+                await conn.send(head + b"64\r\n" + b"x" * 100 + b"\r\n" + b"1\r\nx\r\n")
+                r = await conn.response()
+                assert r.status == 413 and r.headers["connection"] == "close"
+                assert await conn.closed_by_server()
+        assert app.errors and "max_body_bytes" in app.errors[0]
+        await eventually(lambda: server._inflight == 0)
+    assert rejects == [413] and not caplog.records
+
+
+async def test_answer_before_the_streamed_body_ended_closes_the_connection() -> None:
+    app = StreamingApp()
+    async with serving(app, max_body_bytes=8 << 20) as server, connection(server) as conn:
+        await conn.send(post("/in?noread", b"").replace(b": 0", b": 1000") + b"partial")
+        r = await conn.response()
+        assert r.status == 200 and r.headers["connection"] == "close"
+        assert await conn.closed_by_server()
+        await eventually(lambda: server._inflight == 0)
