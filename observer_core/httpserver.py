@@ -351,6 +351,8 @@ class _Connection(asyncio.Protocol):
         self._body_stream: RequestBody | None = None  # the streamed body being read
         self._last_stream: RequestBody | None = None  # the latest one, until answered
         self._stream_full = False  # reading paused until the handler takes more of it
+        self._upgrade_body: bytes | None = None  # an Upgrade offer's body is to come (_replay)
+        self._replaying = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
@@ -467,6 +469,10 @@ class _Connection(asyncio.Protocol):
                 if self._stopped:
                     return
                 data = memoryview(data)[exc.args[0] :]
+                head = self._upgrade_body
+                if head is not None:  # the offer had a body: it comes next
+                    self._upgrade_body = None
+                    self._replay(head)
             except httptools.HttpParserCallbackError:
                 if not self._stopped:  # not our _StopParsing: a bug in a callback
                     self._server._log_exception("callback", "HTTP parser callback failed")
@@ -520,6 +526,8 @@ class _Connection(asyncio.Protocol):
 
     def _more_url(self, url: bytes) -> None:
         """A further piece of the target (it came in several reads): kept in a list."""
+        if self._replaying:
+            return
         if self._url_parts is None:
             self._url_parts = [self._url]
         self._url_parts.append(url)
@@ -585,7 +593,10 @@ class _Connection(asyncio.Protocol):
             if name == b"content-length":
                 self._content_length = int(value)  # llhttp has validated it
             elif name == b"transfer-encoding":
-                self._chunked = True  # llhttp rejects a request body framed otherwise
+                # llhttp takes any list of codings ending in chunked: only chunked is served.
+                if self._chunked or value.rstrip(b" \t").lower() != b"chunked":
+                    self._reject(400, "bad request: Transfer-Encoding other than chunked")
+                self._chunked = True
             elif name == b"expect":
                 self._expect = value.lower() == b"100-continue"
             else:
@@ -593,6 +604,8 @@ class _Connection(asyncio.Protocol):
 
     def _trailer(self) -> None:
         """A trailer field: it counts toward the head's limits and is never kept."""
+        if self._replaying:
+            return
         self._trailers += 1
         if self._trailers + len(self._headers) > self._server._max_headers:
             self._check_head_with(self._trailers)
@@ -605,7 +618,31 @@ class _Connection(asyncio.Protocol):
             self._reject(431, f"more than max_headers ({limits.max_headers}) header fields")
         self._check_head()
 
+    def _replay_head(self) -> bytes:
+        """A head that makes a fresh parser read the body that follows as this one's."""
+        parser = self._parser
+        version = parser.get_http_version().encode()
+        if self._chunked:
+            framing = b"Transfer-Encoding: chunked"
+        else:
+            framing = b"Content-Length: %d" % self._content_length
+        connection = b"keep-alive" if parser.should_keep_alive() else b"close"
+        return b"POST / HTTP/%s\r\n%s\r\nConnection: %s\r\n\r\n" % (version, framing, connection)
+
+    def _replay(self, head: bytes) -> None:
+        """Go on with a fresh parser, primed with ``head`` (its callbacks ignored)."""
+        self._parser = parser = httptools.HttpRequestParser(self)
+        size = self._head_size
+        self._replaying = True
+        try:
+            parser.feed_data(head)
+        finally:
+            self._replaying = False
+            self._head_size = size
+
     def on_headers_complete(self) -> None:
+        if self._replaying:
+            return
         parser = self._parser
         server = self._server
         self._head_done = True
@@ -624,10 +661,11 @@ class _Connection(asyncio.Protocol):
             target = self._split_target()
         self._path, self._query = target
 
-        # The body would be taken as the new protocol. An upgrade needs "Connection: upgrade"
-        # (only then is llhttp asked: a call per request otherwise).
+        # llhttp would take the body of an Upgrade offer as the new protocol: the offer is
+        # ignored, and the body read by a fresh parser (see _feed). An upgrade needs
+        # "Connection: upgrade": only then is llhttp asked (a call per request otherwise).
         if has_body and self._connection_header and parser.should_upgrade():
-            self._reject(400, "bad request: an Upgrade offer with a body")
+            self._upgrade_body = self._replay_head()
         try:
             checked = self._handler.precheck(self._method, self._path, self._headers)
         except Exception:
@@ -717,6 +755,8 @@ class _Connection(asyncio.Protocol):
             self._reject(413, self._body_too_large())
 
     def on_message_complete(self) -> None:
+        if self._upgrade_body is not None:
+            return  # llhttp skipped the body of an Upgrade offer: it is still to come
         self._in_message = self._continue_pending = False
         self._deadline = None
         keep_alive = self._parser.should_keep_alive()

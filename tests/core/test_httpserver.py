@@ -1025,3 +1025,49 @@ async def test_answer_before_the_streamed_body_ended_closes_the_connection() -> 
         assert r.status == 200 and r.headers["connection"] == "close"
         assert await conn.closed_by_server()
         await eventually(lambda: server._inflight == 0)
+
+
+async def test_upgrade_offer_with_a_body_is_answered_as_if_absent() -> None:
+    app = App()
+    offer = ("Connection: Upgrade", "Upgrade: websocket")
+    chunked = b"POST /echo?2 HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+    chunked += b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(post("/echo?1", b"body", *offer) + chunked + get("/echo?3"))
+        bodies = [json.loads((await conn.response()).body) for _ in range(3)]
+        assert [(b["query"], b["body"]) for b in bodies] == [("1", "body"), ("2", "abc"), ("3", "")]
+        await conn.send(post("/echo?4", b"again", *offer))  # the new parser goes on
+        assert json.loads((await conn.response()).body)["body"] == "again"
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [
+        "gzip, chunked",
+        "chunked, chunked",
+        "identity",
+        "chunked, identity",
+        "chunked\r\nTransfer-Encoding: chunked",
+    ],
+)
+async def test_transfer_encoding_other_than_chunked_is_400(coding: str) -> None:
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(
+            post("/echo", b"").replace(
+                b"Content-Length: 0", f"Transfer-Encoding: {coding}".encode()
+            )
+            + b"0\r\n\r\n"
+        )
+        r = await conn.response()
+        assert r.status == 400 and await conn.closed_by_server()
+    assert app.requests == []
+
+
+async def test_transfer_encoding_chunked_in_any_case_is_taken() -> None:
+    async with serving() as server, connection(server) as conn:
+        await conn.send(
+            post("/echo", b"").replace(b"Content-Length: 0", b"Transfer-Encoding: ChUnKeD")
+            + b"2\r\nhi\r\n0\r\n\r\n"
+        )
+        assert json.loads((await conn.response()).body)["body"] == "hi"
