@@ -1402,7 +1402,7 @@ class HttpServer:
         if suppressed is None:
             return
         if suppressed:
-            message += f" ({suppressed} more like it in the last second not logged)"
+            message += f" ({suppressed} more like it since the last one, not logged)"
         self._logger.exception(message, *args)
 
     def _over_budget(self, conn: _Connection) -> None:

@@ -1071,3 +1071,21 @@ async def test_transfer_encoding_chunked_in_any_case_is_taken() -> None:
             + b"2\r\nhi\r\n0\r\n\r\n"
         )
         assert json.loads((await conn.response()).body)["body"] == "hi"
+
+
+async def test_error_logs_are_rate_limited_per_kind(caplog: pytest.LogCaptureFixture) -> None:
+    async with serving() as server, connection(server) as conn:
+        with caplog.at_level(logging.ERROR, logger="observer_core.httpserver"):
+            for _ in range(50):
+                await conn.send(get("/boom"))
+                assert (await conn.response()).status == 500
+            assert len(caplog.records) == 1  # the other 49 within the second: counted
+            with anyio.fail_after(5):  # a second later, the next one says how many were left out
+                while len(caplog.records) == 1:
+                    await conn.send(get("/boom"))
+                    assert (await conn.response()).status == 500
+                    await asyncio.sleep(0.05)
+            assert "more like it since the last one, not logged" in caplog.records[1].getMessage()
+            await conn.send(get("/bad-header"))  # another kind: logged at once
+            assert (await conn.response()).status == 500
+            assert "invalid response" in caplog.records[2].getMessage()
