@@ -3,9 +3,17 @@
 It has one job: turn bytes into `Request` objects, hand them to a `Handler`, and write
 the `Response` back. It does what a real server must: keep-alive, pipelining (the
 requests of one connection are handled one after another, in order), Content-Length
-and chunked request bodies, ``Expect: 100-continue``, a body limit, header and idle
-timeouts, a bound on connections, streamed responses and a graceful stop.
+and chunked request bodies (whole, or streamed to the handler: :data:`STREAM`),
+``Expect: 100-continue``, streamed responses and a graceful stop; and it holds a
+hostile client to `HttpLimits` (contract §11.2): the request line, head, header count
+and body, head and body timeouts, connections, and the bytes held across connections.
 Why not uvicorn and ASGI: their layers cost more than the work (HTTP-SERVERS.md).
+
+Head limits are counted as the head arrives: the target's pieces and each header line
+in the parser's callbacks (ints, no copies), and, while a head stays incomplete across
+reads, the bytes read since (llhttp's wrapper keeps a partial header line to itself).
+Upgrade offers are ignored; CONNECT, targets other than a path, ``#`` and control
+characters are 400; chunked trailers are counted and dropped.
 
 Framing headers (Content-Length, Transfer-Encoding, Connection) belong to the server;
 a handler sets only a ``content-length`` header, and only on a streamed response.
@@ -50,8 +58,8 @@ __all__ = [
 ]
 
 _PIPELINE_LIMIT = 16  # requests queued on one connection before it stops reading
-_STREAM_BUFFER = 256 << 10  # a streamed body's bytes not yet taken before reading pauses
 _RESUME_AT = _PIPELINE_LIMIT // 2  # ... and starts again
+_STREAM_BUFFER = 256 << 10  # a streamed body's bytes not yet taken before reading pauses
 _LINGER_SECONDS = 2.0  # after an error response, how long to drain unread input
 _STOP_CANCEL_WAIT = 1.0  # at the end of stop(), how long cancelled handlers get
 
@@ -672,8 +680,10 @@ class _Connection(asyncio.Protocol):
             server._log_exception("precheck", "precheck failed for %s %s", self._method, self._path)
             server._rejected(500)
             checked = _error(500, "internal error")
-        stream = checked is STREAM
-        early = None if stream else cast("Response | None", checked)
+        if checked is STREAM:
+            stream, early = True, None
+        else:
+            stream, early = False, checked
         if early is None and self._content_length > server._max_body:
             server._rejected(413)
             early = _error(413, self._body_too_large())
