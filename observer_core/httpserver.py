@@ -338,6 +338,10 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._loop = loop
         self._handler = server._handler
+        # Limits read per request, kept here: one attribute lookup rather than two.
+        self._url_room = server._url_room
+        self._max_head = server._max_head
+        self._max_headers = server._max_headers
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[_Item] = deque()
         self._task: asyncio.Task[None] | None = None  # answers requests; lives with the connection
@@ -348,12 +352,13 @@ class _Connection(asyncio.Protocol):
         # The request being parsed.
         self._url = b""
         self._url_parts: list[bytes] | None = None  # a target that came in several reads
-        self._head_size = 0  # bytes of the head counted so far (see _LINE_EXTRA)
+        self._url_len = 0  # bytes of a target that came in several reads
+        self._head_size = 0  # bytes of the head and trailers, counted once trailers come
+        self._big_read = False  # the last read was longer than max_header_bytes
         self._head_done = False  # its headers are complete: what follows are trailers
         self._head_open = False  # an incomplete head was left in the parser by a read ...
         self._head_carried = 0  # ... and these bytes were read since (bounded as they come)
-        self._trailers = 0
-        self._heads = 0  # heads parsed on this connection
+        self._trailers = 0  # chunked trailer fields (counted, not kept)
         self._held = 0  # request body bytes read and not yet answered (max_inflight_bytes)
         self._memory_paused = False  # reading paused for max_inflight_bytes
         self._body_stream: RequestBody | None = None  # the streamed body being read
@@ -432,9 +437,13 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return  # lingering, or nothing more is read on this connection
+        # A head that ends in this read is no longer than it, unless the read is big (or
+        # the head began in an earlier one): only then are its bytes counted (on_headers_
+        # complete). Across reads, the bytes read since bound what the parser holds.
+        self._big_read = len(data) > self._max_head
         if self._head_open:  # a head is incomplete: bound what the parser accumulates
             carried = self._head_carried + len(data)
-            if carried > self._server._max_head:
+            if carried > self._max_head:
                 if not self._feed_bounded(data):
                     return
             else:
@@ -443,7 +452,10 @@ class _Connection(asyncio.Protocol):
         else:
             self._feed(data)
         if self._in_message and not self._head_done:
-            if not self._head_open:
+            if len(self._headers) > self._max_headers:
+                with contextlib.suppress(_StopParsing):
+                    self._check_head()
+            elif not self._head_open:
                 self._head_open = True
                 self._head_carried = 0
         else:
@@ -453,12 +465,11 @@ class _Connection(asyncio.Protocol):
         """Feed ``data`` to an incomplete head no further than ``max_header_bytes``: 431 if
         the head is not complete by then, else go on with the rest. Whether parsing goes on."""
         view = memoryview(data)
-        room = self._server._max_head - self._head_carried
-        heads = self._heads
+        room = self._max_head - self._head_carried
         self._feed(view[:room])
         if self._stopped:
             return False
-        if self._heads == heads:  # the head is still incomplete
+        if self._head_open:  # the head is still incomplete (on_headers_complete clears it)
             with contextlib.suppress(_StopParsing):
                 self._head_too_large()
             return False
@@ -518,14 +529,13 @@ class _Connection(asyncio.Protocol):
         self._in_message = True
         self._url = url
         self._url_parts = None
-        size = self._head_size = len(url)
         self._headers = []
         self._body = []
-        self._body_size = self._content_length = 0
+        self._body_size = self._content_length = self._trailers = 0
         self._chunked = self._expect = self._connection_header = self._head_done = False
         self._early = None
-        if size > self._server._url_room:
-            self._check_url()
+        if len(url) > self._url_room:
+            self._check_url(len(url))
         # _set_deadline(header_timeout, request=True), inline: this runs for every request.
         self._request_timer = True
         deadline = self._deadline = self._loop.time() + self._server._header_timeout
@@ -538,26 +548,34 @@ class _Connection(asyncio.Protocol):
             return
         if self._url_parts is None:
             self._url_parts = [self._url]
+            self._url_len = len(self._url)
         self._url_parts.append(url)
-        self._head_size += len(url)
-        if self._head_size > self._server._url_room:
-            self._check_url()
+        self._url_len += len(url)
+        if self._url_len > self._url_room:
+            self._check_url(self._url_len)
 
-    def _check_url(self) -> None:
-        """414 if the request line is longer than ``max_url_bytes``."""
+    def _check_url(self, size: int) -> None:
+        """414 if the request line (with a target of ``size`` bytes) is past ``max_url_bytes``."""
         limit = self._server._limits.max_url_bytes
-        if self._head_size + len(self._parser.get_method()) + _LINE_EXTRA > limit:
+        if size + len(self._parser.get_method()) + _LINE_EXTRA > limit:
             self._url_parts = None
             self._reject(414, f"request line longer than max_url_bytes ({limit} bytes)")
 
     def _check_head(self) -> None:
-        """431 if the head (trailers included) is past ``max_header_bytes`` or ``max_headers``."""
+        """431 if the head is past ``max_headers`` or ``max_header_bytes``."""
         limits = self._server._limits
         if len(self._headers) > limits.max_headers:
             self._reject(431, f"more than max_headers ({limits.max_headers}) header fields")
-        size = self._head_size + len(self._parser.get_method()) + _LINE_EXTRA + 4
-        if size > limits.max_header_bytes:
+        if self._head_bytes() > limits.max_header_bytes:
             self._head_too_large()
+
+    def _head_bytes(self) -> int:
+        """The size of the head parsed so far (see _LINE_EXTRA)."""
+        parts = self._url_parts
+        target = self._url_len if parts is not None else len(self._url)
+        fields = sum(len(name) + len(value) for name, value in self._headers)
+        fields += _FIELD_EXTRA * len(self._headers)
+        return len(self._parser.get_method()) + _LINE_EXTRA + 2 + target + fields + 2
 
     def _head_too_large(self) -> None:
         limit = self._server._limits.max_header_bytes
@@ -588,15 +606,11 @@ class _Connection(asyncio.Protocol):
             self._pause_reading()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = self._head_size = self._head_size + len(name) + len(value) + _FIELD_EXTRA
         if self._head_done:  # a chunked trailer: counted, then dropped
-            self._trailer()
+            self._trailer(name, value)
             return
         name = name.lower()
-        headers = self._headers
-        headers.append((name, value))
-        if size > self._server._head_room or len(headers) > self._server._max_headers:
-            self._check_head()
+        self._headers.append((name, value))
         if name in _SPECIAL_HEADERS:
             if name == b"content-length":
                 self._content_length = int(value)  # llhttp has validated it
@@ -610,21 +624,25 @@ class _Connection(asyncio.Protocol):
             else:
                 self._connection_header = True
 
-    def _trailer(self) -> None:
+    def _trailer(self, name: bytes, value: bytes) -> None:
         """A trailer field: it counts toward the head's limits and is never kept."""
         if self._replaying:
             return
+        if not self._trailers:
+            self._head_size = self._head_bytes()
         self._trailers += 1
-        if self._trailers + len(self._headers) > self._server._max_headers:
-            self._check_head_with(self._trailers)
-        elif self._head_size > self._server._head_room:
-            self._check_head_with(0)
-
-    def _check_head_with(self, trailers: int) -> None:
+        self._head_size += len(name) + len(value) + _FIELD_EXTRA
         limits = self._server._limits
-        if trailers + len(self._headers) > limits.max_headers:
+        if self._trailers + len(self._headers) > limits.max_headers:
             self._reject(431, f"more than max_headers ({limits.max_headers}) header fields")
-        self._check_head()
+        if self._head_size > limits.max_header_bytes:
+            self._head_too_large()
+
+    def _other_method(self, method: bytes) -> str:
+        """A method other than the usual ones; CONNECT is 400 (this server is no tunnel)."""
+        if method == b"CONNECT":
+            self._reject(400, "bad request: CONNECT is not served (this is no tunnel)")
+        return method.decode("ascii")
 
     def _replay_head(self) -> bytes:
         """A head that makes a fresh parser read the body that follows as this one's."""
@@ -640,13 +658,11 @@ class _Connection(asyncio.Protocol):
     def _replay(self, head: bytes) -> None:
         """Go on with a fresh parser, primed with ``head`` (its callbacks ignored)."""
         self._parser = parser = httptools.HttpRequestParser(self)
-        size = self._head_size
         self._replaying = True
         try:
             parser.feed_data(head)
         finally:
             self._replaying = False
-            self._head_size = size
 
     def on_headers_complete(self) -> None:
         if self._replaying:
@@ -654,15 +670,15 @@ class _Connection(asyncio.Protocol):
         parser = self._parser
         server = self._server
         self._head_done = True
-        self._heads += 1
-        self._trailers = 0  # chunked trailer fields (counted, not kept)
+        spanned = self._head_open  # the head began in an earlier read
+        if spanned or self._big_read or len(self._headers) > self._max_headers:
+            self._head_open = False  # (for _feed_bounded: the head is complete)
+            self._check_head()
         if self._url_parts is not None:
             self._url = b"".join(self._url_parts)
             self._url_parts = None
         method = parser.get_method()
-        self._method = _METHODS.get(method) or method.decode("ascii")
-        if self._method == "CONNECT":
-            self._reject(400, "bad request: CONNECT is not served (this is no tunnel)")
+        self._method = _METHODS.get(method) or self._other_method(method)
         has_body = self._chunked or self._content_length > 0
         target = server._targets.get(self._url)
         if target is None:
@@ -694,7 +710,15 @@ class _Connection(asyncio.Protocol):
             self._early = early  # sent in turn when the (empty) message completes
             return
         if has_body:
-            self._set_deadline(server._body_timeout, request=True)
+            # The body's clock starts now: if the head came in this read, as good as when the
+            # head's did (on_url), so no clock is read for the usual request.
+            deadline = self._deadline
+            if spanned or deadline is None:
+                self._set_deadline(server._body_timeout, request=True)
+            else:
+                deadline = self._deadline = deadline + server._body_extra
+                if self._timer is None or self._timer_at > deadline:
+                    self._arm(deadline)
             if self._expect and not self._is_http10():
                 if not self._busy:
                     self._transport.write(_CONTINUE)
@@ -926,8 +950,14 @@ class _Connection(asyncio.Protocol):
         if last is not None and last is not stream:
             last._discard()  # its handler is done: what it left is dropped
             self._last_stream = None
-        if self._held > keep:
-            self._server._release(self, self._held - keep)
+        size = self._held - keep
+        if size > 0:  # _release, inline for the usual case: nobody waits for memory
+            server = self._server
+            if server._memory_waiting or server._overdraft is not None:
+                server._release(self, size)
+            else:
+                self._held = keep
+                server._inflight -= size
 
     def _call_handler(self, request: Request) -> Response | Awaitable[Response] | Later:
         try:
@@ -1308,11 +1338,11 @@ class HttpServer:
         self._max_connections = limits.max_connections
         self._header_timeout = limits.header_timeout_secs
         self._body_timeout = limits.body_timeout_secs
+        self._body_extra = limits.body_timeout_secs - limits.header_timeout_secs
         self._idle_timeout = limits.idle_timeout_secs
         self._max_head = limits.max_header_bytes
         self._max_headers = limits.max_headers
         self._url_room = limits.max_url_bytes - _LINE_EXTRA - _MIN_METHOD
-        self._head_room = limits.max_header_bytes - _LINE_EXTRA - 4 - _MIN_METHOD
         self._max_inflight = limits.max_inflight_bytes
         self._inflight = 0  # request body bytes held, all connections together
         self._overdraft: _Connection | None = None  # may read on past max_inflight_bytes
