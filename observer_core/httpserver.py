@@ -3,9 +3,17 @@
 It has one job: turn bytes into `Request` objects, hand them to a `Handler`, and write
 the `Response` back. It does what a real server must: keep-alive, pipelining (the
 requests of one connection are handled one after another, in order), Content-Length
-and chunked request bodies, ``Expect: 100-continue``, a body limit, header and idle
-timeouts, a bound on connections, streamed responses and a graceful stop.
+and chunked request bodies (whole, or streamed to the handler: :data:`STREAM`),
+``Expect: 100-continue``, streamed responses and a graceful stop; and it holds a
+hostile client to `HttpLimits` (contract §11.2): the request line, head, header count
+and body, head and body timeouts, connections, and the bytes held across connections.
 Why not uvicorn and ASGI: their layers cost more than the work (HTTP-SERVERS.md).
+
+Head limits are counted as the head arrives: the target's pieces and each header line
+in the parser's callbacks (ints, no copies), and, while a head stays incomplete across
+reads, the bytes read since (llhttp's wrapper keeps a partial header line to itself).
+Upgrade offers are ignored; CONNECT, targets other than a path, ``#`` and control
+characters are 400; chunked trailers are counted and dropped.
 
 Framing headers (Content-Length, Transfer-Encoding, Connection) belong to the server;
 a handler sets only a ``content-length`` header, and only on a streamed response.
@@ -18,30 +26,105 @@ import contextlib
 import enum
 import json
 import logging
+import re
+import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Final, Protocol, cast
+from typing import Annotated, Any, Final, Protocol, cast
 
 import httptools
 import msgspec
 
-__all__ = ["LATER", "Handler", "HttpServer", "Later", "Request", "Response"]
+__all__ = [
+    "LATER",
+    "STREAM",
+    "Connections",
+    "Handler",
+    "HeaderBytes",
+    "HeaderCount",
+    "HttpLimits",
+    "HttpServer",
+    "Later",
+    "Request",
+    "RequestBody",
+    "RequestBodyError",
+    "Response",
+    "Seconds",
+    "Size",
+    "Stream",
+    "UrlBytes",
+]
 
 _PIPELINE_LIMIT = 16  # requests queued on one connection before it stops reading
 _RESUME_AT = _PIPELINE_LIMIT // 2  # ... and starts again
+_STREAM_BUFFER = 256 << 10  # a streamed body's bytes not yet taken before reading pauses
 _LINGER_SECONDS = 2.0  # after an error response, how long to drain unread input
 _STOP_CANCEL_WAIT = 1.0  # at the end of stop(), how long cancelled handlers get
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _SPECIAL_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"connection"))
-_TARGET_CACHE_MAX = 256  # request targets whose (path, query) split is remembered
+_TARGET_CACHE_MAX = 256  # request targets whose (path, query) split is remembered ...
+_TARGET_CACHE_KEY_MAX = 512  # ... if no longer than this: the cache holds at most 128 KiB
+# The request line is method SP target SP HTTP/x.y (10 bytes besides method and target; the
+# shortest method has 3); a header line is name ":" value CRLF (whitespace around the value
+# is not counted: it is not kept); the head ends with CRLF.
+_LINE_EXTRA = 10
+_FIELD_EXTRA = 3
+_MIN_METHOD = 3
+_BAD_TARGET = re.compile(rb"[\x00-\x1f#\x7f]")  # a fragment, or a control character
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _NO_BODY_STATUSES = frozenset((*range(100, 200), 204, 304))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+
+
+UrlBytes = Annotated[int, msgspec.Meta(ge=64, le=1 << 20)]
+HeaderBytes = Annotated[int, msgspec.Meta(ge=256, le=1 << 24)]
+HeaderCount = Annotated[int, msgspec.Meta(ge=1, le=10000)]
+Size = Annotated[int, msgspec.Meta(ge=1, le=1 << 40)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+Connections = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+
+
+class HttpLimits(msgspec.Struct, kw_only=True, frozen=True):
+    """What one listener holds and waits for (contract §11.2). Each field is also the
+    listener's config key of that name; past a limit the client gets an error naming it."""
+
+    max_url_bytes: UrlBytes = 8192
+    """Request line (method, target, version): 414 past it."""
+    max_header_bytes: HeaderBytes = 32768
+    """Request head (request line and header lines), chunked trailers included: 431."""
+    max_headers: HeaderCount = 100
+    """Header fields in one request (trailers included): 431."""
+    max_body_bytes: Size = 1 << 20
+    """Request body: 413."""
+    header_timeout_secs: Seconds = 10.0
+    """Time to receive a whole head (a new connection's first one too): 408."""
+    body_timeout_secs: Seconds = 10.0
+    """Time to receive a whole body, from the end of its head: 408."""
+    idle_timeout_secs: Seconds = 60.0
+    """How long a keep-alive connection may idle, or a client leave a response unread."""
+    max_connections: Connections = 1024
+    """Open connections: 503 past it."""
+    max_inflight_bytes: Size = 64 << 20
+    """Request body bytes held by the listener, all connections together: reading pauses."""
+
+    @classmethod
+    def of(cls, config: object, **overrides: Any) -> HttpLimits:
+        """The limits set by ``config``'s attributes of the same names (others: defaults),
+        then ``overrides``; checked against the bounds (ValueError naming the field)."""
+        values = {
+            name: getattr(config, name) for name in cls.__struct_fields__ if hasattr(config, name)
+        }
+        values.update(overrides)
+        try:
+            return msgspec.convert(values, cls)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"HTTP limits: {exc}") from None
 
 
 class Later(enum.Enum):
@@ -55,10 +138,94 @@ LATER: Final = Later.LATER
 coroutine or future per request, for handlers whose answer comes from a callback."""
 
 
+class Stream(enum.Enum):
+    """The type of :data:`STREAM`."""
+
+    STREAM = "stream"
+
+
+STREAM: Final = Stream.STREAM
+"""What ``Handler.precheck`` returns to take the request's body as it arrives: the handler
+is called once the head is in, with ``body`` empty and ``body_stream`` set (a request
+without a body is handled as usual)."""
+
+
+class RequestBodyError(Exception):
+    """The client's body broke off: too large, too slow, or the client left. ``response``
+    is what the client gets (a handler that lets this propagate answers with it)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.body.decode("utf-8", "replace"))
+        self.response = response
+
+
+class RequestBody:
+    """A request body as it arrives (see :data:`STREAM`): iterate it for its chunks. What
+    is not yet taken counts toward ``max_inflight_bytes``; past 256 KiB the connection
+    stops reading until the handler takes more. A body that breaks off raises
+    :class:`RequestBodyError`."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._done = False
+        self._error: RequestBodyError | None = None
+        self._discarded = False  # answered already: what still comes is dropped
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __aiter__(self) -> RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                raise StopAsyncIteration
+            waiter = self._waiter = self._connection._loop.create_future()
+            await waiter
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        self._connection._body_taken(len(chunk), self._buffered)
+        return chunk
+
+    def _put(self, chunk: bytes) -> int:
+        """Keep ``chunk`` for the handler; the bytes now buffered (0: dropped)."""
+        if self._discarded:
+            return 0
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        self._wake()
+        return self._buffered
+
+    def _end(self, error: RequestBodyError | None = None) -> None:
+        if self._done or self._error is not None:
+            return
+        if error is None:
+            self._done = True
+        else:
+            self._error = error
+        self._wake()
+
+    def _discard(self) -> int:
+        """Drop what was not taken, and what is still to come; the bytes dropped."""
+        self._discarded = self._done = True
+        dropped, self._buffered = self._buffered, 0
+        self._chunks.clear()
+        return dropped
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class Request(msgspec.Struct):
     """A complete request. ``path`` and ``query`` are as sent: not percent-decoded, the bytes
     read as latin-1. Header names are lower-cased. (A msgspec Struct rather than a
-    dataclass: its ``__init__`` is C, a third of the cost, and one is made per request.)"""
+    dataclass: its ``__init__`` is C, a third of the cost, and one is made per request.)
+    ``body_stream``: the body as it arrives, when ``precheck`` returned :data:`STREAM`."""
 
     method: str
     path: str
@@ -66,6 +233,7 @@ class Request(msgspec.Struct):
     headers: list[tuple[bytes, bytes]]
     body: bytes
     _connection: Any = None
+    body_stream: RequestBody | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (give it lower-case), or None."""
@@ -115,9 +283,10 @@ class Handler(Protocol):
 
     def precheck(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]]
-    ) -> Response | None:
-        """Called when the headers are complete, before the body is read.
-        Return a Response to answer early (404, 405, 401...), None to go on."""
+    ) -> Response | Stream | None:
+        """Called when the headers are complete, before the body is read. Return a Response
+        to answer early (404, 405, 401...), None to go on, :data:`STREAM` to be handed the
+        body as it arrives."""
         ...
 
     def handle(self, request: Request) -> Response | Awaitable[Response] | Later:
@@ -162,6 +331,23 @@ def _uncancel() -> None:
         task.uncancel()
 
 
+class _LogGate:
+    """At most one log line a second per kind; counts the lines left out."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, kind: str) -> int | None:
+        """None to leave this line out, else how many were left out since the last one."""
+        now = time.monotonic()
+        if now - self._last.get(kind, -2.0) < 1.0:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return None
+        self._last[kind] = now
+        return self._suppressed.pop(kind, 0)
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback after the connection was told to stop reading."""
 
@@ -175,6 +361,10 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._loop = loop
         self._handler = server._handler
+        # Limits read per request, kept here: one attribute lookup rather than two.
+        self._url_room = server._url_room
+        self._max_head = server._max_head
+        self._max_headers = server._max_headers
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[_Item] = deque()
         self._task: asyncio.Task[None] | None = None  # answers requests; lives with the connection
@@ -184,6 +374,21 @@ class _Connection(asyncio.Protocol):
         self._later_waiter: asyncio.Future[Response] | None = None  # the task awaits its reply
         # The request being parsed.
         self._url = b""
+        self._url_parts: list[bytes] | None = None  # a target that came in several reads
+        self._url_len = 0  # bytes of a target that came in several reads
+        self._head_size = 0  # bytes of the head and trailers, counted once trailers come
+        self._big_read = False  # the last read was longer than max_header_bytes
+        self._head_done = False  # its headers are complete: what follows are trailers
+        self._head_open = False  # an incomplete head was left in the parser by a read ...
+        self._head_carried = 0  # ... and these bytes were read since (bounded as they come)
+        self._trailers = 0  # chunked trailer fields (counted, not kept)
+        self._held = 0  # request body bytes read and not yet answered (max_inflight_bytes)
+        self._memory_paused = False  # reading paused for max_inflight_bytes
+        self._body_stream: RequestBody | None = None  # the streamed body being read
+        self._last_stream: RequestBody | None = None  # the latest one, until answered
+        self._stream_full = False  # reading paused until the handler takes more of it
+        self._upgrade_body: bytes | None = None  # an Upgrade offer's body is to come (_replay)
+        self._replaying = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
@@ -217,6 +422,7 @@ class _Connection(asyncio.Protocol):
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._request_timer = False  # the deadline is for a request's head or body (408)
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -231,12 +437,15 @@ class _Connection(asyncio.Protocol):
             transport.close()
             return
         server._connections.add(self)
-        self._set_deadline(server._header_timeout)  # the first request, like any other
+        self._set_deadline(server._header_timeout, request=True)  # the first request's head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = self._closed = self._stopped = True
         self._queue.clear()
         self._client_left()
+        if self._body_stream is not None:
+            self._break_stream(_error(400, "bad request: the client left before its body ended"))
+        self._server._forget_memory(self)
         self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
@@ -254,23 +463,70 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return  # lingering, or nothing more is read on this connection
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            if self._method == "CONNECT":  # what follows is a tunnel we do not offer
-                self._stopped = self._linger_on_close = True
-                self._pause_reading()
-                if not self._busy and not self._queue:
-                    self._close()  # its answer went out already, before the tunnel began
-            else:  # ignore the upgrade offer and go on with HTTP/1.1
-                self.data_received(data[exc.args[0] :])
-        except httptools.HttpParserCallbackError:
-            if not self._stopped:  # not our _StopParsing: a bug in a callback
-                self._server._logger.exception("HTTP parser callback failed")
-                self._fail(_error(500, "internal error"))
-        except httptools.HttpParserError as exc:
-            if not self._stopped:  # else: data after "Connection: close", ignored
-                self._fail(_error(400, f"bad request: {exc}"))
+        # A head that ends in this read is no longer than it, unless the read is big (or
+        # the head began in an earlier one): only then are its bytes counted (on_headers_
+        # complete). Across reads, the bytes read since bound what the parser holds.
+        self._big_read = len(data) > self._max_head
+        if self._head_open:  # a head is incomplete: bound what the parser accumulates
+            carried = self._head_carried + len(data)
+            if carried > self._max_head:
+                if not self._feed_bounded(data):
+                    return
+            else:
+                self._head_carried = carried
+                self._feed(data)
+        else:
+            self._feed(data)
+        if self._in_message and not self._head_done:
+            if len(self._headers) > self._max_headers:
+                with contextlib.suppress(_StopParsing):
+                    self._check_head()
+            elif not self._head_open:
+                self._head_open = True
+                self._head_carried = 0
+        else:
+            self._head_open = False
+
+    def _feed_bounded(self, data: bytes) -> bool:
+        """Feed ``data`` to an incomplete head no further than ``max_header_bytes``: 431 if
+        the head is not complete by then, else go on with the rest. Whether parsing goes on."""
+        view = memoryview(data)
+        room = self._max_head - self._head_carried
+        self._feed(view[:room])
+        if self._stopped:
+            return False
+        if self._head_open:  # the head is still incomplete (on_headers_complete clears it)
+            with contextlib.suppress(_StopParsing):
+                self._head_too_large()
+            return False
+        self._head_open = False
+        self._feed(view[room:])
+        return not self._stopped
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        """Parse ``data``; an Upgrade offer is ignored (parsing goes on after the request,
+        in a loop: any number of pipelined offers)."""
+        while True:
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as exc:
+                if self._stopped:
+                    return
+                data = memoryview(data)[exc.args[0] :]
+                head = self._upgrade_body
+                if head is not None:  # the offer had a body: it comes next
+                    self._upgrade_body = None
+                    self._replay(head)
+            except httptools.HttpParserCallbackError:
+                if not self._stopped:  # not our _StopParsing: a bug in a callback
+                    self._server._log_exception("callback", "HTTP parser callback failed")
+                    self._fail(_error(500, "internal error"))
+                return
+            except httptools.HttpParserError as exc:
+                if not self._stopped:  # else: data after "Connection: close", ignored
+                    self._fail(_error(400, f"bad request: {exc}"))
+                return
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -295,108 +551,273 @@ class _Connection(asyncio.Protocol):
         # The first piece of a request's URL begins the message: one callback fewer per
         # request than on_message_begin (the request line's method is all that came before).
         if self._in_message:
-            self._url += url
+            self._more_url(url)
             return
         self._in_message = True
-        self._head_done = False
         self._url = url
+        self._url_parts = None
         self._headers = []
         self._body = []
-        self._body_size = self._content_length = 0
-        self._chunked = self._expect = self._connection_header = False
+        self._body_size = self._content_length = self._trailers = 0
+        self._chunked = self._expect = self._connection_header = self._head_done = False
         self._early = None
-        # _set_deadline(header_timeout), inline: this runs for every request.
+        if len(url) > self._url_room:
+            self._check_url(len(url))
+        # _set_deadline(header_timeout, request=True), inline: this runs for every request.
+        self._request_timer = True
         deadline = self._deadline = self._loop.time() + self._server._header_timeout
         if self._timer is None or self._timer_at > deadline:
             self._arm(deadline)
 
+    def _more_url(self, url: bytes) -> None:
+        """A further piece of the target (it came in several reads): kept in a list."""
+        if self._replaying:
+            return
+        if self._url_parts is None:
+            self._url_parts = [self._url]
+            self._url_len = len(self._url)
+        self._url_parts.append(url)
+        self._url_len += len(url)
+        if self._url_len > self._url_room:
+            self._check_url(self._url_len)
+
+    def _check_url(self, size: int) -> None:
+        """414 if the request line (with a target of ``size`` bytes) is past ``max_url_bytes``."""
+        limit = self._server._limits.max_url_bytes
+        if size + len(self._parser.get_method()) + _LINE_EXTRA > limit:
+            self._url_parts = None
+            self._reject(414, f"request line longer than max_url_bytes ({limit} bytes)")
+
+    def _check_head(self) -> None:
+        """431 if the head is past ``max_headers`` or ``max_header_bytes``."""
+        limits = self._server._limits
+        if len(self._headers) > limits.max_headers:
+            self._reject(431, f"more than max_headers ({limits.max_headers}) header fields")
+        if self._head_bytes() > limits.max_header_bytes:
+            self._head_too_large()
+
+    def _head_bytes(self) -> int:
+        """The size of the head parsed so far (see _LINE_EXTRA)."""
+        parts = self._url_parts
+        target = self._url_len if parts is not None else len(self._url)
+        fields = sum(len(name) + len(value) for name, value in self._headers)
+        fields += _FIELD_EXTRA * len(self._headers)
+        return len(self._parser.get_method()) + _LINE_EXTRA + 2 + target + fields + 2
+
+    def _head_too_large(self) -> None:
+        limit = self._server._limits.max_header_bytes
+        self._reject(431, f"request head longer than max_header_bytes ({limit} bytes)")
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answer ``status`` after what is queued, read no more, close: a limit was passed.
+        (A streamed body's handler gets it as a RequestBodyError instead.)"""
+        self._headers = []
+        self._body = []
+        if self._body_stream is not None:
+            self._server._rejected(status)
+            self._break_stream(_error(status, message))
+        else:
+            self._fail(_error(status, message))
+        raise _StopParsing
+
+    def _break_stream(self, response: Response) -> None:
+        """The streamed body cannot end well: its handler gets ``response`` as an error;
+        nothing more is read, and the connection closes after the handler's answer."""
+        stream = cast(RequestBody, self._body_stream)
+        self._body_stream = None
+        stream._end(RequestBodyError(response))
+        self._stopped = self._linger_on_close = True
+        self._in_message = self._continue_pending = False
+        self._deadline = None
+        if not self._lost:
+            self._pause_reading()
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._head_done:
-            return  # a chunked trailer: discarded, never merged into the headers (§11.2)
+        if self._head_done:  # a chunked trailer: counted, then dropped
+            self._trailer(name, value)
+            return
         name = name.lower()
         self._headers.append((name, value))
         if name in _SPECIAL_HEADERS:
             if name == b"content-length":
                 self._content_length = int(value)  # llhttp has validated it
             elif name == b"transfer-encoding":
-                self._chunked = True  # llhttp rejects a request body framed otherwise
+                # llhttp takes any list of codings ending in chunked: only chunked is served.
+                if self._chunked or value.rstrip(b" \t").lower() != b"chunked":
+                    self._reject(400, "bad request: Transfer-Encoding other than chunked")
+                self._chunked = True
             elif name == b"expect":
                 self._expect = value.lower() == b"100-continue"
             else:
                 self._connection_header = True
 
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field: it counts toward the head's limits and is never kept."""
+        if self._replaying:
+            return
+        if not self._trailers:
+            self._head_size = self._head_bytes()
+        self._trailers += 1
+        self._head_size += len(name) + len(value) + _FIELD_EXTRA
+        limits = self._server._limits
+        if self._trailers + len(self._headers) > limits.max_headers:
+            self._reject(431, f"more than max_headers ({limits.max_headers}) header fields")
+        if self._head_size > limits.max_header_bytes:
+            self._head_too_large()
+
+    def _other_method(self, method: bytes) -> str:
+        """A method other than the usual ones; CONNECT is 400 (this server is no tunnel)."""
+        if method == b"CONNECT":
+            self._reject(400, "bad request: CONNECT is not served (this is no tunnel)")
+        return method.decode("ascii")
+
+    def _replay_head(self) -> bytes:
+        """A head that makes a fresh parser read the body that follows as this one's."""
+        parser = self._parser
+        version = parser.get_http_version().encode()
+        if self._chunked:
+            framing = b"Transfer-Encoding: chunked"
+        else:
+            framing = b"Content-Length: %d" % self._content_length
+        connection = b"keep-alive" if parser.should_keep_alive() else b"close"
+        return b"POST / HTTP/%s\r\n%s\r\nConnection: %s\r\n\r\n" % (version, framing, connection)
+
+    def _replay(self, head: bytes) -> None:
+        """Go on with a fresh parser, primed with ``head`` (its callbacks ignored)."""
+        self._parser = parser = httptools.HttpRequestParser(self)
+        self._replaying = True
+        try:
+            parser.feed_data(head)
+        finally:
+            self._replaying = False
+
     def on_headers_complete(self) -> None:
-        self._head_done = True
+        if self._replaying:
+            return
         parser = self._parser
         server = self._server
+        self._head_done = True
+        spanned = self._head_open  # the head began in an earlier read
+        if spanned or self._big_read or len(self._headers) > self._max_headers:
+            self._head_open = False  # (for _feed_bounded: the head is complete)
+            self._check_head()
+        if self._url_parts is not None:
+            self._url = b"".join(self._url_parts)
+            self._url_parts = None
         method = parser.get_method()
-        self._method = _METHODS.get(method) or method.decode("ascii")
+        self._method = _METHODS.get(method) or self._other_method(method)
         has_body = self._chunked or self._content_length > 0
         target = server._targets.get(self._url)
         if target is None:
             target = self._split_target()
         self._path, self._query = target
 
-        # The body would be taken as the new protocol. An upgrade needs "Connection: upgrade"
-        # or CONNECT: only then is llhttp asked (a call per request otherwise).
-        if (
-            has_body
-            and (self._connection_header or self._method == "CONNECT")
-            and parser.should_upgrade()
-        ):
-            self._fail(_error(400, "bad request: upgrade with a body"))
-            raise _StopParsing
+        # llhttp would take the body of an Upgrade offer as the new protocol: the offer is
+        # ignored, and the body read by a fresh parser (see _feed). An upgrade needs
+        # "Connection: upgrade": only then is llhttp asked (a call per request otherwise).
+        if has_body and self._connection_header and parser.should_upgrade():
+            self._upgrade_body = self._replay_head()
         try:
-            early = self._handler.precheck(self._method, self._path, self._headers)
+            checked = self._handler.precheck(self._method, self._path, self._headers)
         except Exception:
-            server._logger.exception("precheck failed for %s %s", self._method, self._path)
+            server._log_exception("precheck", "precheck failed for %s %s", self._method, self._path)
             server._rejected(500)
-            early = _error(500, "internal error")
+            checked = _error(500, "internal error")
+        if checked is STREAM:
+            stream, early = True, None
+        else:
+            stream, early = False, checked
         if early is None and self._content_length > server._max_body:
             server._rejected(413)
-            early = _error(413, "request body too large")
+            early = _error(413, self._body_too_large())
         if early is not None:
             if has_body:  # answer without reading the body, then close
                 self._fail(early, own=False)
                 raise _StopParsing
             self._early = early  # sent in turn when the (empty) message completes
-        elif self._expect and has_body and not self._is_http10():
-            if not self._busy:
-                self._transport.write(_CONTINUE)
-            else:  # earlier responses go first
-                self._continue_pending = True
+            return
+        if has_body:
+            # The body's clock starts now: if the head came in this read, as good as when the
+            # head's did (on_url), so no clock is read for the usual request.
+            deadline = self._deadline
+            if spanned or deadline is None:
+                self._set_deadline(server._body_timeout, request=True)
+            else:
+                deadline = self._deadline = deadline + server._body_extra
+                if self._timer is None or self._timer_at > deadline:
+                    self._arm(deadline)
+            if self._expect and not self._is_http10():
+                if not self._busy:
+                    self._transport.write(_CONTINUE)
+                else:  # earlier responses go first
+                    self._continue_pending = True
+            if stream:
+                self._start_stream()
+
+    def _start_stream(self) -> None:
+        """Hand the request to its handler now, its body to come through ``body_stream``."""
+        body = self._body_stream = self._last_stream = RequestBody(self)
+        keep_alive = self._parser.should_keep_alive()
+        http10 = (not keep_alive or self._connection_header) and self._is_http10()
+        request = Request(
+            self._method, self._path, self._query, self._headers, b"", self, body_stream=body
+        )
+        self._enqueue((request, keep_alive, http10, self._method == "HEAD"))
+
+    def _body_taken(self, size: int, buffered: int) -> None:
+        """The handler took ``size`` bytes of the streamed body; ``buffered`` are left."""
+        self._server._release(self, size)
+        if self._stream_full and buffered <= _STREAM_BUFFER // 2:
+            self._stream_full = False
+            if not self._stopped:
+                self._resume_reading()
+
+    def _body_too_large(self) -> str:
+        return f"request body too large: over max_body_bytes ({self._server._max_body} bytes)"
 
     def _split_target(self) -> tuple[str, str]:
-        """(path, query) of the request target; origin-form targets are remembered."""
+        """(path, query) of an origin-form target (short ones are remembered); else 400."""
         url = self._url
-        if url[:1] == b"/":  # origin-form: nearly always
-            path, _, query = url.partition(b"?")
-            target = path.decode("latin-1"), query.decode("latin-1")
-            targets = self._server._targets
-            if len(targets) < _TARGET_CACHE_MAX:
-                targets[url] = target
-            return target
-        try:  # absolute-form, "*", authority-form (CONNECT)
-            parsed = httptools.parse_url(url)
-        except httptools.HttpParserError:
-            self._fail(_error(400, "bad request: invalid URL"))
-            raise _StopParsing from None
-        return (parsed.path or b"/").decode("latin-1"), (parsed.query or b"").decode("latin-1")
+        if url[:1] != b"/":
+            self._reject(400, "bad request: the target must be a path (origin-form)")
+        if _BAD_TARGET.search(url) is not None:
+            self._reject(400, "bad request: a '#' or a control character in the target")
+        path, _, query = url.partition(b"?")
+        target = path.decode("latin-1"), query.decode("latin-1")
+        targets = self._server._targets
+        if len(targets) < _TARGET_CACHE_MAX and len(url) <= _TARGET_CACHE_KEY_MAX:
+            targets[url] = target
+        return target
 
     def _is_http10(self) -> bool:
         """Whether the request is HTTP/1.0 (asked only when it matters: the call is slow)."""
         return self._parser.get_http_version() == "1.0"
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-        if self._chunked:  # a Content-Length body was checked against the limit already
-            self._body_size += len(body)
-            if self._body_size > self._server._max_body:
-                self._body = []
-                self._fail(_error(413, "request body too large"))
-                raise _StopParsing
+        size = len(body)
+        self._body_size += size
+        server = self._server
+        stream = self._body_stream
+        if stream is None:
+            self._body.append(body)
+        else:
+            buffered = stream._put(body)
+            if not buffered:
+                size = 0  # the request was answered: dropped
+            elif buffered > _STREAM_BUFFER:
+                self._stream_full = True
+                self._pause_reading()
+        self._held += size
+        server._inflight += size
+        if server._inflight > server._max_inflight:
+            server._over_budget(self)
+        # A Content-Length body was checked against the limit already.
+        if self._chunked and self._body_size > server._max_body:
+            self._reject(413, self._body_too_large())
 
     def on_message_complete(self) -> None:
+        if self._upgrade_body is not None:
+            return  # llhttp skipped the body of an Upgrade offer: it is still to come
         self._in_message = self._continue_pending = False
         self._deadline = None
         keep_alive = self._parser.should_keep_alive()
@@ -406,6 +827,11 @@ class _Connection(asyncio.Protocol):
         if not keep_alive:
             self._stopped = True
             self._pause_reading()
+        stream = self._body_stream
+        if stream is not None:  # its request is with the handler already
+            self._body_stream = None
+            stream._end()
+            return
         head = self._method == "HEAD"
         if self._early is not None:
             self._enqueue((self._early, keep_alive, http10, head))
@@ -526,7 +952,11 @@ class _Connection(asyncio.Protocol):
         """Send a (non-streamed) response outside the task, then go idle or on."""
         if self._shutdown or (self._stopped and not self._queue):
             keep_alive = False  # the last response on this connection
+        elif self._body_stream is not None and not self._queue:
+            keep_alive = self._answered_mid_body()
         self._send(response, keep_alive, http10, head)
+        if self._held and not self._queue:
+            self._release_answered()
         if not keep_alive:
             self._close()
         elif self._queue or self._write_paused:
@@ -535,9 +965,42 @@ class _Connection(asyncio.Protocol):
             self._became_idle()
         elif not self._in_message:
             # _became_idle's usual case, inline: the idle timeout starts.
+            self._request_timer = False
             deadline = self._deadline = self._loop.time() + self._server._idle_timeout
             if self._timer is None or self._timer_at > deadline:
                 self._arm(deadline)
+
+    def _answered_mid_body(self) -> bool:
+        """The streamed request is answered before its body ended: read no more of it, and
+        close after the answer. Returns the answer's keep-alive: False."""
+        stream = cast(RequestBody, self._body_stream)
+        self._body_stream = None
+        stream._discard()
+        self._stopped = self._linger_on_close = True
+        self._in_message = self._continue_pending = False
+        self._deadline = None
+        self._pause_reading()
+        return False
+
+    def _release_answered(self) -> None:
+        """Nothing is left to answer: the bodies of the requests answered are not held."""
+        stream = self._body_stream
+        if stream is not None:  # the body still arriving: what its handler has not taken
+            keep = stream._buffered
+        else:
+            keep = self._body_size if self._in_message else 0  # the body being read
+        last = self._last_stream
+        if last is not None and last is not stream:
+            last._discard()  # its handler is done: what it left is dropped
+            self._last_stream = None
+        size = self._held - keep
+        if size > 0:  # _release, inline for the usual case: nobody waits for memory
+            server = self._server
+            if server._memory_waiting or server._overdraft is not None:
+                server._release(self, size)
+            else:
+                self._held = keep
+                server._inflight -= size
 
     def _call_handler(self, request: Request) -> Response | Awaitable[Response] | Later:
         try:
@@ -546,9 +1009,13 @@ class _Connection(asyncio.Protocol):
             return self._handler_failed(request)
 
     def _handler_failed(self, request: Request | None) -> Response:
-        """Log the exception being handled; a 500 to send instead."""
+        """Log the exception being handled; a 500 to send instead (or, if the client's
+        streamed body broke off, the answer that says why)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, RequestBodyError):
+            return exc.response
         where = f" for {request.method} {request.path}" if request is not None else ""
-        self._server._logger.exception("handler failed%s", where)
+        self._server._log_exception("handler", "handler failed%s", where)
         self._server._rejected(500)
         return _error(500, "internal error")
 
@@ -597,10 +1064,14 @@ class _Connection(asyncio.Protocol):
                     break
                 if self._shutdown or (self._stopped and not queue):
                     keep_alive = False  # the last response on this connection
+                elif self._body_stream is not None and not queue:
+                    keep_alive = self._answered_mid_body()
                 if response.stream is None:
                     self._send(response, keep_alive, http10, head)
                 else:
                     keep_alive = await self._send_stream_checked(response, keep_alive, http10, head)
+                if self._held and not queue:
+                    self._release_answered()
                 if not keep_alive:
                     self._close()
                     break
@@ -625,7 +1096,7 @@ class _Connection(asyncio.Protocol):
             return keep_alive
 
     def _invalid_response(self, response: Response) -> None:
-        self._server._logger.exception("invalid response (status %r)", response.status)
+        self._server._log_exception("response", "invalid response (status %r)", response.status)
         self._server._rejected(500)
 
     def _head(
@@ -718,7 +1189,7 @@ class _Connection(asyncio.Protocol):
             return False
         except Exception:
             if not self._lost:
-                self._server._logger.exception("response stream failed")
+                self._server._log_exception("stream", "response stream failed")
             return False  # the body is cut short: closing tells the client
         finally:
             self._streaming = False
@@ -781,11 +1252,13 @@ class _Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and not self._lost:
+        if self._reading_paused and not (self._lost or self._memory_paused or self._stream_full):
             self._reading_paused = False
             self._transport.resume_reading()
             if self._in_message:  # the pause was ours, not the client's
-                self._set_deadline(self._server._header_timeout)
+                server = self._server
+                timeout = server._body_timeout if self._head_done else server._header_timeout
+                self._set_deadline(timeout, request=True)
 
     def _close(self) -> None:
         """Close after the written data is flushed (lingering if input may be unread)."""
@@ -818,10 +1291,27 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
         return self._task
 
-    def _set_deadline(self, timeout: float) -> None:
+    def _set_deadline(self, timeout: float, *, request: bool = False) -> None:
+        """Act in ``timeout`` seconds: for a ``request`` (its head or body) with a 408 if
+        nothing is being answered, else by closing."""
+        self._request_timer = request
         deadline = self._deadline = self._loop.time() + timeout
         if self._timer is None or self._timer_at > deadline:
             self._arm(deadline)
+
+    def _timed_out(self) -> None:
+        """A request's head or body did not arrive in time: 408, then close."""
+        self._fail(self._timeout_error())
+
+    def _timeout_error(self) -> Response:
+        server = self._server
+        if self._head_done and self._in_message:
+            key, timeout = "body_timeout_secs", server._body_timeout
+            what = "request body"
+        else:
+            key, timeout = "header_timeout_secs", server._header_timeout
+            what = "request head"
+        return _error(408, f"{what} not received within {key} ({timeout:g}s)")
 
     def _arm(self, deadline: float) -> None:
         """Have the timer fire at ``deadline`` (nearer than where it is set, or unset)."""
@@ -836,19 +1326,24 @@ class _Connection(asyncio.Protocol):
         if deadline is None:
             return
         if self._loop.time() + 1e-3 >= deadline:
-            self.abort()  # slow headers or body, idle keep-alive, or lingering done
+            if self._request_timer and self._body_stream is not None:
+                self._server._rejected(408)
+                self._break_stream(self._timeout_error())
+            elif self._request_timer and not self._busy and not self._queue and not self._closed:
+                self._timed_out()
+            else:
+                self.abort()  # idle keep-alive, lingering done, or a client not reading
         else:
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
 
 class HttpServer:
-    """An HTTP/1.1 server calling one `Handler`.
+    """An HTTP/1.1 server calling one `Handler`, within ``limits`` (see `HttpLimits`).
 
-    ``header_timeout``: a request's headers and body must arrive within it (and a new
-    connection's first request). ``idle_timeout``: how long a keep-alive connection may
-    sit idle, or a client leave a response unread. ``on_reject(status)`` is called for
-    each error the server itself answers: 400, 413, 500 (a failing handler), 503.
+    ``max_body_bytes``, ``max_connections``, ``header_timeout`` and ``idle_timeout``, when
+    given, override those fields of ``limits``. ``on_reject(status)`` is called for each
+    error the server itself answers: 400, 408, 413, 414, 431, 500 (a failing handler), 503.
     """
 
     def __init__(
@@ -857,21 +1352,45 @@ class HttpServer:
         *,
         host: str,
         port: int,
-        max_body_bytes: int = 1 << 20,
-        max_connections: int = 1024,
-        header_timeout: float = 10.0,
-        idle_timeout: float = 60.0,
+        limits: HttpLimits | None = None,
+        max_body_bytes: int | None = None,
+        max_connections: int | None = None,
+        header_timeout: float | None = None,
+        idle_timeout: float | None = None,
         on_reject: Callable[[int], None] | None = None,
         logger: logging.Logger | None = None,
         server_name: str = "observer-core",
     ) -> None:
+        overrides = {
+            key: value
+            for key, value in (
+                ("max_body_bytes", max_body_bytes),
+                ("max_connections", max_connections),
+                ("header_timeout_secs", header_timeout),
+                ("idle_timeout_secs", idle_timeout),
+            )
+            if value is not None
+        }
+        self._limits = limits = HttpLimits.of(limits, **overrides)
         self._handler = handler
         self._host = host
         self._port = port
-        self._max_body = max_body_bytes
-        self._max_connections = max_connections
-        self._header_timeout = header_timeout
-        self._idle_timeout = idle_timeout
+        # The limits as plain attributes (read per request), and the sizes below which a
+        # head needs no exact check (that asks the parser for the method: a call).
+        self._max_body = limits.max_body_bytes
+        self._max_connections = limits.max_connections
+        self._header_timeout = limits.header_timeout_secs
+        self._body_timeout = limits.body_timeout_secs
+        self._body_extra = limits.body_timeout_secs - limits.header_timeout_secs
+        self._idle_timeout = limits.idle_timeout_secs
+        self._max_head = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._url_room = limits.max_url_bytes - _LINE_EXTRA - _MIN_METHOD
+        self._max_inflight = limits.max_inflight_bytes
+        self._inflight = 0  # request body bytes held, all connections together
+        self._overdraft: _Connection | None = None  # may read on past max_inflight_bytes
+        self._memory_waiting: dict[_Connection, None] = {}  # paused for it, in order
+        self._log_gate = _LogGate()
         self._on_reject = on_reject
         self._logger = logger or logging.getLogger(__name__)
         self._server_header = _header_line("Server", server_name) if server_name else b""
@@ -953,6 +1472,62 @@ class HttpServer:
             if len(self._prefixes) < 256:
                 self._prefixes[key] = prefix
         return prefix
+
+    @property
+    def limits(self) -> HttpLimits:
+        """The limits this server applies."""
+        return self._limits
+
+    def _log_exception(self, kind: str, message: str, *args: object) -> None:
+        """Log the exception being handled, at most once a second per ``kind`` (a client
+        can cause it), with the count of those left out since."""
+        suppressed = self._log_gate.allow(kind)
+        if suppressed is None:
+            return
+        if suppressed:
+            message += f" ({suppressed} more like it since the last one, not logged)"
+        self._logger.exception(message, *args)
+
+    def _over_budget(self, conn: _Connection) -> None:
+        """Past ``max_inflight_bytes``: ``conn`` stops reading until answers go out, unless
+        it may finish its request first (one connection at a time, so none waits forever
+        on the others; it holds at most ``max_body_bytes`` more)."""
+        if conn is self._overdraft:
+            return
+        if conn._body_stream is not None:  # paused until its handler takes what it has
+            conn._stream_full = True
+            conn._pause_reading()
+            return
+        if self._overdraft is None and not conn._busy and not conn._queue:
+            self._overdraft = conn
+            return
+        if not conn._memory_paused:
+            conn._pause_reading()
+            conn._memory_paused = True
+            self._memory_waiting[conn] = None
+
+    def _release(self, conn: _Connection, size: int) -> None:
+        """``conn`` no longer holds ``size`` bytes: let paused connections read again."""
+        conn._held -= size
+        self._inflight -= size
+        if conn is self._overdraft and not conn._held:
+            self._overdraft = None
+        waiting = self._memory_waiting
+        while waiting and (self._inflight <= self._max_inflight or self._overdraft is None):
+            other = next(iter(waiting))
+            del waiting[other]
+            other._memory_paused = False
+            if self._inflight > self._max_inflight:
+                self._overdraft = other
+            if not other._stopped:
+                other._resume_reading()
+
+    def _forget_memory(self, conn: _Connection) -> None:
+        """``conn`` is gone: what it held is free."""
+        self._memory_waiting.pop(conn, None)
+        conn._memory_paused = False
+        if conn._held or conn is self._overdraft:
+            self._release(conn, conn._held)
 
     def _rejected(self, status: int) -> None:
         if self._on_reject is not None:

@@ -18,7 +18,17 @@ import anyio
 import httpx
 import pytest
 
-from observer_core.httpserver import LATER, HttpServer, Later, Request, Response
+from observer_core.httpserver import (
+    LATER,
+    STREAM,
+    HttpLimits,
+    HttpServer,
+    Later,
+    Request,
+    RequestBodyError,
+    Response,
+    Stream,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -356,7 +366,10 @@ async def test_expect_100_continue_over_the_limit() -> None:
         headers = "Expect: 100-continue"
         await conn.send(post("/echo", b"", headers).replace(b": 0", b": 101"))
         r = await conn.response()
-        assert r.status == 413 and json.loads(r.body) == {"error": "request body too large"}
+        assert r.status == 413
+        assert json.loads(r.body) == {
+            "error": "request body too large: over max_body_bytes (100 bytes)"
+        }
         assert await conn.closed_by_server()
     assert rejects == [413]
 
@@ -466,18 +479,31 @@ async def test_malformed_response_is_a_500(caplog: pytest.LogCaptureFixture) -> 
 # -- timeouts and limits ----------------------------------------------------------------
 
 
-async def test_header_timeout_disconnects_slow_clients() -> None:
-    async with serving(header_timeout=0.3, idle_timeout=60) as server:
-        for partial in (
-            b"",  # connects and says nothing
-            b"GET /echo HTTP/1.1\r\nHost: te",  # slow headers
-            post("/echo", b"12345").replace(b": 5", b": 10"),  # slow body
+async def test_header_and_body_timeouts_answer_408_and_close() -> None:
+    limits = HttpLimits(header_timeout_secs=0.3, body_timeout_secs=0.6)
+    async with serving(limits=limits) as server:
+        for partial, key, least in (
+            (b"", "header_timeout_secs (0.3s)", 0.29),  # connects and says nothing
+            (b"GET /echo HTTP/1.1\r\nHost: te", "header_timeout_secs (0.3s)", 0.29),
+            (post("/echo", b"12345").replace(b": 5", b": 10"), "body_timeout_secs (0.6s)", 0.59),
         ):
             started = time.monotonic()  # before the server can start its clock
             async with connection(server) as conn:
                 await conn.send(partial)
+                r = await conn.response()
+                assert r.status == 408 and r.headers["connection"] == "close"
+                assert key in json.loads(r.body)["error"]
                 assert await conn.closed_by_server()
-                assert 0.29 <= time.monotonic() - started < 4
+                assert least <= time.monotonic() - started < 4
+
+
+async def test_timeout_while_an_answer_is_pending_just_closes() -> None:
+    app = App()
+    limits = HttpLimits(header_timeout_secs=0.3)
+    async with serving(app, limits=limits) as server, connection(server) as conn:
+        await conn.send(get("/wait") + b"GET /echo HTTP/1.1\r\nHost: te")
+        await eventually(lambda: len(app.requests) == 1)
+        assert await conn.closed_by_server()  # no 408 ahead of /wait's answer
 
 
 async def test_idle_timeout_closes_keep_alive_connections() -> None:
@@ -734,8 +760,332 @@ async def test_stop_waits_for_a_pending_reply() -> None:
         await conn.close()
 
 
-async def test_connect_answered_at_once_then_closed() -> None:
-    async with serving(PromptApp()) as server, connection(server) as conn:
+async def test_connect_is_400_and_closed() -> None:
+    app = PromptApp()
+    async with serving(app) as server, connection(server) as conn:
         await conn.send(b"CONNECT /now HTTP/1.1\r\nHost: test\r\n\r\ntunnel bytes")
-        assert (await conn.response()).status == 200
+        r = await conn.response()
+        assert r.status == 400 and "CONNECT" in json.loads(r.body)["error"]
         assert await conn.closed_by_server()  # no tunnel: the connection ends with the answer
+    assert app.requests == []
+
+
+# -- contract §11.2: limits on what a client sends ----------------------------------------
+
+
+def _line(target: str, method: str = "GET") -> bytes:
+    return f"{method} {target} HTTP/1.1\r\n".encode()
+
+
+async def test_request_line_up_to_max_url_bytes_then_414() -> None:
+    rejects: list[int] = []
+    limits = HttpLimits(max_url_bytes=100)
+    async with serving(limits=limits, on_reject=rejects.append) as server:
+        target = "/echo?" + "x" * (100 - 13 - 6)  # GET SP target SP HTTP/1.1: 100 bytes
+        async with connection(server) as conn:
+            await conn.send(_line(target) + b"\r\n")
+            assert (await conn.response()).status == 200
+        async with connection(server) as conn:
+            await conn.send(_line(target + "x") + b"\r\n")
+            r = await conn.response()
+            assert r.status == 414 and r.headers["connection"] == "close"
+            assert json.loads(r.body) == {
+                "error": "request line longer than max_url_bytes (100 bytes)"
+            }
+            assert await conn.closed_by_server()
+    assert rejects == [414]
+
+
+async def _send_until_answered(conn: Conn, first: bytes, piece: bytes) -> tuple[int, Raw]:
+    """Send ``first``, then ``piece`` after ``piece`` (at most 300 of them) until an answer
+    comes; how many bytes went, and the answer."""
+    answer = asyncio.create_task(conn.response())
+    await conn.send(first)
+    sent = len(first)
+    for _ in range(300):
+        if answer.done():
+            break
+        try:
+            await conn.send(piece)
+        except OSError:
+            break
+        sent += len(piece)
+        await asyncio.sleep(0.002)  # a read on the server's side per piece
+    return sent, await answer
+
+
+async def test_url_arriving_in_pieces_is_cut_off_as_it_arrives() -> None:
+    limits = HttpLimits(max_url_bytes=1000)
+    async with serving(limits=limits) as server, connection(server) as conn:
+        sent, r = await _send_until_answered(conn, b"GET /", b"u" * 100)
+        assert r.status == 414 and sent < 2000
+
+
+async def test_head_up_to_max_header_bytes_then_431() -> None:
+    limits = HttpLimits(max_header_bytes=300)
+    async with serving(limits=limits) as server:
+        line = _line("/echo")  # then one "X:<value>\r\n" field and the blank line
+        value = "v" * (300 - len(line) - 4 - 2)
+        async with connection(server) as conn:
+            await conn.send(line + f"X:{value}\r\n\r\n".encode())
+            assert (await conn.response()).status == 200
+        async with connection(server) as conn:
+            await conn.send(line + f"X:{value}v\r\n\r\n".encode())
+            r = await conn.response()
+            assert r.status == 431 and r.headers["connection"] == "close"
+            assert "max_header_bytes (300 bytes)" in json.loads(r.body)["error"]
+
+
+async def test_head_trickled_in_small_reads_is_cut_off_at_the_limit() -> None:
+    app = App()
+    limits = HttpLimits(max_header_bytes=4096)
+    async with serving(app, limits=limits) as server, connection(server) as conn:
+        # one header value that never ends
+        sent, r = await _send_until_answered(conn, get("/echo")[:-2] + b"X: ", b"a" * 512)
+        assert r.status == 431 and sent < 8192
+    assert app.requests == []
+
+
+async def test_more_than_max_headers_is_431() -> None:
+    async with serving(limits=HttpLimits(max_headers=5)) as server:
+        for count, status in ((5, 200), (6, 431)):
+            async with connection(server) as conn:
+                await conn.send(get("/echo", *[f"X-{i}: 1" for i in range(count - 1)]))
+                r = await conn.response()
+                assert r.status == status
+        assert "max_headers (5)" in json.loads(r.body)["error"]
+
+
+async def test_head_limits_come_before_precheck() -> None:
+    limits = HttpLimits(max_header_bytes=1000)
+    async with serving(limits=limits) as server, connection(server) as conn:
+        await conn.send(get("/private", "X-Big: " + "a" * 2000))  # would be 401: 431 first
+        assert (await conn.response()).status == 431
+
+
+async def test_trailers_are_counted_and_never_merged_into_headers() -> None:
+    app = App()
+    async with serving(app, limits=HttpLimits(max_header_bytes=400, max_headers=6)) as server:
+        head = b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        async with connection(server) as conn:
+            await conn.send(head + b"2\r\nhi\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+            r = await conn.response()
+            assert r.status == 200 and json.loads(r.body)["body"] == "hi"
+            await conn.send(get("/echo"))  # the connection stays in step
+            assert (await conn.response()).status == 200
+        assert [name for name, _ in app.requests[0].headers] == [b"host", b"transfer-encoding"]
+        for trailers in (b"X-T: " + b"a" * 400 + b"\r\n", b"X-T: 1\r\n" * 5):
+            async with connection(server) as conn:
+                await conn.send(head + b"2\r\nhi\r\n0\r\n" + trailers + b"\r\n")
+                r = await conn.response()
+                assert r.status == 431 and await conn.closed_by_server()
+    assert len(app.requests) == 2
+
+
+async def test_target_cache_is_bounded_in_bytes() -> None:
+    async with serving() as server, connection(server) as conn:
+        for i in range(300):
+            await conn.send(get(f"/missing?{i}" + "q" * 4000))
+            assert (await conn.response()).status == 404
+        assert len(server._targets) <= 256
+        assert sum(map(len, server._targets)) <= 256 * 512
+
+
+@pytest.mark.parametrize(
+    "target", ["/echo#frag", "http://127.0.0.1/echo", "*", "//x#"], ids=["hash", "abs", "*", "//#"]
+)
+async def test_malformed_target_is_400(target: str) -> None:
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(get(target))
+        r = await conn.response()
+        assert r.status == 400 and json.loads(r.body)["error"].startswith("bad request: ")
+        assert await conn.closed_by_server()
+    assert app.requests == []
+
+
+async def test_pipelined_upgrade_offers_are_answered_without_recursion(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    offer = get("/echo", "Connection: upgrade", "Upgrade: websocket")
+    async with serving() as server, connection(server) as conn:
+        with caplog.at_level(logging.ERROR):
+            await conn.send(offer * 3000)
+            for _ in range(3000):
+                assert (await conn.response()).status == 200
+    assert not caplog.records
+
+
+async def test_max_inflight_bytes_pauses_reading_until_answers_go_out() -> None:
+    app = App()
+    limits = HttpLimits(max_inflight_bytes=1000)
+    async with serving(app, limits=limits) as server:
+        first, second, third = [await Conn.open(server) for _ in range(3)]
+        try:
+            await first.send(post("/wait?1", b"a" * 600))  # held: the handler waits
+            await second.send(post("/wait?2", b"b" * 600))  # past the budget, may finish
+            await eventually(lambda: len(app.requests) == 2)
+            assert server._inflight == 1200
+            await third.send(post("/echo", b"c" * 100)[:-50])  # reading pauses after this
+            await asyncio.sleep(0.05)
+            await third.send(b"c" * 50)
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.3):
+                    await third.reader.readuntil(b"\r\n\r\n")
+            app.release.set()  # answers go out, the bytes are freed, the third reads on
+            assert (await first.response()).status == 200
+            assert (await second.response()).status == 200
+            r = await third.response()
+            assert r.status == 200 and json.loads(r.body)["body"] == "c" * 100
+            await eventually(lambda: server._inflight == 0)
+        finally:
+            for conn in (first, second, third):
+                await conn.close()
+
+
+def test_limits_are_checked_against_their_bounds() -> None:
+    with pytest.raises(ValueError, match="max_header_bytes"):
+        HttpLimits.of(None, max_header_bytes=10)
+    assert HttpLimits.of(None) == HttpLimits()
+
+
+class StreamingApp(App):
+    """Takes ``/in`` bodies as they arrive (``STREAM``); reads them once ``go`` is set
+    (``/in?noread``: answers without reading)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.errors: list[str] = []
+
+    def precheck(  # type: ignore[override]
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> Response | Stream | None:
+        return STREAM if path == "/in" else super().precheck(method, path, headers)
+
+    async def handle(self, request: Request) -> Response:
+        if request.path != "/in":
+            return await super().handle(request)
+        self.requests.append(request)
+        assert request.body_stream is not None and request.body == b""
+        if request.query == "noread":
+            return Response(200, b"{}")
+        await self.go.wait()
+        size = 0
+        try:
+            async for chunk in request.body_stream:
+                size += len(chunk)
+        except RequestBodyError as exc:
+            self.errors.append(str(exc))
+            raise
+        return Response(200, json.dumps({"size": size}).encode())
+
+
+async def test_streamed_body_is_handed_over_with_backpressure() -> None:
+    app = StreamingApp()
+    async with serving(app, max_body_bytes=8 << 20) as server, connection(server) as conn:
+        body = b"x" * (4 << 20)
+        send = asyncio.create_task(conn.send(post("/in", body) + get("/echo?after")))
+        await eventually(lambda: len(app.requests) == 1)  # called before the body is in
+        (server_conn,) = server._connections
+        await eventually(lambda: not server_conn._transport.is_reading())
+        assert server._inflight <= (256 << 10) + (256 << 10)  # the buffer and one read
+        app.go.set()
+        r = await conn.response()
+        assert r.status == 200 and json.loads(r.body) == {"size": len(body)}
+        assert json.loads((await conn.response()).body)["query"] == "after"
+        await send
+        await eventually(lambda: server._inflight == 0)
+
+
+async def test_streamed_body_breaking_off_is_the_handlers_error_not_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = StreamingApp()
+    app.go.set()
+    rejects: list[int] = []
+    async with serving(app, max_body_bytes=100, on_reject=rejects.append) as server:
+        head = b"POST /in HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        with caplog.at_level(logging.ERROR):
+            async with connection(server) as conn:
+                await conn.send(head + b"64\r\n" + b"x" * 100 + b"\r\n" + b"1\r\nx\r\n")
+                r = await conn.response()
+                assert r.status == 413 and r.headers["connection"] == "close"
+                assert await conn.closed_by_server()
+        assert app.errors and "max_body_bytes" in app.errors[0]
+        await eventually(lambda: server._inflight == 0)
+    assert rejects == [413] and not caplog.records
+
+
+async def test_answer_before_the_streamed_body_ended_closes_the_connection() -> None:
+    app = StreamingApp()
+    async with serving(app, max_body_bytes=8 << 20) as server, connection(server) as conn:
+        await conn.send(post("/in?noread", b"").replace(b": 0", b": 1000") + b"partial")
+        r = await conn.response()
+        assert r.status == 200 and r.headers["connection"] == "close"
+        assert await conn.closed_by_server()
+        await eventually(lambda: server._inflight == 0)
+
+
+async def test_upgrade_offer_with_a_body_is_answered_as_if_absent() -> None:
+    app = App()
+    offer = ("Connection: Upgrade", "Upgrade: websocket")
+    chunked = b"POST /echo?2 HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+    chunked += b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(post("/echo?1", b"body", *offer) + chunked + get("/echo?3"))
+        bodies = [json.loads((await conn.response()).body) for _ in range(3)]
+        assert [(b["query"], b["body"]) for b in bodies] == [("1", "body"), ("2", "abc"), ("3", "")]
+        await conn.send(post("/echo?4", b"again", *offer))  # the new parser goes on
+        assert json.loads((await conn.response()).body)["body"] == "again"
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [
+        "gzip, chunked",
+        "chunked, chunked",
+        "identity",
+        "chunked, identity",
+        "chunked\r\nTransfer-Encoding: chunked",
+    ],
+)
+async def test_transfer_encoding_other_than_chunked_is_400(coding: str) -> None:
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(
+            post("/echo", b"").replace(
+                b"Content-Length: 0", f"Transfer-Encoding: {coding}".encode()
+            )
+            + b"0\r\n\r\n"
+        )
+        r = await conn.response()
+        assert r.status == 400 and await conn.closed_by_server()
+    assert app.requests == []
+
+
+async def test_transfer_encoding_chunked_in_any_case_is_taken() -> None:
+    async with serving() as server, connection(server) as conn:
+        await conn.send(
+            post("/echo", b"").replace(b"Content-Length: 0", b"Transfer-Encoding: ChUnKeD")
+            + b"2\r\nhi\r\n0\r\n\r\n"
+        )
+        assert json.loads((await conn.response()).body)["body"] == "hi"
+
+
+async def test_error_logs_are_rate_limited_per_kind(caplog: pytest.LogCaptureFixture) -> None:
+    async with serving() as server, connection(server) as conn:
+        with caplog.at_level(logging.ERROR, logger="observer_core.httpserver"):
+            for _ in range(50):
+                await conn.send(get("/boom"))
+                assert (await conn.response()).status == 500
+            assert len(caplog.records) == 1  # the other 49 within the second: counted
+            with anyio.fail_after(5):  # a second later, the next one says how many were left out
+                while len(caplog.records) == 1:
+                    await conn.send(get("/boom"))
+                    assert (await conn.response()).status == 500
+                    await asyncio.sleep(0.05)
+            assert "more like it since the last one, not logged" in caplog.records[1].getMessage()
+            await conn.send(get("/bad-header"))  # another kind: logged at once
+            assert (await conn.response()).status == 500
+            assert "invalid response" in caplog.records[2].getMessage()

@@ -6,7 +6,9 @@ For every generated request, against one real daemon (with a token, small limits
 - one answered 200 adds exactly the events it reports to both the ring and ops.jsonl.
 
 Bodies and headers go through httpx; framing (request lines, Content-Length versus
-chunked, line endings, pipelining, truncation) through raw sockets. The number of
+chunked, line endings, pipelining, truncation) and hostile heads (sizes and counts
+around the §11.2 limits, trailers, long and malformed targets, deep pipelines)
+through raw sockets. The number of
 examples per property is ``OBSERVER_FUZZ_EXAMPLES`` (default 300); the number run
 is printed in the "reliability figures" summary.
 """
@@ -37,6 +39,9 @@ from observer_core.testing import Daemon
 TOKEN = "fuzz-token-0123456789"
 MAX_BODY = 65536
 MAX_FIELD = 1000
+MAX_URL = 1024
+MAX_HEAD = 4096
+MAX_HEADERS = 20
 CONFIG = f"""
 [observer]
 cycle_secs = 3600
@@ -46,7 +51,11 @@ max_field_bytes = {MAX_FIELD}
 port = {{port}}
 token = "{TOKEN}"
 max_body_bytes = {MAX_BODY}
+max_url_bytes = {MAX_URL}
+max_header_bytes = {MAX_HEAD}
+max_headers = {MAX_HEADERS}
 header_timeout_secs = 2
+body_timeout_secs = 2
 [sinks.ops]
 plugin = "jsonl"
 path = "ops.jsonl"
@@ -408,11 +417,83 @@ def test_framing(ledger: Ledger, case: tuple[bytes, list[str]]) -> None:
     )
 
 
+# -- hostile heads: sizes and counts around the limits, trailers, targets, pipelines ------
+
+around = st.sampled_from([-2, -1, 0, 1, 2])
+HOSTILE_TARGETS = st.one_of(
+    st.sampled_from(
+        ["/event", "/events", "/health", "/event#x", "/ev\x01ent", "/%23", "*", "http://h/event"]
+    ),
+    around.map(lambda delta: "/event?" + "q" * (MAX_URL - 24 + delta)),  # the line at the limit
+    st.integers(MAX_URL, 4 * MAX_URL).map(lambda size: "/" + "u" * size),
+)
+
+
+@st.composite
+def hostile_request(draw: st.DrawFn) -> bytes:
+    """A POST of one event whose head and trailers go near or past the limits."""
+    target = draw(HOSTILE_TARGETS)
+    lines = [f"POST {target} HTTP/1.1".encode(), b"Host: x", b"Authorization: " + AUTH.encode()]
+    count = draw(st.sampled_from([0, 1, MAX_HEADERS - 5, MAX_HEADERS - 4, MAX_HEADERS - 3, 60]))
+    lines += [b"X-%d: v" % i for i in range(count)]
+    if draw(st.booleans()):  # one big header: the head near max_header_bytes
+        size = MAX_HEAD - sum(len(line) + 2 for line in lines) - 60 + draw(around) * 30
+        lines.append(b"X-Big: " + b"b" * max(size, 0))
+    body = encode(draw(valid_events))
+    if draw(st.booleans()):
+        lines.append(b"Content-Length: %d" % len(body))
+        framed = body
+    else:
+        lines.append(b"Transfer-Encoding: chunked")
+        trailers = draw(
+            st.sampled_from(
+                [
+                    b"",
+                    b"X-Forwarded-For: 6.6.6.6\r\n",
+                    b"X-T: " + b"t" * MAX_HEAD + b"\r\n",
+                    b"".join(b"X-T%d: t\r\n" % i for i in range(MAX_HEADERS)),
+                    b"Content-Length: 5\r\n",
+                ]
+            )
+        )
+        framed = b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(body), body, trailers)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + framed
+
+
+@st.composite
+def hostile_exchanges(draw: st.DrawFn) -> bytes:
+    """Up to 20 pipelined requests (past the pipelining limit of 16), sometimes cut short,
+    sometimes ahead of Upgrade offers."""
+    requests = draw(st.lists(hostile_request() | raw_request().map(lambda r: r[0]), max_size=20))
+    if draw(st.integers(0, 3)) == 0:
+        offer = b"GET /health HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+        requests.insert(draw(st.integers(0, len(requests))), offer * draw(st.integers(1, 50)))
+    data = b"".join(requests) or b"GET /health HTTP/1.1\r\n\r\n"
+    if draw(st.integers(0, 4)) == 0:
+        data = data[: draw(st.integers(min_value=0, max_value=len(data)))]
+    return data
+
+
+@FUZZ
+@given(data=hostile_exchanges())
+def test_hostile_heads(ledger: Ledger, data: bytes) -> None:
+    port = ledger.daemon.port
+    assert port is not None
+    answers = parse_responses(exchange(port, data, timeout=15))
+    for status, body in answers:
+        if status >= 400:
+            assert "error" in json.loads(body), body
+    ledger.settle(
+        [status for status, _ in answers],
+        sum(accepted_by(status, body) for status, body in answers),
+    )
+
+
 def test_zz_fuzzing_left_the_daemon_healthy(ledger: Ledger) -> None:
     """Runs last in the module: the daemon is up, logged no error, and the cases are counted."""
     assert ledger.daemon.process.poll() is None
     assert not errors_logged(ledger.daemon), errors_logged(ledger.daemon)[:5]
-    assert ledger.cases >= 3 * min(FUZZ_EXAMPLES, 50)
+    assert ledger.cases >= 4 * min(FUZZ_EXAMPLES, 50)
     record(
         "fuzz_http",
         cases=ledger.cases,

@@ -34,7 +34,16 @@ from observer_core import (
     hookimpl,
     redact_url,
 )
-from observer_core.httpserver import HttpServer
+from observer_core.httpserver import (
+    Connections,
+    HeaderBytes,
+    HeaderCount,
+    HttpLimits,
+    HttpServer,
+    Seconds,
+    Size,
+    UrlBytes,
+)
 
 from .client import AsyncObservedGateway, ObservedGateway, OpRecorder
 from .health import HealthWatch
@@ -86,6 +95,15 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     forwarded_headers: bool = False
     """Set ``X-Forwarded-For`` (replacing the client's) and ``X-Forwarded-Proto`` on
     forwarded requests; when false, nothing is added."""
+    # The proxy listener's limits (contract §11.2; see observer_core.httpserver.HttpLimits).
+    max_url_bytes: UrlBytes = 8192
+    max_header_bytes: HeaderBytes = 32768
+    max_headers: HeaderCount = 100
+    max_body_bytes: Size = MAX_BODY_BYTES
+    header_timeout_secs: Seconds = 10
+    body_timeout_secs: Seconds = 300
+    max_connections: Connections = MAX_CONNECTIONS
+    max_inflight_bytes: Size = 256 << 20
 
     def __post_init__(self) -> None:
         try:
@@ -157,8 +175,7 @@ class GatewaySource(Source):
             self._proxy,
             host=host,
             port=port,
-            max_body_bytes=MAX_BODY_BYTES,
-            max_connections=MAX_CONNECTIONS,
+            limits=HttpLimits.of(self.config),
             logger=server_log,
             server_name="",
         )

@@ -22,7 +22,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ import anyio
 import httpx
 
 from observer_core import DropOldestQueue, Emit, NotAccepted, Op, Tokens
-from observer_core.httpserver import Request, Response
+from observer_core.httpserver import STREAM, Request, Response, Stream
 
 from .outcome import Outcome, make_op
 
@@ -267,14 +267,15 @@ class GatewayProxy:
 
     def precheck(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]]
-    ) -> Response | None:
-        """401 without the right ``X-Observer-Token`` (with ``listen_token``); everything
-        else goes to the gateway. Answered before the body is read; no op is recorded."""
+    ) -> Response | Stream | None:
+        """401 without the right ``X-Observer-Token`` (with ``listen_token``): answered
+        before the body is read, no op recorded. Everything else goes to the gateway, the
+        body as it arrives."""
         if self._tokens:
             given = next((value for name, value in headers if name == TOKEN_HEADER), b"")
             if not self._tokens.matches(given):
                 return _error(401, "missing or wrong X-Observer-Token (listen_token)")
-        return None
+        return STREAM
 
     async def handle(self, request: Request) -> Response:
         """Forward ``request``; answer with the gateway's reply, or 400, 502, 504."""
@@ -315,12 +316,19 @@ class GatewayProxy:
         if request.query:
             target += b"?" + request.query.encode("latin-1")
         forwarded_for = (request.client_address() or "unknown") if self._forwarded else None
+        headers = request_headers(request.headers, forwarded_for)
+        content: bytes | AsyncIterator[bytes] = request.body
+        if request.body_stream is not None:  # streamed on: chunked unless the client sized it
+            content = request.body_stream
+            length = request.header(b"content-length")
+            if length is not None:
+                headers.append((b"content-length", length))
         # A bare Request, not client.build_request: no default headers, no cookies added.
         return httpx.Request(
             request.method,
             self._base.copy_with(raw_path=target),
-            headers=request_headers(request.headers, forwarded_for),
-            content=request.body,
+            headers=headers,
+            content=content,
             extensions={"timeout": self._timeouts},
         )
 

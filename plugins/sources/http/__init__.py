@@ -36,7 +36,20 @@ from observer_core import (
     hookimpl,
 )
 from observer_core.engine import MAX_PENDING_OPS
-from observer_core.httpserver import LATER, HttpServer, Later, Request, Response
+from observer_core.httpserver import (
+    LATER,
+    Connections,
+    HeaderBytes,
+    HeaderCount,
+    HttpLimits,
+    HttpServer,
+    Later,
+    Request,
+    Response,
+    Seconds,
+    Size,
+    UrlBytes,
+)
 
 __all__ = ["HttpSource", "ReadRoutes"]
 
@@ -58,10 +71,16 @@ class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     """When set, every endpoint but /health needs ``Authorization: Bearer <token>``; a list
     accepts any of its tokens (rotation). Empty is refused (a ``${VAR:-}`` left empty must
     not silently turn auth off)."""
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1048576
-    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
-    header_timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10
-    idle_timeout_secs: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60
+    max_body_bytes: Size = 1048576
+    max_connections: Connections = 1024
+    header_timeout_secs: Seconds = 10
+    idle_timeout_secs: Seconds = 60
+    # Contract §11.2: the limits every listener has (see observer_core.httpserver.HttpLimits).
+    max_url_bytes: UrlBytes = 8192
+    max_header_bytes: HeaderBytes = 32768
+    max_headers: HeaderCount = 100
+    body_timeout_secs: Seconds = 10
+    max_inflight_bytes: Size = 64 << 20
     max_batch_events: Annotated[int, msgspec.Meta(ge=1, le=MAX_PENDING_OPS)] = 10000
     """Events one ``POST /events`` may carry; past it 413 and nothing is accepted. At most
     the engine's pending bound (65536): a larger batch could never be accepted."""
@@ -282,10 +301,7 @@ class HttpSource(Source):
             self._routes(),
             host=self.config.host,
             port=self.config.port,
-            max_body_bytes=self.config.max_body_bytes,
-            max_connections=self.config.max_connections,
-            header_timeout=self.config.header_timeout_secs,
-            idle_timeout=self.config.idle_timeout_secs,
+            limits=HttpLimits.of(self.config),
             on_reject=self.reject,
             logger=self.ctx.logger,
         )

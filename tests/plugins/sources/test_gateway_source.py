@@ -46,6 +46,15 @@ def test_defaults_are_the_contracts() -> None:
         "exclude_paths": ["/health"],
         "listen_token": None,
         "forwarded_headers": False,
+        # contract §11.2, the proxy's column
+        "max_url_bytes": 8192,
+        "max_header_bytes": 32768,
+        "max_headers": 100,
+        "max_body_bytes": 64 << 20,
+        "header_timeout_secs": 10,
+        "body_timeout_secs": 300,
+        "max_connections": 1024,
+        "max_inflight_bytes": 256 << 20,
     }
 
 
