@@ -71,9 +71,21 @@ class Exchange(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
+    def _read_body(self) -> bytes:
+        """The request body, sized or chunked (the proxy streams an unsized body chunked)."""
+        if (self.headers.get("transfer-encoding") or "").lower() != "chunked":
+            length = int(self.headers.get("content-length") or 0)
+            return self.rfile.read(length) if length else b""
+        body = b""
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            body += self.rfile.read(size)
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+        return body
+
     def _serve(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body()
         seen = Seen(self.command, self.path, list(self.headers.items()), body)
         upstream = self.server.upstream
         with upstream.lock:
