@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -228,3 +229,17 @@ def test_rule_errors_name_the_rule_and_key(observer_daemon):
 
 def httpx_json(daemon: Daemon, path: str) -> Any:
     return httpx.get(f"{daemon.url}{path}", timeout=10).json()
+
+
+def test_the_shipped_example_passes_check_once_uncommented(observer_daemon):
+    root = Path(__file__).resolve().parents[3]
+    shipped = (root / "observer.toml").read_text(encoding="utf-8")
+    head, example = shipped.split("# [analyzers.alerts]", 1)
+    lines = ("# [analyzers.alerts]" + example).splitlines()
+    assert all(line.startswith("#") for line in lines), "the example stays commented out"
+    uncommented = "\n".join(line.removeprefix("#").removeprefix(" ") for line in lines)
+    path = observer_daemon.write_config(head + uncommented + "\n")
+    env = {"ALERT_WEBHOOK_URL": "https://hooks.example.com/services/T/B/X"}
+    result = observer_daemon.run("check", "--config", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "plugin=alerts" in result.stdout and "plugin=webhook" in result.stdout
