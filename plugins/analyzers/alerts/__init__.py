@@ -92,10 +92,10 @@ class AlertsAnalyzer(Analyzer):
 
     def __init__(self, config: AlertsConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
-        self._trackers = [Tracker(rule) for rule in config.rules]
+        self._started = self._now()
+        self._trackers = [Tracker(rule, self._started) for rule in config.rules]
         self._states: dict[str, RuleState] = {}
         self._saved = b""
-        self._started = self._now()
         self._firing = ctx.metrics.gauge(
             "observer_alert_firing", "1 while an alert rule fires, else 0."
         )

@@ -3,9 +3,10 @@
 A :class:`Tracker` keeps one rule's buckets: the ops seen since the last cycle
 go into the open bucket (``add``); each cycle closes it (``roll``) and drops
 the buckets older than ``window_secs``. Buckets hold counts, failures, a
-duration histogram (bins about 9 % wide) and up to 3 distinct errors, so a
-rule's memory is bounded by ``window_secs / cycle_secs`` small buckets, however
-many ops arrive.
+duration histogram (bins about 9 % wide, at most ~200) and up to 3 distinct
+errors of at most 200 characters. A cycle shorter than ``window_secs / 600``
+is merged into the previous bucket, so a rule holds at most about 600 buckets
+whatever its window, however many ops arrive.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ Threshold = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
 SAMPLE_ERRORS = 3
 ERROR_CHARS = 200
 BINS_PER_DOUBLING = 8
+MAX_BUCKETS = 600
+"""Buckets per rule, about: shorter cycles are merged into the previous bucket."""
 """Duration histogram resolution: bin edges grow by 2^(1/8), about 9 %."""
 
 
@@ -78,12 +81,26 @@ def rule_problem(rule: Rule) -> str | None:
 class Bucket:
     """What one cycle saw of a rule's ops."""
 
+    start: float = 0.0
     end: float = 0.0
     count: int = 0
     failures: int = 0
     max_ms: float = 0.0
     histogram: dict[int, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+
+    def absorb(self, other: Bucket) -> None:
+        """Add ``other`` (the next bucket in time) to this one."""
+        self.end = other.end
+        self.count += other.count
+        self.failures += other.failures
+        self.max_ms = max(self.max_ms, other.max_ms)
+        for index, count in other.histogram.items():
+            self.histogram[index] = self.histogram.get(index, 0) + count
+        for error in other.errors:
+            if error not in self.errors:
+                self.errors.append(error)
+        del self.errors[:-SAMPLE_ERRORS]
 
 
 def _bin(duration_ms: float) -> int:
@@ -119,10 +136,10 @@ def p95(buckets: list[Bucket]) -> float:
 class Tracker:
     """One rule's buckets over its window, and when a matching op was last seen."""
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, now: float) -> None:
         self.rule = rule
         self.buckets: deque[Bucket] = deque()
-        self.open = Bucket()
+        self.open = Bucket(start=now)
         self.last_seen: float | None = None
         self._endpoint = re.compile(fnmatch.translate(rule.endpoint)) if rule.endpoint else None
 
@@ -152,10 +169,15 @@ class Tracker:
         self.last_seen = now
 
     def roll(self, now: float) -> None:
-        """Close the open bucket at ``now``; forget buckets that ended before the window."""
-        self.open.end = now
-        self.buckets.append(self.open)
-        self.open = Bucket()
+        """Close the open bucket at ``now`` (merged into the last one when that is younger
+        than ``window_secs / MAX_BUCKETS``); forget buckets that ended before the window."""
+        closed, self.open = self.open, Bucket(start=now)
+        closed.end = now
+        last = self.buckets[-1] if self.buckets else None
+        if last is not None and now - last.start < self.rule.window_secs / MAX_BUCKETS:
+            last.absorb(closed)
+        else:
+            self.buckets.append(closed)
         horizon = now - self.rule.window_secs
         while self.buckets and self.buckets[0].end <= horizon:
             self.buckets.popleft()

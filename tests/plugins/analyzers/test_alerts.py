@@ -20,11 +20,12 @@ HOOK = "/hook"
 RULE = "analyzers.alerts"
 
 
-def config(hook: StubServer, rules: str, extra: str = "") -> str:
+def config(hook: StubServer, rules: str, extra: str = "", settings: str = "") -> str:
     return f"""
 [observer]
 cycle_secs = 1
 state_dir = "state"
+{settings}
 [sources.http]
 port = {{port}}
 [analyzers.alerts]
@@ -92,7 +93,7 @@ def test_failure_rate_fires_once_with_filters_and_samples_then_resolves(
         source="mcp",
         repeat_secs=0,
     )
-    daemon = observer_daemon.start(config(hook, rules))
+    daemon = observer_daemon.start(config(hook, rules, settings="ring_size = 5"))
     daemon.post_events(
         [
             op("/search", False, error="timeout"),
@@ -108,7 +109,7 @@ def test_failure_rate_fires_once_with_filters_and_samples_then_resolves(
     assert alert["rule"] == "search failing"
     assert alert["state"] == "firing"
     assert alert["when"] == "failure_rate"
-    assert alert["value"] == 0.75, "only /search* ops of source mcp count"
+    assert alert["value"] == 0.75, "only /search* ops of source mcp count, evicted or not"
     assert alert["threshold"] == 0.5
     assert alert["window_secs"] == 2
     assert alert["evaluations"] == 1
