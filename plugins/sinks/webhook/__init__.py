@@ -34,12 +34,12 @@ from observer_core import (
     hookimpl,
     post_json,
 )
+from observer_core.redact import redact_webhook
 
 from .summary import slack_text
 
-__all__ = ["WebhookConfig", "WebhookSink", "redact_webhook_url", "webhook_body"]
+__all__ = ["WebhookConfig", "WebhookSink", "webhook_body"]
 
-MASK = "********"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -54,23 +54,6 @@ class WebhookConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     queue_max: QueueMax = 10000
     max_attempts: MaxAttempts = 10
     accepts: list[str] = msgspec.field(default_factory=lambda: ["alert"])
-
-
-def redact_webhook_url(url: str) -> str:
-    """``url`` as it may be shown: scheme and host, the password and the path and query
-    masked (Slack-style webhooks carry their secret there)."""
-    try:
-        parts = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
-        return MASK
-    user = (
-        f"{parts.username}:{MASK}@"
-        if parts.password
-        else (f"{parts.username}@" if parts.username else "")
-    )
-    port = f":{parts.port}" if parts.port else ""
-    secret = parts.path.strip("/") or parts.query
-    return f"{parts.scheme}://{user}{parts.host}{port}" + (f"/{MASK}" if secret else "")
 
 
 def webhook_body(record: Record, format: str) -> bytes:
@@ -91,7 +74,7 @@ class WebhookSink(Sink):
 
     def __init__(self, config: WebhookConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
-        self._shown_url = redact_webhook_url(config.url)
+        self._shown_url = redact_webhook(config.url)
         self._client: httpx.AsyncClient | None = None
         self._deliveries = ctx.metrics.counter(
             "observer_webhook_deliveries_total",
@@ -111,7 +94,7 @@ class WebhookSink(Sink):
     @classmethod
     def validate_config(cls, config: Any, registry: object) -> None:
         if not config.url.startswith(("http://", "https://")):
-            shown = redact_webhook_url(config.url)
+            shown = redact_webhook(config.url)
             raise ValueError(f"url: expected an http:// or https:// URL, got {shown!r}")
         try:
             httpx.URL(config.url)

@@ -200,3 +200,12 @@ def test_bad_config_is_named_without_the_secret(observer_daemon, tmp_path: Path)
     )
     result = observer_daemon.run("check", "--config", str(path))
     assert result.returncode == 2 and "headers: 'X Bad' is not a valid header name" in result.stderr
+
+
+def test_check_resolved_masks_the_url_path_and_the_headers(observer_daemon):
+    path = observer_daemon.write_config(config("https://hooks.example.com").replace("{port}", "0"))
+    result = observer_daemon.run("check", "--resolved", "--config", str(path), env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert 'url = "https://hooks.example.com/********"' in result.stdout
+    for secret in ("PATHSECRET", "QUERYSECRET", HEADER):
+        assert secret not in result.stdout + result.stderr
