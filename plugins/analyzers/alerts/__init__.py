@@ -57,9 +57,9 @@ class Alert(msgspec.Struct, kw_only=True):
     rule: str
     state: Literal["firing", "resolved"]
     when: str
-    value: float
-    threshold: float
-    window_secs: float
+    value: int | float
+    threshold: int | float
+    window_secs: int | float
     since: str
     """When the rule entered ``state``."""
     evaluations: int
@@ -76,6 +76,11 @@ class RuleState(msgspec.Struct, kw_only=True, omit_defaults=True):
     streak_since: float | None = None
     """When the condition began to hold (not firing) or stopped holding (firing)."""
     last_sent: float | None = None
+
+
+def _number(value: float) -> int | float:
+    """``value`` as an integer when it is one (``300``, not ``300.0``, in JSON)."""
+    return int(value) if value.is_integer() else value
 
 
 def _timestamp(moment: float) -> str:
@@ -191,9 +196,9 @@ class AlertsAnalyzer(Analyzer):
             rule=rule.name,
             state="firing" if state.firing else "resolved",
             when=rule.when,
-            value=round(value, 4),
-            threshold=rule.threshold,
-            window_secs=rule.window_secs,
+            value=_number(round(value, 4)),
+            threshold=_number(rule.threshold),
+            window_secs=_number(rule.window_secs),
             since=state.since or _timestamp(self._now()),
             evaluations=state.evaluations,
             sample_errors=tracker.sample_errors(),

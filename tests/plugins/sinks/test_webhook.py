@@ -141,7 +141,7 @@ def test_slack_format_is_one_escaped_line(observer_daemon, stub_server):
     [body] = delivered(hook)
     assert list(body) == ["text"]
     text = body["text"]
-    assert text.startswith("[alert] FIRING /e0 failing: failure_rate = 1.0 (threshold 0.5")
+    assert text.startswith("[alert] FIRING /e0 failing: failure_rate = 1 (threshold 0.5, window 1s")
     assert "1 evaluation)" in text
     assert "bad &lt;!channel&gt; &amp; line break" in text
     assert "\n" not in text
