@@ -316,3 +316,12 @@ class Analyzer(Component):
     async def analyze(self, window: Window) -> Sequence[Finding]:
         """Look at the ring and return findings (may be empty)."""
         raise NotImplementedError
+
+    def observe(self, ops: Sequence[Op]) -> None:
+        """See each batch of ops as it is committed, before any cycle (optional): keep
+        counts over a time window the ring cannot hold. Runs on the ingest path, so it
+        must be quick and never block."""
+
+    @classmethod
+    def observes(cls) -> bool:
+        return cls.observe is not Analyzer.observe

@@ -175,6 +175,12 @@ class Engine:
         self._ack_sinks = [item for item in op_sinks if _holds_ack(item)]
         self._pumps = [_SinkPump(item, self.metrics) for item in op_sinks if not _holds_ack(item)]
         self._sinks = sinks
+        self._observers = [
+            item
+            for item in self.instances
+            if isinstance(item.component, Analyzer) and item.component.observes()
+        ]
+        """Analyzers that see each committed batch (``Analyzer.observe``)."""
         self.metrics.gauge(
             "observer_ring_ops", "Ops in the ring now.", lambda: [((), float(len(self.ring)))]
         )
@@ -373,6 +379,8 @@ class Engine:
                 self._count_received(source, total, failures[source])
         for pump in self._pumps:
             pump.queue.put_many(ops)
+        for item in self._observers:
+            _observe(item, ops)
 
     def _count_received(self, source: str, total: int, failed: int) -> None:
         counter = self.metrics.ops_received
@@ -726,6 +734,17 @@ async def _quietly(work: Awaitable[Any], ctx: Context | None = None) -> None:
             ctx.error("%r", exc)
         else:
             log.warning("while closing: %r", exc)
+
+
+def _observe(item: _Instance, ops: Sequence[Op]) -> None:
+    """Show committed ops to an analyzer's ``observe``; its failure is its own."""
+    analyzer = item.component
+    assert isinstance(analyzer, Analyzer)
+    try:
+        analyzer.observe(ops)
+    except Exception:
+        item.ctx.logger.exception("observe failed")
+        item.ctx.metrics.instance_errors.inc(instance=item.spec.qualified)
 
 
 _source_of = attrgetter("source")
