@@ -32,7 +32,8 @@ import httpx
 from observer_core import DropOldestQueue, Emit, NotAccepted, Op, Tokens
 from observer_core.httpserver import STREAM, Request, Response, Stream
 
-from .outcome import Outcome, make_op
+from .outcome import Outcome, make_op, parse_json, text_outcome
+from .usage import SseUsage, Usage, reply_usage, request_model
 
 __all__ = ["MAX_BODY_BYTES", "GatewayProxy", "QuietBrokenReplies"]
 
@@ -70,6 +71,7 @@ _NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "expect", TOKEN_HEADER
 _BAD_TARGET = re.compile(r"[^\x21-\x7e]|#")
 _NO_BODY = frozenset((*range(100, 200), 204, 304))
 _Attributes = dict[str, str | int | float | bool]
+_NO_USAGE = Usage()
 
 
 def _named_by_connection(values: list[str]) -> set[str]:
@@ -142,11 +144,14 @@ class _Call:
     method: str
     path: str
     recorded: bool
+    model: str | None = None
+    """The model the request asked for (``gen_ai.request.model``)."""
     started: float = field(default_factory=time.perf_counter)
 
 
 class _Relay:
-    """Streams the gateway's reply body to the client and keeps its beginning.
+    """Streams the gateway's reply body to the client and keeps its beginning; reads the
+    usage of a server-sent-event stream as it passes (:class:`SseUsage`).
 
     The server iterates it and always ``aclose()``s it (even for HEAD, or when the
     client leaves), which ends the op.
@@ -159,6 +164,9 @@ class _Relay:
         self._chunks = reply.aiter_raw()
         content_type = reply.headers.get("content-type", "json").lower()
         self._limit = JSON_CAPTURE_BYTES if "json" in content_type else TEXT_CAPTURE_BYTES
+        self._encoding = reply.headers.get("content-encoding", "").strip().lower()
+        plain = self._encoding in ("", "identity")
+        self._events = SseUsage() if plain and "text/event-stream" in content_type else None
         self._kept = bytearray()
         self._size = 0
         self._done = False
@@ -179,6 +187,8 @@ class _Relay:
         if room > 0:
             self._kept += chunk[:room]
         self._size += len(chunk)
+        if self._events is not None:
+            self._events.feed(chunk)
         return chunk
 
     async def aclose(self) -> None:
@@ -192,21 +202,34 @@ class _Relay:
         try:
             await self._reply.aclose()
         finally:
-            outcome = Outcome.failed(error) if error else self._outcome()
+            if error:
+                outcome, usage = Outcome.failed(error), self._stream_usage()
+            else:
+                outcome, usage = self._outcome()
             attributes: _Attributes = {"http_status": self._reply.status_code}
             if client_left:
                 attributes["client_left"] = True
-            self._proxy.record(self._call, outcome, attributes)
+            self._proxy.record(self._call, outcome, attributes, usage)
 
-    def _outcome(self) -> Outcome:
+    def _stream_usage(self) -> Usage:
+        return self._events.finish() if self._events is not None else _NO_USAGE
+
+    def _outcome(self) -> tuple[Outcome, Usage]:
+        """What the reply came to, and the usage it reported (a JSON body's, else the
+        last one its events carried)."""
         status = self._reply.status_code
-        encoding = self._reply.headers.get("content-encoding", "").strip().lower()
-        body = _decompress(bytes(self._kept), encoding, self._limit)
+        usage = self._stream_usage()
+        body = _decompress(bytes(self._kept), self._encoding, self._limit)
         if body is None:
-            return Outcome.of_text(status, f"({encoding}-encoded body, {self._size} bytes)")
-        if self._size <= self._limit:
-            return Outcome.of_body(status, body)
-        return Outcome.of_text(status, body[:TEXT_CAPTURE_BYTES].decode("utf-8", "replace"))
+            text = f"({self._encoding}-encoded body, {self._size} bytes)"
+            return Outcome.of_text(status, text), usage
+        if self._size > self._limit:
+            text = body[:TEXT_CAPTURE_BYTES].decode("utf-8", "replace")
+            return Outcome.of_text(status, text), usage
+        is_json, data = parse_json(body)
+        if not is_json:
+            return text_outcome(status, body), usage
+        return Outcome.of_json(status, data), reply_usage(data)
 
 
 class QuietBrokenReplies(logging.Filter):
@@ -221,6 +244,10 @@ class QuietBrokenReplies(logging.Filter):
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+def _content_type(request: Request) -> str:
+    return (request.header(b"content-type") or b"").decode("latin-1")
 
 
 def _describe(exc: BaseException) -> str:
@@ -283,7 +310,9 @@ class GatewayProxy:
         if problem is not None:
             return _error(400, problem)
         self._status["proxied"] += 1
-        call = _Call(request.method, request.path, request.path not in self._exclude)
+        recorded = request.path not in self._exclude
+        model = request_model(request.body, _content_type(request)) if recorded else None
+        call = _Call(request.method, request.path, recorded, model)
         try:
             upstream = self._build(request)
         except (httpx.InvalidURL, UnicodeError) as exc:  # what target_problem did not foresee
@@ -357,11 +386,19 @@ class GatewayProxy:
 
     # -- recording -----------------------------------------------------------------------
 
-    def record(self, call: _Call, outcome: Outcome, attributes: _Attributes | None) -> None:
-        """Queue the op of a call that just ended (unless its path is excluded)."""
+    def record(
+        self,
+        call: _Call,
+        outcome: Outcome,
+        attributes: _Attributes | None,
+        usage: Usage | None = None,
+    ) -> None:
+        """Queue the op of a call that just ended (unless its path is excluded), with the
+        model it asked for and the ``usage`` its reply reported in its attributes."""
         if not call.recorded:
             return
         duration = (time.perf_counter() - call.started) * 1000
+        attributes = {**(attributes or {}), **(usage or _NO_USAGE).attributes(call.model)}
         self.queue.put_many(
             [make_op(call.path, f"{call.method} {call.path}", duration, outcome, attributes)]
         )
