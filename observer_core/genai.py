@@ -85,13 +85,16 @@ def model_call(attributes: Mapping[str, Any] | UnsetType) -> ModelCall | None:
     return ModelCall(model or UNKNOWN_MODEL, input_tokens, output_tokens)
 
 
-def count_call(metrics: Metrics, source: str, call: ModelCall, success: bool) -> None:
-    """Count one call in ``observer_gen_ai_calls_total`` and its tokens in
-    ``observer_gen_ai_tokens_total`` (labels bounded as SECURITY §11.3 says)."""
+def count_call(
+    metrics: Metrics, source: str, call: ModelCall, success: bool, calls: int = 1
+) -> None:
+    """Count ``calls`` calls (one by default) in ``observer_gen_ai_calls_total`` and
+    ``call``'s tokens in ``observer_gen_ai_tokens_total`` (labels bounded as SECURITY
+    §11.3 says)."""
     source, model = metrics.source_label(source), metrics.label("model", call.model)
     metrics.counter(
         "observer_gen_ai_calls_total", "Model calls, by source, model and outcome."
-    ).inc(source=source, model=model, outcome="success" if success else "failure")
+    ).inc(calls, source=source, model=model, outcome="success" if success else "failure")
     tokens = metrics.counter(
         "observer_gen_ai_tokens_total",
         "Tokens of model calls, by source, model and type (input, output).",
@@ -107,12 +110,31 @@ def _with_attributes(ops: Iterable[Op]) -> Iterable[Op]:
     return compress(ops, map(_attributes_of, ops))
 
 
+def _plus(total: int | float | None, more: int | float | None) -> int | float | None:
+    return total if more is None else more if total is None else total + more
+
+
 def count_ops(metrics: Metrics, ops: Sequence[Op]) -> None:
-    """Count the model calls among accepted ``ops``."""
+    """Count the model calls among accepted ``ops``: summed per source, model and outcome
+    first, so a batch of calls to one model costs a few counter updates."""
+    summed: dict[tuple[str, str, bool], tuple[int, ModelCall]] = {}
     for op in _with_attributes(ops):
         call = model_call(op.attributes)
-        if call is not None:
-            count_call(metrics, op.source, call, op.success)
+        if call is None:
+            continue
+        key = (op.source, call.model, op.success)
+        if key in summed:
+            calls, total = summed[key]
+            call = ModelCall(
+                call.model,
+                _plus(total.input_tokens, call.input_tokens),
+                _plus(total.output_tokens, call.output_tokens),
+            )
+            summed[key] = (calls + 1, call)
+        else:
+            summed[key] = (1, call)
+    for (source, _, success), (calls, call) in summed.items():
+        count_call(metrics, source, call, success, calls)
 
 
 def tokens_by_model(ops: Iterable[Op]) -> dict[str, dict[str, int | float]]:

@@ -179,6 +179,35 @@ def _op(model: str, number: int, **attributes: Any) -> dict[str, Any]:
     }
 
 
+def test_a_batch_is_summed_per_model_and_outcome(proxies: Proxies) -> None:
+    """(Runs before the test that fills the 64 model labels.)"""
+    daemon = proxies.daemon
+    counts = [(5, 1), (7, None), (None, 2), (None, None)]
+    ops = [
+        _op(
+            "batch-model",
+            number,
+            **{
+                key: value
+                for key, value in (
+                    ("gen_ai.usage.input_tokens", prompt),
+                    ("gen_ai.usage.output_tokens", completion),
+                )
+                if value is not None
+            },
+        )
+        for number, (prompt, completion) in enumerate(counts)
+    ]
+    ops.append({**_op("batch-model", 9, **{"gen_ai.usage.input_tokens": 100}), "success": False})
+    daemon.post_events(ops)
+    labels = {"source": "agent", "model": "batch-model"}
+    calls = "observer_gen_ai_calls_total"
+    wait_for(lambda: daemon.metric(calls, outcome="success", **labels) == 4, what="4 calls")
+    assert daemon.metric(calls, outcome="failure", **labels) == 1
+    assert daemon.metric("observer_gen_ai_tokens_total", type="input", **labels) == 112
+    assert daemon.metric("observer_gen_ai_tokens_total", type="output", **labels) == 3
+
+
 def test_any_source_is_counted_with_bounded_model_labels(proxies: Proxies) -> None:
     """Ops from ``/events`` count too; a model label is cut to 128 bytes and at most 64
     models get their own label (SECURITY §11.3)."""
@@ -187,14 +216,15 @@ def test_any_source_is_counted_with_bounded_model_labels(proxies: Proxies) -> No
     ops = [_op(long_model, 0, **{"gen_ai.usage.input_tokens": 5})]
     ops += [_op(f"many-{n}", n, **{"gen_ai.usage.output_tokens": 1}) for n in range(1, 71)]
     ops.append({**_op("failing", 71), "success": False, "error": "boom"})
+    ops = [{**op, "source": "spans"} for op in ops]
     daemon.post_events(ops)
     calls = "observer_gen_ai_calls_total"
     cut = "é" * 64  # 128 bytes
     wait_for(
-        lambda: daemon.metric(calls, source="agent", model=cut, outcome="success") == 1,
+        lambda: daemon.metric(calls, source="spans", model=cut, outcome="success") == 1,
         what="the long model's call, its label cut",
     )
-    input_tokens = {"source": "agent", "model": cut, "type": "input"}
+    input_tokens = {"source": "spans", "model": cut, "type": "input"}
     assert daemon.metric("observer_gen_ai_tokens_total", **input_tokens) == 5
     text = httpx.get(f"{daemon.url}/metrics").text
     models = {
@@ -203,10 +233,10 @@ def test_any_source_is_counted_with_bounded_model_labels(proxies: Proxies) -> No
         if line.startswith(calls + "{")
     }
     assert len(models) == 65 and "other" in models  # 64 models, and the rest
-    counted = daemon.metric(calls, source="agent", model="other", outcome="success") or 0
-    failed = daemon.metric(calls, source="agent", model="other", outcome="failure") or 0
+    counted = daemon.metric(calls, source="spans", model="other", outcome="success") or 0
+    failed = daemon.metric(calls, source="spans", model="other", outcome="failure") or 0
     assert counted + failed + sum(
-        daemon.metric(calls, source="agent", model=model, outcome="success") or 0
+        daemon.metric(calls, source="spans", model=model, outcome="success") or 0
         for model in models - {"other"}
     ) == len(ops)
     stats = httpx.get(f"{daemon.url}/stats").json()["tokens_by_model"]
