@@ -79,8 +79,13 @@ def _count(value: Any) -> int | None:
 
 
 def model_name(value: Any) -> str | None:
-    """``value`` when it is a model's name (a non-empty string), cut to 256 characters."""
-    return value[:MODEL_CHARS] if isinstance(value, str) and value else None
+    """``value`` when it is a model's name (a non-empty string), cut to 256 characters; a
+    lone surrogate (``json.loads`` lets ``"\\ud800"`` through; UTF-8 cannot carry it) is
+    written ``?``."""
+    if not isinstance(value, str) or not value:
+        return None
+    value = value[:MODEL_CHARS]
+    return value if value.isascii() else value.encode(errors="replace").decode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,7 @@ def test_an_event_the_stream_left_unfinished_is_read() -> None:
         ({"model": ["not", "a", "name"], "usage": "none"}, Usage()),
         ([{"model": "m"}], Usage()),
         ({"model": "x" * 300}, Usage("x" * 256)),
+        ({"model": "naïve-\ud800-m"}, Usage("naïve-?-m")),
     ],
 )
 def test_reply_usage(reply: Any, usage: Usage) -> None:
