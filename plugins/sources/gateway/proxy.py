@@ -33,7 +33,7 @@ from observer_core import DropOldestQueue, Emit, NotAccepted, Op, Tokens
 from observer_core.httpserver import STREAM, Request, Response, Stream
 
 from .outcome import Outcome, make_op, parse_json, text_outcome
-from .usage import SseUsage, Usage, reply_usage, request_model
+from .usage import HeldBytes, RequestModel, SseUsage, Usage, reply_usage
 
 __all__ = ["MAX_BODY_BYTES", "GatewayProxy", "QuietBrokenReplies"]
 
@@ -144,9 +144,12 @@ class _Call:
     method: str
     path: str
     recorded: bool
-    model: str | None = None
-    """The model the request asked for (``gen_ai.request.model``)."""
+    body: RequestModel | None = None
+    """Reads the model the request asked for (``gen_ai.request.model``)."""
     started: float = field(default_factory=time.perf_counter)
+
+    def model(self) -> str | None:
+        return self.body.model() if self.body is not None else None
 
 
 class _Relay:
@@ -289,6 +292,8 @@ class GatewayProxy:
         status.update(proxied=0, recorded=0)
         self.queue: DropOldestQueue[Op] = DropOldestQueue(QUEUE_MAX, on_drop)
         self._refused_logged = False
+        self._held = HeldBytes()
+        """What request bodies the calls in flight keep to read their model."""
 
     # -- the server's Handler protocol ---------------------------------------------------
 
@@ -310,11 +315,9 @@ class GatewayProxy:
         if problem is not None:
             return _error(400, problem)
         self._status["proxied"] += 1
-        recorded = request.path not in self._exclude
-        model = request_model(request.body, _content_type(request)) if recorded else None
-        call = _Call(request.method, request.path, recorded, model)
+        call = _Call(request.method, request.path, request.path not in self._exclude)
         try:
-            upstream = self._build(request)
+            upstream = self._build(request, call)
         except (httpx.InvalidURL, UnicodeError) as exc:  # what target_problem did not foresee
             return _error(400, f"bad request: {_describe(exc)}")
         with anyio.CancelScope() as scope:  # cancelled at once if the client leaves
@@ -340,7 +343,7 @@ class GatewayProxy:
             stream=_Relay(self, call, reply),
         )
 
-    def _build(self, request: Request) -> httpx.Request:
+    def _build(self, request: Request, call: _Call) -> httpx.Request:
         target = self._prefix + request.path.encode("latin-1")
         if request.query:
             target += b"?" + request.query.encode("latin-1")
@@ -349,6 +352,8 @@ class GatewayProxy:
         content: bytes | AsyncIterator[bytes] = request.body
         if request.body_stream is not None:  # streamed on: chunked unless the client sized it
             content = request.body_stream
+            if call.recorded:  # read for its model on the way
+                content = call.body = RequestModel(content, _content_type(request), self._held)
             length = request.header(b"content-length")
             if length is not None:
                 headers.append((b"content-length", length))
@@ -398,7 +403,7 @@ class GatewayProxy:
         if not call.recorded:
             return
         duration = (time.perf_counter() - call.started) * 1000
-        attributes = {**(attributes or {}), **(usage or _NO_USAGE).attributes(call.model)}
+        attributes = {**(attributes or {}), **(usage or _NO_USAGE).attributes(call.model())}
         self.queue.put_many(
             [make_op(call.path, f"{call.method} {call.path}", duration, outcome, attributes)]
         )

@@ -11,7 +11,8 @@ Shared by the proxy, the Python API and the analyzers that call a model:
   memory stays bounded), the last ``model`` and ``usage`` seen win, so the final
   chunk's usage (``stream_options={"include_usage": true}``) is found however
   long the stream;
-- :func:`request_model`: the ``model`` a JSON request body asks for.
+- :func:`request_model`: the ``model`` a JSON request body asks for;
+  :class:`RequestModel` reads it from a body that streams on to the gateway.
 
 What is found becomes an op's ``attributes`` (:meth:`Usage.attributes`), under the
 OpenTelemetry GenAI names that the engine counts (``observer_core.genai``).
@@ -19,6 +20,7 @@ OpenTelemetry GenAI names that the engine counts (``observer_core.genai``).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,6 +41,9 @@ from observer_core.records import AttributeValue
 __all__ = [
     "MAX_EVENT_BYTES",
     "MAX_REQUEST_BYTES",
+    "REQUEST_BYTES_HELD",
+    "HeldBytes",
+    "RequestModel",
     "SseUsage",
     "Usage",
     "count_own_call",
@@ -51,6 +56,9 @@ MAX_EVENT_BYTES = 64 << 10
 """A server-sent event larger than this is skipped, not parsed."""
 MAX_REQUEST_BYTES = 1 << 20
 """A request body larger than this is not read for its model."""
+REQUEST_BYTES_HELD = 32 << 20
+"""What the proxy's calls in flight keep of their request bodies, all together, to read
+their model (a call past it is not read)."""
 MODEL_CHARS = 256
 """A model name is cut to this many characters in the op."""
 
@@ -84,8 +92,8 @@ def model_name(value: Any) -> str | None:
     written ``?``."""
     if not isinstance(value, str) or not value:
         return None
-    value = value[:MODEL_CHARS]
-    return value if value.isascii() else value.encode(errors="replace").decode()
+    name: str = value[:MODEL_CHARS]
+    return name if name.isascii() else name.encode(errors="replace").decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +165,70 @@ def request_model(body: Any, content_type: str) -> str | None:
         return model_name(_decode_request(body).model)
     except msgspec.MsgspecError:
         return None
+
+
+class HeldBytes:
+    """A number of bytes shared by the calls in flight: what they may keep, together."""
+
+    def __init__(self, limit: int = REQUEST_BYTES_HELD) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, count: int) -> bool:
+        """Hold ``count`` more bytes, if that stays within the limit."""
+        if self.held + count > self.limit:
+            return False
+        self.held += count
+        return True
+
+    def give(self, count: int) -> None:
+        self.held -= count
+
+
+class RequestModel:
+    """A request body streaming on to the gateway, chunk by chunk and unchanged, kept on
+    the way (a JSON body up to 1 MiB, within ``held``) so that :meth:`model` can read the
+    ``model`` it names once the call ends."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], content_type: str, held: HeldBytes) -> None:
+        self._chunks = chunks
+        self._held = held
+        self._kept = bytearray()
+        self._keeping = "json" in content_type.lower()
+        self._ended = False
+        self._model: str | None = None
+
+    def __aiter__(self) -> RequestModel:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._ended = True
+            raise
+        except BaseException:  # the body broke off (or the call was cancelled): unreadable
+            self._stop_keeping()
+            raise
+        if self._keeping:
+            if len(self._kept) + len(chunk) <= MAX_REQUEST_BYTES and self._held.take(len(chunk)):
+                self._kept += chunk
+            else:
+                self._stop_keeping()
+        return chunk
+
+    def model(self) -> str | None:
+        """The model the whole body named (None: not JSON, too large, not all sent, or it
+        names none); what was kept is let go."""
+        if self._keeping and self._ended:
+            self._model = request_model(bytes(self._kept), "json")
+        self._stop_keeping()
+        return self._model
+
+    def _stop_keeping(self) -> None:
+        self._keeping = False
+        self._held.give(len(self._kept))
+        self._kept = bytearray()
 
 
 def count_own_call(metrics: Metrics, reply: Any, model_asked: str | None) -> None:

@@ -4,11 +4,16 @@ every way a server-sent-event stream may be cut into chunks and lines, and the b
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from observer_plugins.sources.gateway.usage import (
     MAX_EVENT_BYTES,
+    MAX_REQUEST_BYTES,
+    REQUEST_BYTES_HELD,
+    HeldBytes,
+    RequestModel,
     SseUsage,
     Usage,
     reply_usage,
@@ -103,3 +108,57 @@ def test_reply_usage(reply: Any, usage: Usage) -> None:
 )
 def test_request_model(body: bytes, content_type: str, model: str | None) -> None:
     assert request_model(body, content_type) == model
+
+
+async def _chunks(*chunks: bytes, error: Exception | None = None) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+    if error is not None:
+        raise error
+
+
+async def _relay(body: RequestModel) -> bytes:
+    return b"".join([chunk async for chunk in body])
+
+
+@pytest.mark.anyio
+async def test_request_model_read_from_a_streamed_body_unchanged() -> None:
+    held = HeldBytes()
+    parts = (b'{"messages": [{"role": "user", "content": "hi"}],', b' "model": "m-stream"}')
+    body = RequestModel(_chunks(*parts), "application/json", held)
+    assert await _relay(body) == b"".join(parts)
+    assert held.held == len(b"".join(parts))  # kept until the call ends
+    assert body.model() == "m-stream"
+    assert held.held == 0
+    assert body.model() == "m-stream"  # asked again: the same answer
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("chunks", "content_type", "limit", "error"),
+    [
+        ((b'{"model": "m"}',), "text/plain", REQUEST_BYTES_HELD, None),
+        (
+            (b'{"model": "m",', b' "pad": "' + b"x" * MAX_REQUEST_BYTES + b'"}'),
+            "application/json",
+            REQUEST_BYTES_HELD,
+            None,
+        ),
+        ((b'{"model": "m"}',), "application/json", 5, None),  # the shared budget is spent
+        ((b'{"model": "m"}',), "application/json", REQUEST_BYTES_HELD, ValueError("broke off")),
+    ],
+    ids=["not-json", "over-1-mib", "over-the-budget", "broke-off"],
+)
+async def test_request_model_not_read(
+    chunks: tuple[bytes, ...], content_type: str, limit: int, error: Exception | None
+) -> None:
+    held = HeldBytes(limit)
+    body = RequestModel(_chunks(*chunks, error=error), content_type, held)
+    if error is None:
+        assert await _relay(body) == b"".join(chunks)
+    else:
+        with pytest.raises(ValueError):
+            await _relay(body)
+    assert held.held <= limit
+    assert body.model() is None
+    assert held.held == 0
