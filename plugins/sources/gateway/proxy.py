@@ -149,6 +149,7 @@ class _Call:
     started: float = field(default_factory=time.perf_counter)
 
     def model(self) -> str | None:
+        """The model the request asked for, once the call ended (the body is let go)."""
         return self.body.model() if self.body is not None else None
 
 

@@ -106,6 +106,7 @@ class Usage:
 
     @property
     def has_tokens(self) -> bool:
+        """The reply reported a token count."""
         return self.input_tokens is not None or self.output_tokens is not None
 
     def attributes(self, request_model: str | None = None) -> dict[str, AttributeValue]:
@@ -182,6 +183,7 @@ class HeldBytes:
         return True
 
     def give(self, count: int) -> None:
+        """Let go of ``count`` bytes taken before."""
         self.held -= count
 
 
