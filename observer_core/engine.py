@@ -38,6 +38,7 @@ from .components import (
     Source,
 )
 from .config import InstanceConfig, ObserverConfig
+from .genai import count_ops, tokens_by_model
 from .metrics import MAX_LABEL_BYTES, Metrics, cut_utf8
 from .queues import DropOldestQueue
 from .records import Finding, Op, now_timestamp
@@ -242,6 +243,7 @@ class Engine:
             "successes": successes,
             "failures": len(self.ring) - successes,
             "by_source": _top(by_source, MAX_STATS_SOURCES),
+            "tokens_by_model": tokens_by_model(self.ring),
             "recent_scenario_ops": [
                 {
                     "ts": op.timestamp,
@@ -377,6 +379,7 @@ class Engine:
             failures: Tally[str] = Tally([op.source for op in ops if not op.success])
             for source, total in totals.items():
                 self._count_received(source, total, failures[source])
+        count_ops(self.metrics, ops)
         for pump in self._pumps:
             pump.queue.put_many(ops)
         for item in self._observers:

@@ -7,7 +7,10 @@ line each, in ``prompt`` (at ``{errors}``) to the model, beside the cycle
 ``diagnosis`` finding carrying a :class:`~observer_core.LogEntry`. An empty,
 failed, garbled or late answer publishes nothing, is logged and counted
 (``observer_diagnosis_failures_total{instance, reason}``), and the failures
-stay undiagnosed, so the next cycle tries again. A failed op whose client left
+stay undiagnosed, so the next cycle tries again. When the provider's reply reports
+token usage (OpenAI-compatible and Ollama replies do), the call is counted in
+``observer_gen_ai_calls_total`` and ``observer_gen_ai_tokens_total`` with source
+``observer`` (contract §13.2). A failed op whose client left
 (``attributes.client_left``: a user pressing Stop) is not a failure here.
 
 Providers: ``lakehouse`` (``POST {url}/ai/generate``), ``ollama``
@@ -50,6 +53,7 @@ from observer_core import (
 )
 
 from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
+from ...sources.gateway.usage import count_own_call
 from ..failures import is_failure
 
 __all__ = ["DEFAULT_PROMPT", "DiagnosisAnalyzer", "DiagnosisConfig", "error_line"]
@@ -177,13 +181,18 @@ def error_line(op: Op) -> str:
     return f"[{_part(op.endpoint)}] {_part(op.input_summary)}: {_part(error)}"
 
 
-def _reply_text(provider: _Provider, response: httpx.Response) -> str:
+def _reply_json(response: httpx.Response) -> Any:
     if not response.is_success:
         raise _Failed("http_error", f"HTTP {response.status_code}: {response.text[:200]!r}")
     try:
-        text = provider.text(response.json())
+        return response.json()
     except ValueError:
         raise _Failed("garbage", f"reply is not JSON: {response.text[:200]!r}") from None
+
+
+def _reply_text(provider: _Provider, reply: Any, response: httpx.Response) -> str:
+    try:
+        text = provider.text(reply)
     except (KeyError, IndexError, TypeError):
         raise _Failed("garbage", f"reply lacks the text: {response.text[:200]!r}") from None
     if not isinstance(text, str):
@@ -358,7 +367,9 @@ class DiagnosisAnalyzer(Analyzer):
             raise _Failed("timeout", f"no answer within {self.config.timeout_secs}s") from None
         except httpx.HTTPError as exc:
             raise _Failed("unreachable", f"{self._url}: {type(exc).__name__}: {exc}") from None
-        return _reply_text(self._provider, response)
+        reply = _reply_json(response)
+        count_own_call(self.ctx.metrics, reply, self.config.model)
+        return _reply_text(self._provider, reply, response)
 
 
 @hookimpl

@@ -15,7 +15,9 @@ nor a ``kill -9`` escalates a cluster twice. A failed attempt (refused
 connection, timeout, any non-2xx answer, a reply that is not a JSON object) is
 logged, counted in ``observer_escalation_failures_total{instance, reason}`` and
 retried on a later cycle, up to ``max_attempts`` in all. Calls run beside the
-cycle (``ctx.spawn``), one per sig_hash and at most a few at once.
+cycle (``ctx.spawn``), one per sig_hash and at most a few at once. A reply that
+reports token usage (OpenAI's ``model`` and ``usage``) is counted in
+``observer_gen_ai_*_total`` with source ``observer`` (contract §13.2).
 
 With a ``fleet`` table the escalation instances of every observer in a fleet
 share one memory in a NATS key-value bucket: a sig_hash is claimed
@@ -58,6 +60,7 @@ from ...fleet.claims import (
     check_fleet,
     shared_memory,
 )
+from ...sources.gateway.usage import count_own_call
 from ..failures import is_failure
 
 __all__ = ["EscalationAnalyzer", "EscalationConfig", "escalation_input", "escalation_row"]
@@ -331,7 +334,9 @@ class EscalationAnalyzer(Analyzer):
             raise _Failed("timeout", f"no answer within {self.config.timeout_secs}s") from None
         except httpx.HTTPError as exc:
             raise _Failed("unreachable", f"{self._url}: {type(exc).__name__}: {exc}") from None
-        return _reply_object(response)
+        reply = _reply_object(response)
+        count_own_call(self.ctx.metrics, reply, None)
+        return reply
 
     async def _save(self) -> None:
         """Write the escalated set atomically (saves run one at a time)."""

@@ -34,6 +34,7 @@ import re
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Generic, Self, TypeVar
 
 import anyio.to_thread
@@ -43,6 +44,7 @@ import msgspec
 from observer_core import Op
 
 from .outcome import Outcome, make_op
+from .usage import Usage, model_name, reply_usage
 
 __all__ = ["AsyncObservedGateway", "ObservedGateway", "OpRecorder"]
 
@@ -221,6 +223,23 @@ class OpRecorder:
 
 
 _C = TypeVar("_C", httpx.Client, httpx.AsyncClient)
+_NO_USAGE = Usage()
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One call being made: what its op needs."""
+
+    endpoint: str
+    description: str
+    model: str | None
+    """The model the request body asks for (``gen_ai.request.model``)."""
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _model_of(body: Any) -> str | None:
+    """The ``model`` a request body (a dict, before it is sent as JSON) names."""
+    return model_name(body.get("model")) if isinstance(body, dict) else None
 
 
 def _origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
@@ -275,13 +294,13 @@ class _Observed(Generic[_C]):
             raise ValueError(f"endpoint: {endpoint!r} would leave {self.url}")
         return target
 
-    def _record(self, endpoint: str, description: str, started: float, outcome: Outcome) -> None:
-        duration = (time.perf_counter() - started) * 1000
-        self.recorder.record(make_op(endpoint, description, duration, outcome))
+    def _record(self, call: _Call, outcome: Outcome, usage: Usage = _NO_USAGE) -> None:
+        duration = (time.perf_counter() - call.started) * 1000
+        attributes = usage.attributes(call.model)
+        op = make_op(call.endpoint, call.description, duration, outcome, attributes)
+        self.recorder.record(op)
 
-    def _conclude(
-        self, endpoint: str, description: str, started: float, reply: httpx.Response
-    ) -> Any:
+    def _conclude(self, call: _Call, reply: httpx.Response) -> Any:
         try:
             data = json.loads(reply.content)  # what httpx's .json() does, and raises
         except ValueError:
@@ -291,16 +310,13 @@ class _Observed(Generic[_C]):
                 if 200 <= status < 300
                 else Outcome.of_text(status, "")
             )
-            self._record(endpoint, description, started, failed)
+            self._record(call, failed)
             raise
-        self._record(endpoint, description, started, Outcome.of_json(reply.status_code, data))
+        self._record(call, Outcome.of_json(reply.status_code, data), reply_usage(data))
         return data
 
-    def _transport_failed(
-        self, endpoint: str, description: str, started: float, exc: httpx.HTTPError
-    ) -> None:
-        message = str(exc) or type(exc).__name__
-        self._record(endpoint, description, started, Outcome.failed(message))
+    def _transport_failed(self, call: _Call, exc: httpx.HTTPError) -> None:
+        self._record(call, Outcome.failed(str(exc) or type(exc).__name__))
 
 
 class ObservedGateway(_Observed[httpx.Client]):
@@ -318,13 +334,13 @@ class ObservedGateway(_Observed[httpx.Client]):
         """POST ``body`` as JSON to ``{url}{endpoint}``; return the reply's JSON unchanged.
         ValueError, with nothing sent, if ``endpoint`` is not an origin-form path."""
         target = self._target(endpoint)
-        started = time.perf_counter()
+        call = _Call(endpoint, description, _model_of(body))
         try:
             reply = self._http.post(target, json=body)
         except httpx.HTTPError as exc:
-            self._transport_failed(endpoint, description, started, exc)
+            self._transport_failed(call, exc)
             raise
-        return self._conclude(endpoint, description, started, reply)
+        return self._conclude(call, reply)
 
     def close(self) -> None:
         """Close the HTTP client (when it is ours) and flush the ops still buffered."""
@@ -356,13 +372,13 @@ class AsyncObservedGateway(_Observed[httpx.AsyncClient]):
         """POST ``body`` as JSON to ``{url}{endpoint}``; return the reply's JSON unchanged.
         ValueError, with nothing sent, if ``endpoint`` is not an origin-form path."""
         target = self._target(endpoint)
-        started = time.perf_counter()
+        call = _Call(endpoint, description, _model_of(body))
         try:
             reply = await self._http.post(target, json=body)
         except httpx.HTTPError as exc:
-            self._transport_failed(endpoint, description, started, exc)
+            self._transport_failed(call, exc)
             raise
-        return self._conclude(endpoint, description, started, reply)
+        return self._conclude(call, reply)
 
     async def aclose(self) -> None:
         """Close the HTTP client (when it is ours) and flush the ops still buffered."""

@@ -18,7 +18,7 @@ from observer_core import UNSET, Op, now_timestamp
 
 from .summarize import js_stringify, summarize
 
-__all__ = ["Outcome", "make_op", "parse_json"]
+__all__ = ["Outcome", "make_op", "parse_json", "text_outcome"]
 
 SOURCE = "mcp"
 TEXT_CHARS = 100
@@ -86,7 +86,12 @@ class Outcome:
         is_json, data = parse_json(body)
         if is_json:
             return cls.of_json(status, data)
-        return cls.of_text(status, body[: TEXT_CHARS * 4].decode("utf-8", "replace"))
+        return text_outcome(status, body)
+
+
+def text_outcome(status: int, body: bytes) -> Outcome:
+    """A complete body that is not JSON: summarised by its first characters."""
+    return Outcome.of_text(status, body[: TEXT_CHARS * 4].decode("utf-8", "replace"))
 
 
 def make_op(

@@ -32,7 +32,8 @@ import httpx
 from observer_core import DropOldestQueue, Emit, NotAccepted, Op, Tokens
 from observer_core.httpserver import STREAM, Request, Response, Stream
 
-from .outcome import Outcome, make_op
+from .outcome import Outcome, make_op, parse_json, text_outcome
+from .usage import HeldBytes, RequestModel, SseUsage, Usage, reply_usage
 
 __all__ = ["MAX_BODY_BYTES", "GatewayProxy", "QuietBrokenReplies"]
 
@@ -70,6 +71,7 @@ _NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "expect", TOKEN_HEADER
 _BAD_TARGET = re.compile(r"[^\x21-\x7e]|#")
 _NO_BODY = frozenset((*range(100, 200), 204, 304))
 _Attributes = dict[str, str | int | float | bool]
+_NO_USAGE = Usage()
 
 
 def _named_by_connection(values: list[str]) -> set[str]:
@@ -142,11 +144,18 @@ class _Call:
     method: str
     path: str
     recorded: bool
+    body: RequestModel | None = None
+    """Reads the model the request asked for (``gen_ai.request.model``)."""
     started: float = field(default_factory=time.perf_counter)
+
+    def model(self) -> str | None:
+        """The model the request asked for, once the call ended (the body is let go)."""
+        return self.body.model() if self.body is not None else None
 
 
 class _Relay:
-    """Streams the gateway's reply body to the client and keeps its beginning.
+    """Streams the gateway's reply body to the client and keeps its beginning; reads the
+    usage of a server-sent-event stream as it passes (:class:`SseUsage`).
 
     The server iterates it and always ``aclose()``s it (even for HEAD, or when the
     client leaves), which ends the op.
@@ -159,6 +168,9 @@ class _Relay:
         self._chunks = reply.aiter_raw()
         content_type = reply.headers.get("content-type", "json").lower()
         self._limit = JSON_CAPTURE_BYTES if "json" in content_type else TEXT_CAPTURE_BYTES
+        self._encoding = reply.headers.get("content-encoding", "").strip().lower()
+        plain = self._encoding in ("", "identity")
+        self._events = SseUsage() if plain and "text/event-stream" in content_type else None
         self._kept = bytearray()
         self._size = 0
         self._done = False
@@ -179,6 +191,8 @@ class _Relay:
         if room > 0:
             self._kept += chunk[:room]
         self._size += len(chunk)
+        if self._events is not None:
+            self._events.feed(chunk)
         return chunk
 
     async def aclose(self) -> None:
@@ -192,21 +206,34 @@ class _Relay:
         try:
             await self._reply.aclose()
         finally:
-            outcome = Outcome.failed(error) if error else self._outcome()
+            if error:
+                outcome, usage = Outcome.failed(error), self._stream_usage()
+            else:
+                outcome, usage = self._outcome()
             attributes: _Attributes = {"http_status": self._reply.status_code}
             if client_left:
                 attributes["client_left"] = True
-            self._proxy.record(self._call, outcome, attributes)
+            self._proxy.record(self._call, outcome, attributes, usage)
 
-    def _outcome(self) -> Outcome:
+    def _stream_usage(self) -> Usage:
+        return self._events.finish() if self._events is not None else _NO_USAGE
+
+    def _outcome(self) -> tuple[Outcome, Usage]:
+        """What the reply came to, and the usage it reported (a JSON body's, else the
+        last one its events carried)."""
         status = self._reply.status_code
-        encoding = self._reply.headers.get("content-encoding", "").strip().lower()
-        body = _decompress(bytes(self._kept), encoding, self._limit)
+        usage = self._stream_usage()
+        body = _decompress(bytes(self._kept), self._encoding, self._limit)
         if body is None:
-            return Outcome.of_text(status, f"({encoding}-encoded body, {self._size} bytes)")
-        if self._size <= self._limit:
-            return Outcome.of_body(status, body)
-        return Outcome.of_text(status, body[:TEXT_CAPTURE_BYTES].decode("utf-8", "replace"))
+            text = f"({self._encoding}-encoded body, {self._size} bytes)"
+            return Outcome.of_text(status, text), usage
+        if self._size > self._limit:
+            text = body[:TEXT_CAPTURE_BYTES].decode("utf-8", "replace")
+            return Outcome.of_text(status, text), usage
+        is_json, data = parse_json(body)
+        if not is_json:
+            return text_outcome(status, body), usage
+        return Outcome.of_json(status, data), reply_usage(data)
 
 
 class QuietBrokenReplies(logging.Filter):
@@ -221,6 +248,10 @@ class QuietBrokenReplies(logging.Filter):
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+def _content_type(request: Request) -> str:
+    return (request.header(b"content-type") or b"").decode("latin-1")
 
 
 def _describe(exc: BaseException) -> str:
@@ -262,6 +293,8 @@ class GatewayProxy:
         status.update(proxied=0, recorded=0)
         self.queue: DropOldestQueue[Op] = DropOldestQueue(QUEUE_MAX, on_drop)
         self._refused_logged = False
+        self._held = HeldBytes()
+        """What request bodies the calls in flight keep to read their model."""
 
     # -- the server's Handler protocol ---------------------------------------------------
 
@@ -285,7 +318,7 @@ class GatewayProxy:
         self._status["proxied"] += 1
         call = _Call(request.method, request.path, request.path not in self._exclude)
         try:
-            upstream = self._build(request)
+            upstream = self._build(request, call)
         except (httpx.InvalidURL, UnicodeError) as exc:  # what target_problem did not foresee
             return _error(400, f"bad request: {_describe(exc)}")
         with anyio.CancelScope() as scope:  # cancelled at once if the client leaves
@@ -311,7 +344,7 @@ class GatewayProxy:
             stream=_Relay(self, call, reply),
         )
 
-    def _build(self, request: Request) -> httpx.Request:
+    def _build(self, request: Request, call: _Call) -> httpx.Request:
         target = self._prefix + request.path.encode("latin-1")
         if request.query:
             target += b"?" + request.query.encode("latin-1")
@@ -320,6 +353,8 @@ class GatewayProxy:
         content: bytes | AsyncIterator[bytes] = request.body
         if request.body_stream is not None:  # streamed on: chunked unless the client sized it
             content = request.body_stream
+            if call.recorded:  # read for its model on the way
+                content = call.body = RequestModel(content, _content_type(request), self._held)
             length = request.header(b"content-length")
             if length is not None:
                 headers.append((b"content-length", length))
@@ -357,11 +392,19 @@ class GatewayProxy:
 
     # -- recording -----------------------------------------------------------------------
 
-    def record(self, call: _Call, outcome: Outcome, attributes: _Attributes | None) -> None:
-        """Queue the op of a call that just ended (unless its path is excluded)."""
+    def record(
+        self,
+        call: _Call,
+        outcome: Outcome,
+        attributes: _Attributes | None,
+        usage: Usage | None = None,
+    ) -> None:
+        """Queue the op of a call that just ended (unless its path is excluded), with the
+        model it asked for and the ``usage`` its reply reported in its attributes."""
         if not call.recorded:
             return
         duration = (time.perf_counter() - call.started) * 1000
+        attributes = {**(attributes or {}), **(usage or _NO_USAGE).attributes(call.model())}
         self.queue.put_many(
             [make_op(call.path, f"{call.method} {call.path}", duration, outcome, attributes)]
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 from observer_plugins.analyzers.diagnosis import DEFAULT_PROMPT
 
@@ -241,3 +242,52 @@ def test_slow_model_runs_beside_the_cycle_one_call_at_a_time(observer_daemon, st
         "Quick answer.",
     ]
     assert llm.received("/ai/generate")[1].json()["prompt"].count("[/tool/") == 2
+
+
+@pytest.mark.parametrize(
+    ("provider", "path", "reply", "counted"),
+    [
+        (
+            "openai",
+            OPENAI["path"],
+            {
+                **OPENAI["reply"],
+                "model": "qwen2.5-7b-instruct",
+                "usage": {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160},
+            },
+            ("qwen2.5-7b-instruct", 120, 40),
+        ),
+        (
+            "ollama",
+            OLLAMA["path"],
+            {**OLLAMA["reply"], "prompt_eval_count": 90, "eval_count": 30},
+            ("m", 90, 30),
+        ),
+        (
+            "openai",
+            OPENAI["path"],
+            {**OPENAI["reply"], "usage": {"prompt_tokens": 7}},
+            ("qwen2.5", 7, None),
+        ),
+        ("lakehouse", "/ai/generate", {"text": "Check the index."}, None),
+    ],
+    ids=["openai", "ollama", "openai-no-model-in-reply", "lakehouse-reports-no-usage"],
+)
+def test_own_model_calls_are_counted(observer_daemon, stub_server, provider, path, reply, counted):
+    """What the observer itself spends (contract §13.2): source ``observer``, the reply's
+    model (else the one asked for); a reply without usage counts nothing."""
+    llm, gateway = stub_server(), stub_server()
+    llm.replies[path] = StubReply(body=reply)
+    daemon = observer_daemon.start(config(llm.url, gateway.url, f'provider = "{provider}"'))
+    daemon.post_events([failure(1)])
+    wait_for(lambda: gateway.received("/log"), what="the diagnosis at /log")
+    if counted is None:
+        assert "observer_gen_ai" not in httpx.get(f"{daemon.url}/metrics").text
+        return
+    model, prompt, completion = counted
+    labels = {"source": "observer", "model": model}
+    assert daemon.metric("observer_gen_ai_calls_total", outcome="success", **labels) == 1
+    tokens = "observer_gen_ai_tokens_total"
+    assert daemon.metric(tokens, type="input", **labels) == prompt
+    assert daemon.metric(tokens, type="output", **labels) == completion
+    assert daemon.stop() == 0

@@ -281,3 +281,21 @@ def test_reescalates_only_after_reescalate_after_secs(observer_daemon, stub_serv
     wait_for(lambda: len(rows(daemon.directory)) == 2, what="a second escalation")
     assert moments[1] - moments[0] >= 1.0
     assert [row["llm_team_run_id"] for row in rows(daemon.directory)] == ["run-1", "run-2"]
+
+
+def test_a_reply_that_reports_usage_is_counted(observer_daemon, stub_server):
+    """The service's own model call (contract §13.2): counted with source ``observer``
+    when its reply reports usage as OpenAI does."""
+    service = stub_server()
+    usage = {"prompt_tokens": 300, "completion_tokens": 80, "total_tokens": 380}
+    service.replies["/api/run"] = StubReply(
+        body={"run_id": "run-1", "facts": [], "model": "review-model", "usage": usage}
+    )
+    daemon = observer_daemon.start(config(service.url))
+    daemon.post_events([failure("tok", number) for number in range(3)])
+    wait_for(lambda: rows(daemon.directory), what="the escalation row")
+    labels = {"source": "observer", "model": "review-model"}
+    assert daemon.metric("observer_gen_ai_calls_total", outcome="success", **labels) == 1
+    assert daemon.metric("observer_gen_ai_tokens_total", type="input", **labels) == 300
+    assert daemon.metric("observer_gen_ai_tokens_total", type="output", **labels) == 80
+    assert daemon.stop() == 0

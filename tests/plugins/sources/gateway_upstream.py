@@ -166,12 +166,18 @@ def sse_events(events: list[Any]) -> list[bytes]:
     return [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
 
 
-def openai_route(reply: str) -> Route:
-    """``POST /v1/chat/completions`` as OpenAI answers it: JSON, or SSE with ``stream``."""
+OPENAI_USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+"""What :func:`openai_route` reports a call used."""
+
+
+def openai_route(reply: str, model: str | None = None) -> Route:
+    """``POST /v1/chat/completions`` as OpenAI answers it: JSON, or SSE with ``stream``
+    (the usage in a last chunk with ``stream_options.include_usage``). The reply names
+    ``model`` (default: the model asked for)."""
 
     def route(exchange: Exchange, seen: Seen) -> None:
         request = json.loads(seen.body)
-        base = {"id": "chatcmpl-1", "created": 1700000000, "model": request["model"]}
+        base = {"id": "chatcmpl-1", "created": 1700000000, "model": model or request["model"]}
         if not request.get("stream"):
             exchange.send_json(
                 200,
@@ -185,16 +191,22 @@ def openai_route(reply: str) -> Route:
                             "finish_reason": "stop",
                         }
                     ],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+                    "usage": OPENAI_USAGE,
                 },
             )
             return
+        with_usage = (request.get("stream_options") or {}).get("include_usage")
+        chunk = {
+            **base,
+            "object": "chat.completion.chunk",
+            **({"usage": None} if with_usage else {}),
+        }
         exchange.start_chunked(200, "text/event-stream")
         for word in reply.split(" "):
             delta = {"index": 0, "delta": {"content": word + " "}, "finish_reason": None}
-            exchange.chunk(
-                *sse_events([{**base, "object": "chat.completion.chunk", "choices": [delta]}])
-            )
+            exchange.chunk(*sse_events([{**chunk, "choices": [delta]}]))
+        if with_usage:
+            exchange.chunk(*sse_events([{**chunk, "choices": [], "usage": OPENAI_USAGE}]))
         exchange.chunk(b"data: [DONE]\n\n")
         exchange.end_chunked()
 

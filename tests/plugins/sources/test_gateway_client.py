@@ -113,6 +113,44 @@ async def test_async_call(daemon: Daemon, gateway: StubServer) -> None:
     assert the_op(daemon, "/async/down")["success"] is False
 
 
+CHAT_REPLY = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "m-0613",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15},
+}
+
+
+@pytest.mark.anyio
+async def test_calls_record_the_model_and_token_usage(daemon: Daemon, gateway: StubServer) -> None:
+    gateway.replies["/usage/sync"] = StubReply(body=CHAT_REPLY)
+    gateway.replies["/usage/async"] = StubReply(body=CHAT_REPLY)
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with ObservedGateway(gateway.url, observer_url=daemon.url) as client:
+        assert client.call("/usage/sync", request, "chat") == CHAT_REPLY
+        with pytest.raises(httpx.ConnectError):  # a call that failed still names its model
+            ObservedGateway(f"http://127.0.0.1:{free_port()}", recorder=client.recorder).call(
+                "/usage/down", request, "chat"
+            )
+    async with AsyncObservedGateway(gateway.url, observer_url=daemon.url) as client:
+        assert await client.call("/usage/async", request, "chat") == CHAT_REPLY
+    usage = {
+        "gen_ai.request.model": "m",
+        "gen_ai.response.model": "m-0613",
+        "gen_ai.usage.input_tokens": 11,
+        "gen_ai.usage.output_tokens": 4,
+    }
+    assert the_op(daemon, "/usage/sync")["attributes"] == usage
+    assert the_op(daemon, "/usage/async")["attributes"] == usage
+    assert the_op(daemon, "/usage/down")["attributes"] == {"gen_ai.request.model": "m"}
+    labels = {"source": "mcp", "model": "m-0613"}
+    wait_for(
+        lambda: daemon.metric("observer_gen_ai_tokens_total", type="input", **labels) == 22,
+        what="the two calls' input tokens in /metrics",
+    )
+
+
 @pytest.fixture
 def elsewhere() -> Iterator[Upstream]:
     """Another host a crafted path could try to reach."""
