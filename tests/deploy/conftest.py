@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploy_kit import DeployedDaemons
+from deploy_kit import DEPLOY, DeployedDaemons
+from podman_kit import IMAGE, base_image, build
 
 
 @pytest.fixture
@@ -17,3 +18,9 @@ def deployed(tmp_path: Path) -> Iterator[DeployedDaemons]:
         yield daemons
     finally:
         daemons.close()
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """The image built from deploy/Containerfile and this work tree (podman_kit.py)."""
+    return build(IMAGE, DEPLOY / "Containerfile", BASE=base_image())

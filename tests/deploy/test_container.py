@@ -1,93 +1,22 @@
 """deploy/Containerfile: the image builds, runs as a non-root user, passes its own
 HEALTHCHECK, takes events with the token on a published port, and stops cleanly.
 
-Needs podman (rootful). The base image is $OBSERVER_CONTAINER_BASE when set (e.g.
-docker.io/library/python:3.11-slim where a registry is reachable); otherwise
-deploy/base-image.sh builds a Debian one with debootstrap (root). Skipped
-without them, unless OBSERVER_REQUIRE_PODMAN=1 (CI).
-
-Two flags are for machines like CI's: podman's default limits raise
-RLIMIT_NOFILE/NPROC, which needs CAP_SYS_RESOURCE, so the container gets lower
-ones; crun 1.8 refuses a host with hybrid cgroups, so runc runs it when installed.
+Needs podman; see podman_kit.py for the base image and this machine's options.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from deploy_kit import DEPLOY, ROOT, TOKEN, require_tool
+from deploy_kit import TOKEN
+from podman_kit import podman, run_options
 
 from observer_core.testing import GiveUp, free_port, wait_for
 
-FLAG = "OBSERVER_REQUIRE_PODMAN"
-IMAGE = "localhost/observer-core:test"
-BASE = "localhost/observer-base:bookworm"
-BUILD_SECS = 900
-
 pytestmark = pytest.mark.slow
-
-
-def podman(
-    *args: str, timeout: float = 120, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run ``podman ARGS``; fail with its output when ``check`` and it exits non-zero."""
-    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        pytest.fail(f"podman {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
-    return result
-
-
-def run_options() -> list[str]:
-    """``podman run`` options this machine needs (see the module docstring)."""
-    options = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
-    # The HEALTHCHECK's timer needs systemd; the test runs the check itself.
-    options += ["--health-interval=disable"]
-    if shutil.which("runc"):
-        options += ["--runtime", "runc"]
-    return options
-
-
-def base_image() -> str:
-    """$OBSERVER_CONTAINER_BASE, or a Debian base built here without a registry."""
-    given = os.environ.get("OBSERVER_CONTAINER_BASE")
-    if given:
-        return given
-    require_tool("debootstrap", FLAG)
-    if os.geteuid() != 0:
-        if os.environ.get(FLAG) == "1":
-            pytest.fail(f"{FLAG}=1 but deploy/base-image.sh needs root")
-        pytest.skip("deploy/base-image.sh needs root (or set OBSERVER_CONTAINER_BASE)")
-    script = subprocess.run(
-        ["bash", str(DEPLOY / "base-image.sh"), BASE],
-        capture_output=True,
-        text=True,
-        timeout=BUILD_SECS,
-    )
-    assert script.returncode == 0, script.stderr[-4000:]
-    return BASE
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The image built from deploy/Containerfile and this work tree."""
-    require_tool("podman", FLAG)
-    podman(
-        "build",
-        "--isolation=chroot",  # no OCI runtime needed to build
-        "--format=docker",  # keeps the HEALTHCHECK
-        "--network=host",
-        f"--build-arg=BASE={base_image()}",
-        f"--file={DEPLOY / 'Containerfile'}",
-        f"--tag={IMAGE}",
-        str(ROOT),
-        timeout=BUILD_SECS,
-    )
-    return IMAGE
 
 
 @pytest.fixture
