@@ -688,10 +688,13 @@ class Engine:
             await self._sink_runners_done.wait()
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        # SIGUSR1 reopens the sinks' files (what logrotate sends, contract §12.1); SIGHUP
+        # does too until it also re-reads the config.
+        reopen = (signal.SIGHUP, signal.SIGUSR1)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, *reopen) as signals:
             async for signum in signals:
-                if signum == signal.SIGHUP:
-                    log.info("SIGHUP: reopening sink files")
+                if signum in reopen:
+                    log.info("%s: reopening sink files", signal.Signals(signum).name)
                     for item in self._sinks:
                         sink = item.component
                         assert isinstance(sink, Sink)

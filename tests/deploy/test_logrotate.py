@@ -39,16 +39,7 @@ def test_postrotate_sends_sigusr1_as_the_contract_says():
 @pytest.mark.parametrize(
     "signame",
     [
-        pytest.param(
-            shipped_signal(),
-            marks=pytest.mark.xfail(
-                reason="§12.1 moves reopening to SIGUSR1 with config reload; the daemon "
-                "does not handle SIGUSR1 yet (it ends it)",
-                raises=GiveUp,  # the daemon ended
-                strict=False,
-            ),
-            id="shipped",
-        ),
+        pytest.param(shipped_signal(), id="shipped"),
         pytest.param("HUP", id="SIGHUP"),  # ExecReload=; reopens today
     ],
 )
