@@ -3,8 +3,8 @@
 The engine owns one :class:`TapHub`. With no subscriber, feeding it costs the caller one
 truth test of :attr:`TapHub.subscribers`. Each subscriber (a ``GET /tap`` client) has a
 bounded queue of its own: when its reader falls behind, records are dropped for it alone,
-counted, and announced with a ``{"dropped": N}`` line when it reads again. Nothing a tap
-does can make ingest wait.
+the oldest first, counted, and announced with a ``{"dropped": N}`` line when it reads
+again. Nothing a tap does can make ingest wait.
 """
 
 from __future__ import annotations
@@ -139,20 +139,23 @@ class TapSubscriber:
         self._wake: asyncio.Future[None] | None = None
 
     def offer(self, line: bytes) -> None:
-        """Queue one line, or count it dropped when the queue is full. Never waits."""
+        """Queue one line; when the queue is full the oldest is dropped and counted (a tap
+        shows what happens now). Never waits."""
         if len(self._queue) >= self._queue_max:
+            self._queue.popleft()
             self.dropped += 1
             self._hub.count_dropped(1)
-            return
         self._queue.append(line)
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
 
-    async def lines(self, keepalive: float = KEEPALIVE_SECS) -> AsyncGenerator[bytes, None]:
+    async def lines(self, keepalive: float | None = None) -> AsyncGenerator[bytes, None]:
         """Lines for the reader, as they come: ``{"dropped": N}`` first when records were
-        dropped, and ``{}`` after ``keepalive`` seconds of quiet. Ends when cancelled."""
+        dropped, and ``{}`` after ``keepalive`` seconds of quiet (default
+        :data:`KEEPALIVE_SECS`). Ends when closed."""
         loop = asyncio.get_running_loop()
+        keepalive = KEEPALIVE_SECS if keepalive is None else keepalive
         while True:
             if self.dropped:
                 dropped, self.dropped = self.dropped, 0
