@@ -246,7 +246,7 @@ class Engine:
             max_field_bytes=self.settings.max_field_bytes,
             observer=self,
             spawn=lambda fn, *args, timeout=None: self._spawn(ctx, fn, args, timeout),
-            publish=self.publish,
+            publish=partial(self._publish_from, spec.qualified),
             row_formats=self.config.row_formats,
         )
         return _Instance(spec, spec.plugin.cls(spec.config, ctx), ctx)
@@ -502,6 +502,14 @@ class Engine:
             counter.inc(total - failed, source=label, outcome="success")
         if failed:
             counter.inc(failed, source=label, outcome="failure")
+
+    async def _publish_from(self, instance: str, findings: Sequence[Finding]) -> None:
+        """``ctx.publish`` of ``instance``: counted as its findings in ``/stats``, then
+        published."""
+        run = self._analyzer_runs.get(instance)
+        if run is not None:
+            run["findings"] += len(findings)
+        await self.publish(findings)
 
     async def publish(self, findings: Sequence[Finding]) -> None:
         """Hand findings to every sink that accepts their kind (each write under a timeout)."""
