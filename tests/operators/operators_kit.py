@@ -81,9 +81,10 @@ def read_tap_lines(sock: socket.socket, until: Any, timeout: float = 20.0) -> li
     raise AssertionError(f"tap did not deliver what was expected in {timeout}s: {lines[-5:]}")
 
 
-def wait_subscribers(base_url: str, count: int) -> None:
+def wait_subscribers(base_url: str, count: int, headers: dict[str, str] | None = None) -> None:
+    """Wait until the daemon counts ``count`` open taps."""
     wait_for(
-        lambda: metric(base_url, "observer_tap_subscribers") == count,
+        lambda: metric(base_url, "observer_tap_subscribers", headers) == count,
         10,
         what=f"{count} tap subscriber(s)",
     )
