@@ -8,10 +8,11 @@ import time
 
 import anyio
 import httpx
+import msgspec
 import pytest
 from operators_kit import event, metric, read_tap_lines, stalled_tap, wait_subscribers
 
-from observer_core import Finding, engine, tap
+from observer_core import Finding, Op, engine, tap
 from observer_core.testing import free_port
 
 INPROCESS = """
@@ -223,3 +224,29 @@ def test_a_stalled_tap_reader_never_slows_ingest_and_is_told_what_it_missed(obse
     assert len(ops) == len(set(ops)) and len(ops) + sum(drops) == count
     assert all(name.startswith("tap") for name in ops)
     assert ops[0] == "tap0" and ops[-1] == f"tap{count - 1}"  # the newest are kept
+
+
+@pytest.mark.anyio
+async def test_the_status_source_serves_ready_tap_and_the_page_too(observer_engine):
+    port = free_port()
+    config = f"""
+    [sources.watch]
+    plugin = "status"
+    port = {port}
+    [sinks.out]
+    plugin = "collect"
+    """
+    async with (
+        observer_engine.start(config) as running,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        assert (await client.get("/ready")).json() == {"ready": True}
+        page = await client.get("/")
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert (await client.post("/event", json=event())).status_code == 404
+        async with client.stream("GET", "/tap?kind=op") as reply:
+            await running.emit([msgspec.convert(event(source="fleet"), Op)])
+            with anyio.fail_after(5):
+                line = json.loads(await anext(reply.aiter_lines()))
+        assert line["record"]["source"] == "fleet"
