@@ -202,6 +202,7 @@ class Engine:
             self._queue_depths,
         )
         self._sink_records = self.metrics.counter(SINK_RECORDS, SINK_RECORDS_HELP)
+        self._ack_record_keys = [(("instance", item.spec.qualified),) for item in self._ack_sinks]
         self._opened: set[str] = set()
         """Instances that have started (``/ready`` waits for every one)."""
         self._ack_failing: dict[str, _Instance] = {}
@@ -453,8 +454,9 @@ class Engine:
                 self.metrics.input_rejected.inc(len(ops), reason="sink_failed")
                 self._ack_failing[item.spec.qualified] = item
                 return NotAccepted(f"sink {item.spec.qualified} cannot write: {exc}", retry_after=5)
-        for item in self._ack_sinks:
-            self._sink_records.inc(len(ops), instance=item.spec.qualified)
+        written = self._sink_records.values  # Counter.inc, without its per-call label sort
+        for key in self._ack_record_keys:
+            written[key] = written.get(key, 0.0) + len(ops)
         if self._ack_failing:
             self._ack_failing.clear()
         return None

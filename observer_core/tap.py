@@ -200,11 +200,15 @@ class TapHub:
 
     def ops(self, ops: Sequence[Op]) -> None:
         """Offer ops that just entered the ring to every subscriber that wants them."""
+        lines: list[bytes | None] = [None] * len(ops)  # each op encoded once, if wanted
         for subscriber in self.subscribers:
             wanted = subscriber.filter
-            for op in ops:
+            for index, op in enumerate(ops):
                 if wanted.wants_op(op):
-                    subscriber.offer(_line("op", op))
+                    line = lines[index]
+                    if line is None:
+                        line = lines[index] = _line("op", op)
+                    subscriber.offer(line)
 
     def findings(self, findings: Sequence[Finding]) -> None:
         """Offer published findings to every subscriber that wants them."""
