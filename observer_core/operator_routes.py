@@ -11,7 +11,7 @@ import base64
 import hashlib
 import re
 from collections.abc import AsyncIterator, Callable
-from functools import cache
+from functools import cache, partial
 from importlib.resources import files
 from typing import ClassVar, Final
 
@@ -94,8 +94,8 @@ class OperatorRoutes:
         self._observer = observer
         self._max_taps = max_taps
         self._tap_queue_max = tap_queue_max
-        self.taps = 0
-        """Taps this listener serves now."""
+        self._subscribers: set[TapSubscriber] = set()
+        """The taps this listener serves now."""
 
     def handle(self, request: Request, reject: Reject) -> Response:
         """Answer one of :attr:`routes` (already checked: method, token)."""
@@ -118,23 +118,26 @@ class OperatorRoutes:
             wanted = TapFilter.parse(query, self._observer.tap_kinds)
         except TapError as exc:
             return reject(400, str(exc), None)
-        if self.taps >= self._max_taps:
+        if len(self._subscribers) >= self._max_taps:
             return reject(
                 503,
                 f"too many taps open ({self._max_taps}, the key max_taps); retry later",
                 [("Retry-After", "5")],
             )
-        self.taps += 1
         subscriber = self._observer.tap.subscribe(wanted, self._tap_queue_max)
+        self._subscribers.add(subscriber)
         return Response(
             200,
             headers=[("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")],
             content_type="application/x-ndjson",
-            stream=_TapStream(subscriber, self._release),
+            stream=_TapStream(subscriber, partial(self._subscribers.discard, subscriber)),
         )
 
-    def _release(self) -> None:
-        self.taps -= 1
+    def close(self) -> None:
+        """End every tap of this listener (at shutdown): each gets what is queued for it,
+        then the end of its response."""
+        for subscriber in self._subscribers:
+            subscriber.end()
 
 
 TAP_QUEUE_MAX: Final = 1000

@@ -137,6 +137,18 @@ class TapSubscriber:
         self.dropped = 0
         """Records dropped since the reader last heard about it."""
         self._wake: asyncio.Future[None] | None = None
+        self._ended = False
+
+    def end(self) -> None:
+        """Stop after what is queued: :meth:`lines` returns once it has given it out."""
+        self._ended = True
+        self.close()
+        self._poke()
+
+    def _poke(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def offer(self, line: bytes) -> None:
         """Queue one line; when the queue is full the oldest is dropped and counted (a tap
@@ -146,9 +158,7 @@ class TapSubscriber:
             self.dropped += 1
             self._hub.count_dropped(1)
         self._queue.append(line)
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        self._poke()
 
     async def lines(self, keepalive: float | None = None) -> AsyncGenerator[bytes, None]:
         """Lines for the reader, as they come: ``{"dropped": N}`` first when records were
@@ -165,6 +175,8 @@ class TapSubscriber:
                 self._queue.clear()
                 yield chunk
                 continue
+            if self._ended:
+                return
             self._wake = loop.create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._wake), keepalive)

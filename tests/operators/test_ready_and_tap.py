@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import time
 
@@ -250,3 +251,16 @@ async def test_the_status_source_serves_ready_tap_and_the_page_too(observer_engi
             with anyio.fail_after(5):
                 line = json.loads(await anext(reply.aiter_lines()))
         assert line["record"]["source"] == "fleet"
+
+
+def test_an_open_tap_ends_cleanly_at_shutdown_without_holding_it_up(observer_daemon):
+    daemon = observer_daemon.start(DAEMON)
+    with httpx.stream("GET", f"{daemon.url}/tap", timeout=10) as reply:
+        wait_subscribers(daemon.url, 1)
+        httpx.post(f"{daemon.url}/event", json=event(input_summary="last"), timeout=10)
+        stopping = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        lines = [json.loads(line) for line in reply.iter_lines() if line]  # ends, not cut
+    assert daemon.process.wait(10) == 0
+    assert time.monotonic() - stopping < 3  # the listener's 5 s grace was not spent on it
+    assert [line["record"]["input_summary"] for line in lines if "record" in line] == ["last"]

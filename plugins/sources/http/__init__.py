@@ -321,14 +321,16 @@ class HttpSource(Source):
         super().__init__(config, ctx)
         self._server: HttpServer | None = None
         self._ingest: _Routes | None = None
+        self._served: ReadRoutes | None = None
 
     def reject(self, status: int) -> None:
         self.ctx.metrics.requests_rejected.inc(status=str(status))
 
     async def open(self) -> None:
         """Bind the port now, so a taken port stops the daemon before anything runs."""
+        self._served = self._routes()
         self._server = HttpServer(
-            self._routes(),
+            self._served,
             host=self.config.host,
             port=self.config.port,
             limits=HttpLimits.of(self.config),
@@ -354,6 +356,8 @@ class HttpSource(Source):
 
     async def aclose(self) -> None:
         server, self._server = self._server, None
+        if self._served is not None:
+            self._served.operator.close()  # taps end now: they would hold the grace period
         if server is not None:
             await server.stop(grace=5.0)
 
