@@ -1,4 +1,4 @@
-"""The ``observer-core`` command: run, check, plugins, init."""
+"""The ``observer-core`` command: run, check, plugins, init, tap, top."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from .kinds import KINDS
 from .logs import setup_logging
 from .plugins import Registry, load_registry
 from .state import StateDirLock, StateLocked
+from .watch import COMMANDS as WATCH_COMMANDS
+from .watch import add_commands as add_watch_commands
 
 __all__ = ["main"]
 
@@ -86,12 +88,19 @@ def _parser() -> argparse.ArgumentParser:
         "path", nargs="?", type=Path, default=Path("observer.toml"), help="default: ./observer.toml"
     )
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_watch_commands(commands, config_help)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": _run, "check": _check, "plugins": _plugins, "init": _init}[args.command]
+    handler = {
+        "run": _run,
+        "check": _check,
+        "plugins": _plugins,
+        "init": _init,
+        **WATCH_COMMANDS,
+    }[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 import msgspec
 
 from .records import Finding, Op, Record
+from .tap import TapHub
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -135,10 +136,18 @@ class Installed(Protocol):
 class Observer(Protocol):
     """What the daemon shows to components that report on it (e.g. an HTTP source)."""
 
+    tap: TapHub
+    """Subscribers of ``GET /tap`` (contract §12.3)."""
+    tap_kinds: frozenset[str]
+    """The record kinds a tap may ask for."""
+
     def ring_len(self) -> int: ...
     def stats(self) -> dict[str, Any]: ...
     def health(self) -> dict[str, Any]: ...
     def metrics_text(self) -> str: ...
+    def ready(self) -> list[str]:
+        """What ``/ready`` waits for (instance names); empty when ready."""
+        ...
 
 
 @dataclass(slots=True)
@@ -284,6 +293,11 @@ class Sink(Component):
 
     async def flush(self) -> None:
         """Make everything written so far durable (called at shutdown)."""
+
+    async def probe(self) -> None:
+        """Check that writes succeed again, changing nothing: ``/ready`` asks this every 5 s
+        of an ack-holding sink whose last write failed. Default: write an empty batch."""
+        await self.write([])
 
     async def reopen(self) -> None:
         """Reopen files (on SIGHUP, for logrotate)."""

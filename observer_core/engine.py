@@ -41,10 +41,11 @@ from .config import InstanceConfig, ObserverConfig
 from .genai import count_ops, tokens_by_model
 from .metrics import MAX_LABEL_BYTES, Metrics, cut_utf8
 from .queues import DropOldestQueue
-from .records import Finding, Op, now_timestamp
+from .records import BUILTIN_FINDING_KINDS, Finding, Op, now_timestamp
 from .redact import redact_config
 from .ring import Ring
 from .state import StateStore
+from .tap import TapHub
 
 __all__ = ["Engine", "StartupError"]
 
@@ -63,6 +64,12 @@ LAG_PROBE_SECS = 0.1
 """How often the event loop's lag is measured (a sleep of this long, and how late it wakes)."""
 IDLE_POLL_SECS = 0.005
 """How often :meth:`Engine.idle` looks again while work is in progress."""
+READY_PROBE_SECS = 5.0
+"""How often an ack-holding sink whose last write failed is probed (``/ready``)."""
+RECENT_MAX = 20
+"""How many of the newest failures and findings ``/stats`` shows."""
+SINK_RECORDS = "observer_sink_records_total"
+SINK_RECORDS_HELP = "Records a sink has written (ops and findings)."
 
 
 class StartupError(Exception):
@@ -108,6 +115,7 @@ class _SinkPump:
         self.stopped = anyio.Event()
         self.writing = False
         """A batch was taken from the queue and is not written yet."""
+        self._written = metrics.counter(SINK_RECORDS, SINK_RECORDS_HELP)
 
     async def _next_batch(self) -> list[Op]:
         self.writing = False
@@ -118,12 +126,15 @@ class _SinkPump:
     async def run(self) -> None:
         sink = self.instance.component
         assert isinstance(sink, Sink)
+        name = self.instance.spec.qualified
         try:
             while batch := await self._next_batch():
                 try:
                     await sink.write(batch)
                 except Exception as exc:
                     self.instance.ctx.error("write failed, %d records lost: %r", len(batch), exc)
+                else:
+                    self._written.inc(len(batch), instance=name)
         finally:
             self.stopped.set()
 
@@ -190,6 +201,32 @@ class Engine:
             "Records waiting in a sink's queue.",
             self._queue_depths,
         )
+        self._sink_records = self.metrics.counter(SINK_RECORDS, SINK_RECORDS_HELP)
+        self._ack_record_keys = [(("instance", item.spec.qualified),) for item in self._ack_sinks]
+        self._opened: set[str] = set()
+        """Instances that have started (``/ready`` waits for every one)."""
+        self._ack_failing: dict[str, _Instance] = {}
+        """Ack-holding sinks whose last write failed, by name: not ready until one succeeds."""
+        self._analyzer_runs: dict[str, dict[str, Any]] = {
+            item.spec.qualified: {"last_run": None, "duration_ms": None, "findings": 0, "errors": 0}
+            for item in self._of(Analyzer)
+        }
+        """Per analyzer: its last run, how long it took, findings and errors so far."""
+        self._recent_findings: deque[dict[str, Any]] = deque(maxlen=RECENT_MAX)
+        tap_dropped = self.metrics.counter(
+            "observer_tap_dropped_total", "Records a slow tap reader missed."
+        )
+        self.tap = TapHub(on_dropped=lambda count: tap_dropped.inc(count))
+        """Live subscribers of ``GET /tap``: fed as ops enter the ring and findings go out."""
+        self.tap_kinds = frozenset(
+            ["op", *BUILTIN_FINDING_KINDS, *(kind for item in sinks for kind in item.spec.accepts)]
+        )
+        """The record kinds a tap may ask for."""
+        self.metrics.gauge(
+            "observer_tap_subscribers",
+            "Taps (GET /tap) open now.",
+            lambda: [((), float(len(self.tap.subscribers)))],
+        )
         self._loop_lag = {"last": 0.0, "max": 0.0}
         self.metrics.gauge(
             "observer_event_loop_lag_seconds",
@@ -210,7 +247,7 @@ class Engine:
             max_field_bytes=self.settings.max_field_bytes,
             observer=self,
             spawn=lambda fn, *args, timeout=None: self._spawn(ctx, fn, args, timeout),
-            publish=self.publish,
+            publish=partial(self._publish_from, spec.qualified),
             row_formats=self.config.row_formats,
         )
         return _Instance(spec, spec.plugin.cls(spec.config, ctx), ctx)
@@ -261,10 +298,60 @@ class Engine:
                 for item in self.instances
                 if item.ctx.status
             },
+            **self.operator_stats(),
         }
 
     def metrics_text(self) -> str:
         return self.metrics.render()
+
+    def ready(self) -> list[str]:
+        """What ``/ready`` waits for: instances not started yet, ack-holding sinks that
+        cannot write. Empty when ready."""
+        waiting = [
+            item.spec.qualified
+            for item in self.instances
+            if item.spec.qualified not in self._opened
+        ]
+        waiting.extend(name for name in self._ack_failing if name not in waiting)
+        return waiting
+
+    def operator_stats(self) -> dict[str, Any]:
+        """What ``/stats`` adds for ``top`` and the status page (each part bounded)."""
+        failed: deque[Op] = deque((op for op in self.ring if not op.success), RECENT_MAX)
+        received = self.metrics.ops_received.values
+        sources: dict[str, dict[str, float]] = {}
+        for labels, value in received.items():
+            tags = dict(labels)
+            entry = sources.setdefault(tags.get("source", ""), {"ops": 0, "failures": 0})
+            entry["ops"] += value
+            if tags.get("outcome") == "failure":
+                entry["failures"] += value
+        depths = {dict(labels)["instance"]: depth for labels, depth in self._queue_depths()}
+        sinks = {
+            name: {
+                "records": self._sink_records.get(instance=name),
+                "queue": depths.get(name, 0.0),
+                "dropped": self.metrics.sink_dropped.get(instance=name),
+                "errors": self.metrics.instance_errors.get(instance=name),
+            }
+            for name in (item.spec.qualified for item in self._sinks)
+        }
+        return {
+            "sources": sources,
+            "sinks": sinks,
+            "analyzers": {name: dict(run) for name, run in self._analyzer_runs.items()},
+            "recent_failures": [
+                {
+                    "ts": op.timestamp,
+                    "source": op.source,
+                    "endpoint": op.endpoint,
+                    "error": _or_none(op.error),
+                }
+                for op in reversed(failed)
+            ],
+            "recent_findings": list(reversed(self._recent_findings)),
+            "ring_size": self.settings.ring_size,
+        }
 
     def _queue_depths(self) -> list[tuple[tuple[tuple[str, str], ...], float]]:
         """Each sink's waiting records: its pump's queue plus what the sink itself holds."""
@@ -365,8 +452,31 @@ class Engine:
             except Exception as exc:
                 item.ctx.error("write failed, %d ops refused: %s", len(ops), exc)
                 self.metrics.input_rejected.inc(len(ops), reason="sink_failed")
+                self._ack_failing[item.spec.qualified] = item
                 return NotAccepted(f"sink {item.spec.qualified} cannot write: {exc}", retry_after=5)
+        written = self._sink_records.values  # Counter.inc, without its per-call label sort
+        for key in self._ack_record_keys:
+            written[key] = written.get(key, 0.0) + len(ops)
+        if self._ack_failing:
+            self._ack_failing.clear()
         return None
+
+    async def _probe_failed_sinks(self) -> None:
+        """Every ``READY_PROBE_SECS``, write nothing to each ack-holding sink whose last write
+        failed (``Sink.probe``): one that succeeds is ready again, traffic or not."""
+        while True:
+            await anyio.sleep(READY_PROBE_SECS)
+            for name, item in list(self._ack_failing.items()):
+                sink = item.component
+                assert isinstance(sink, Sink)
+                try:
+                    with anyio.fail_after(FINDING_WRITE_TIMEOUT):
+                        await sink.probe()
+                except Exception as exc:
+                    item.ctx.logger.debug("still cannot write: %r", exc)
+                else:
+                    self._ack_failing.pop(name, None)
+                    item.ctx.logger.info("writes again: ready")
 
     def _accept(self, ops: Sequence[Op]) -> None:
         self.ring.extend(ops)
@@ -384,6 +494,8 @@ class Engine:
             pump.queue.put_many(ops)
         for item in self._observers:
             _observe(item, ops)
+        if self.tap.subscribers:
+            self.tap.ops(ops)
 
     def _count_received(self, source: str, total: int, failed: int) -> None:
         counter = self.metrics.ops_received
@@ -393,10 +505,24 @@ class Engine:
         if failed:
             counter.inc(failed, source=label, outcome="failure")
 
+    async def _publish_from(self, instance: str, findings: Sequence[Finding]) -> None:
+        """``ctx.publish`` of ``instance``: counted as its findings in ``/stats``, then
+        published."""
+        run = self._analyzer_runs.get(instance)
+        if run is not None:
+            run["findings"] += len(findings)
+        await self.publish(findings)
+
     async def publish(self, findings: Sequence[Finding]) -> None:
         """Hand findings to every sink that accepts their kind (each write under a timeout)."""
         if not findings:
             return
+        self._recent_findings.extend(
+            {"ts": now_timestamp(), "kind": finding.kind, "data": finding.data}
+            for finding in findings[-RECENT_MAX:]
+        )
+        if self.tap.subscribers:
+            self.tap.findings(findings)
         for item in self._sinks:
             accepts = item.spec.accepts
             chosen = [finding for finding in findings if finding.kind in accepts]
@@ -409,6 +535,8 @@ class Engine:
                     await sink.write(chosen)
             except Exception as exc:
                 item.ctx.error("could not write %d findings: %r", len(chosen), exc)
+            else:
+                self._sink_records.inc(len(chosen), instance=item.spec.qualified)
 
     # -- background work --------------------------------------------------
 
@@ -522,7 +650,10 @@ class Engine:
             analyzer = item.component
             assert isinstance(analyzer, Analyzer)
             if self.cycle % item.spec.every == 0:
+                errors = self.metrics.instance_errors.get(instance=item.spec.qualified)
+                began = time.perf_counter()
                 findings = await self._step(item, analyzer.analyze(window), "analyze")
+                self._note_analyzer_run(item, began, len(findings or ()), errors)
                 if findings:
                     await self.publish(findings)
         elapsed = time.perf_counter() - started
@@ -540,6 +671,17 @@ class Engine:
             sources,
             elapsed * 1000,
         )
+
+    def _note_analyzer_run(
+        self, item: _Instance, began: float, findings: int, errors_before: float
+    ) -> None:
+        """Remember an analyzer's run for ``/stats``: when, how long, what it found."""
+        run = self._analyzer_runs[item.spec.qualified]
+        run["last_run"] = now_timestamp()
+        run["duration_ms"] = round((time.perf_counter() - began) * 1000, 3)
+        run["findings"] += findings
+        failed = self.metrics.instance_errors.get(instance=item.spec.qualified) > errors_before
+        run["errors"] += int(failed)
 
     async def _step(self, item: _Instance, work: Awaitable[Any], what: str) -> Any:
         try:
@@ -583,6 +725,7 @@ class Engine:
                         await _quietly(done.component.aclose())
                 raise StartupError(f"[{item.spec.qualified}] cannot start: {_reason(exc)}") from exc
             opened.append(item)
+            self._opened.add(item.spec.qualified)
             log.info(
                 "started %s (plugin %s from %s)",
                 item.spec.qualified,
@@ -603,6 +746,8 @@ class Engine:
         async with anyio.create_task_group() as daemon:
             daemon.start_soon(self._dispatch_loop)
             daemon.start_soon(self._probe_loop_lag)
+            if self._ack_sinks:
+                daemon.start_soon(self._probe_failed_sinks)
             for pump in self._pumps:
                 daemon.start_soon(pump.run)
             await daemon.start(self._run_sinks)

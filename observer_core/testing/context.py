@@ -8,13 +8,22 @@ from typing import Any
 
 from ..components import Context
 from ..metrics import Metrics
+from ..records import BUILTIN_FINDING_KINDS
 from ..state import StateStore
+from ..tap import TapHub
 
 __all__ = ["make_context"]
 
 
 class _StandaloneObserver:
     """The Observer a component sees when it runs outside an engine."""
+
+    def __init__(self) -> None:
+        self.tap = TapHub()
+        self.tap_kinds = frozenset(("op", *BUILTIN_FINDING_KINDS))
+
+    def ready(self) -> list[str]:
+        return []
 
     def ring_len(self) -> int:
         return 0

@@ -1,10 +1,11 @@
 """The ``http`` source: the ingest listener agents post events to.
 
-Endpoints: ``GET /health``, ``GET /stats``, ``GET /metrics``, ``POST /event``
-(one JSON object) and ``POST /events`` (NDJSON or a JSON array, at most
-``max_batch_events`` events: past it 413). An event is answered 200 only after
-every ack-holding op sink has written it; a failing sink or a backed-up input
-answers 503 with ``Retry-After`` (only what a retry can clear).
+Endpoints: ``GET /health``, ``GET /ready``, ``GET /stats``, ``GET /metrics``,
+``GET /tap``, ``GET /`` (the status page), ``POST /event`` (one JSON object) and
+``POST /events`` (NDJSON or a JSON array, at most ``max_batch_events`` events: past it
+413). An event is answered 200 only after every ack-holding op sink has written it; a
+failing sink or a backed-up input answers 503 with ``Retry-After`` (only what a retry
+can clear).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from observer_core.httpserver import (
     Size,
     UrlBytes,
 )
+from observer_core.operator_routes import MAX_TAPS, TAP_QUEUE_MAX, OperatorRoutes
 
 __all__ = ["HttpSource", "ReadRoutes"]
 
@@ -84,6 +86,11 @@ class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     max_batch_events: Annotated[int, msgspec.Meta(ge=1, le=MAX_PENDING_OPS)] = 10000
     """Events one ``POST /events`` may carry; past it 413 and nothing is accepted. At most
     the engine's pending bound (65536): a larger batch could never be accepted."""
+    max_taps: Annotated[int, msgspec.Meta(ge=0, le=1024)] = MAX_TAPS
+    """``GET /tap`` streams open at once on this listener; past it ``503``. 0 turns tap off."""
+    tap_queue_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = TAP_QUEUE_MAX
+    """Records one tap reader may fall behind by; past it they are dropped for that reader
+    (and a ``{"dropped": N}`` line says so)."""
 
 
 def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -97,22 +104,37 @@ def _bearer_token(authorization: bytes) -> bytes:
 
 
 class ReadRoutes:
-    """``GET /health``, ``/stats`` and ``/metrics``, with the checks every route gets.
+    """``GET /health``, ``/ready``, ``/stats``, ``/metrics``, ``/tap`` and ``/`` (the status
+    page), with the checks every route gets.
 
     The server calls ``precheck`` then ``handle``. Unknown path: 404; wrong method:
-    405 with ``Allow``; with a ``token``, every path but ``/health`` needs
-    ``Authorization: Bearer <token>`` (401). Rejections are counted by ``count(status)``.
-    The ``status`` source serves exactly these; the ``http`` source adds ingest routes.
+    405 with ``Allow``; with a ``token``, every path but ``/health``, ``/ready`` and ``/``
+    needs ``Authorization: Bearer <token>`` (401). Rejections are counted by
+    ``count(status)``. The ``status`` source serves exactly these; the ``http`` source adds
+    ingest routes.
     """
 
-    routes: ClassVar[dict[str, str]] = {"/health": "GET", "/stats": "GET", "/metrics": "GET"}
+    routes: ClassVar[dict[str, str]] = {
+        "/health": "GET",
+        "/stats": "GET",
+        "/metrics": "GET",
+        **OperatorRoutes.routes,
+    }
+    open_paths: ClassVar[frozenset[str]] = frozenset({"/health", *OperatorRoutes.open_paths})
 
     def __init__(
-        self, observer: Observer, token: str | list[str] | None, count: Callable[[int], None]
+        self,
+        observer: Observer,
+        token: str | list[str] | None,
+        count: Callable[[int], None],
+        *,
+        max_taps: int = MAX_TAPS,
+        tap_queue_max: int = TAP_QUEUE_MAX,
     ) -> None:
         self._observer = observer
         self._tokens = Tokens(token)
         self._count = count
+        self.operator = OperatorRoutes(observer, max_taps=max_taps, tap_queue_max=tap_queue_max)
 
     def precheck(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]]
@@ -122,7 +144,7 @@ class ReadRoutes:
             return self._reject(404, f"no such endpoint: {path}")
         if method != allowed and not (method == "HEAD" and allowed == "GET"):
             return self._reject(405, f"{path} takes {allowed}", [("Allow", allowed)])
-        if self._tokens and path != "/health":
+        if self._tokens and path not in self.open_paths:
             given = next((value for name, value in headers if name == b"authorization"), b"")
             if not self._tokens.matches(_bearer_token(given)):
                 return self._reject(
@@ -142,6 +164,8 @@ class ReadRoutes:
             return Response(200, _encode(self._observer.health()))
         if path == "/stats":
             return Response(200, _encode(self._observer.stats()))
+        if path in OperatorRoutes.routes:
+            return self.operator.handle(request, self._reject)
         return Response(
             200,
             self._observer.metrics_text().encode(),
@@ -207,7 +231,13 @@ class _Routes(ReadRoutes):
     routes: ClassVar[dict[str, str]] = {**ReadRoutes.routes, "/event": "POST", "/events": "POST"}
 
     def __init__(self, source: HttpSource) -> None:
-        super().__init__(source.ctx.observer, source.config.token, source.reject)
+        super().__init__(
+            source.ctx.observer,
+            source.config.token,
+            source.reject,
+            max_taps=source.config.max_taps,
+            tap_queue_max=source.config.tap_queue_max,
+        )
         self._emit: Emit = _not_serving
         self._submit: Callable[[Sequence[Op], OnAccepted], None] | None = None
         ctx = source.ctx
@@ -291,14 +321,16 @@ class HttpSource(Source):
         super().__init__(config, ctx)
         self._server: HttpServer | None = None
         self._ingest: _Routes | None = None
+        self._served: ReadRoutes | None = None
 
     def reject(self, status: int) -> None:
         self.ctx.metrics.requests_rejected.inc(status=str(status))
 
     async def open(self) -> None:
         """Bind the port now, so a taken port stops the daemon before anything runs."""
+        self._served = self._routes()
         self._server = HttpServer(
-            self._routes(),
+            self._served,
             host=self.config.host,
             port=self.config.port,
             limits=HttpLimits.of(self.config),
@@ -324,6 +356,8 @@ class HttpSource(Source):
 
     async def aclose(self) -> None:
         server, self._server = self._server, None
+        if self._served is not None:
+            self._served.operator.close()  # taps end now: they would hold the grace period
         if server is not None:
             await server.stop(grace=5.0)
 

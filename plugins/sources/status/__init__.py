@@ -1,10 +1,11 @@
-"""The ``status`` source: ``GET /health``, ``/stats`` and ``/metrics`` on an address of its own.
+"""The ``status`` source: ``GET /health``, ``/ready``, ``/stats``, ``/metrics``, ``/tap`` and
+the status page (``/``) on an address of its own.
 
 For an observer that takes no events over HTTP (a fleet node that consumes from
-NATS, a tailer): it answers exactly as the ``http`` source does on those three
-paths (same token rule: every path but ``/health`` needs the bearer token when
-one is set) and nothing else; ``POST /event`` is a 404. It binds at start, so a
-taken port stops the daemon (exit 1); like every listener, it is not started
+NATS, a tailer): it answers exactly as the ``http`` source does on those paths
+(same token rule: every path but ``/health``, ``/ready`` and ``/`` needs the bearer
+token when one is set) and nothing else; ``POST /event`` is a 404. It binds at start,
+so a taken port stops the daemon (exit 1); like every listener, it is not started
 under ``--once``.
 """
 
@@ -26,14 +27,20 @@ class StatusConfig(HttpConfig, kw_only=True, forbid_unknown_fields=True):
 
 
 class StatusSource(HttpSource):
-    """Serves /health, /stats and /metrics (no ingest) for observers without an http source."""
+    """Serves the read routes (no ingest) for observers without an http source."""
 
     name: ClassVar[str] = "status"
     Config = StatusConfig
     config: StatusConfig
 
     def _routes(self) -> ReadRoutes:
-        return ReadRoutes(self.ctx.observer, self.config.token, self.reject)
+        return ReadRoutes(
+            self.ctx.observer,
+            self.config.token,
+            self.reject,
+            max_taps=self.config.max_taps,
+            tap_queue_max=self.config.tap_queue_max,
+        )
 
 
 @hookimpl
