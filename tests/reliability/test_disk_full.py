@@ -119,8 +119,12 @@ def test_full_disk_refuses_with_503_and_recovers(
         assert health.status_code == 200
         assert health.json()["checks"]["sinks.ops"]["healthy"] is False
         daemon.wait_cycles(2)  # still cycling
+        ready = client.get("/ready")  # §12.2: not ready while the ack-holding sink cannot write
+        assert ready.status_code == 503 and "sinks.ops" in ready.json()["waiting_for"]
 
         filler.unlink()
+        # The sink's probe (every 5 s) sees the room come back, with no traffic at all.
+        wait_for(lambda: client.get("/ready").status_code == 200, timeout=15)
         ids, body = batch("b", 0)
         wait_for(lambda: client.post("/events", content=body).status_code == 200, timeout=10)
         assert set(ids) <= id_counts(ops).keys()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Sequence
@@ -24,6 +25,9 @@ from observer_core import Finding, Record, RegisterSink, Sink, SinkConfig, hooki
 from observer_core.files import open_output, parse_file_mode
 
 from .writer import WriterThread
+
+PROBE_FREE_BYTES = 64 << 10
+"""What ``probe()`` wants free on the file's filesystem before it calls the sink writable."""
 
 __all__ = ["JsonlSink"]
 
@@ -184,6 +188,20 @@ class JsonlSink(Sink):
         if self._failing:
             self._failing = False
             self.ctx.set_check(self.ctx.instance, True, now_timestamp())
+
+    async def probe(self) -> None:
+        """Writable again? The file is open and its filesystem has ``PROBE_FREE_BYTES`` free
+        (an empty write would succeed on a full disk). Changes nothing."""
+        assert self._writer is not None, "probe() before open()"
+        await self._writer.run(self._check_room)
+
+    def _check_room(self) -> None:
+        with self._io:
+            if self._fd < 0:
+                raise OSError(errno.EBADF, f"{self.path} is not open")
+            stats = os.fstatvfs(self._fd)
+        if stats.f_bavail * stats.f_frsize < PROBE_FREE_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
 
     async def flush(self) -> None:
         if self._writer is not None:
