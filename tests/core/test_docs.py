@@ -10,6 +10,8 @@
 - A ``console``/``sh`` block's ``observer-core`` commands are run (in the folder
   a ``<!-- run: DIR -->`` names) and their output compared with what the block
   shows; any other command must be one the test suite runs in another way.
+
+And docs/configuration.md names every key of every built-in plugin.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from observer_core.config import ConfigError, load_config, parse_toml
+from observer_core.config import ConfigError, ObserverSettings, load_config, parse_toml
 from observer_core.plugins import load_registry
 from observer_core.testing import COLLECT_PLUGIN
 
@@ -225,3 +228,25 @@ def test_commands_covered_elsewhere_are_really_covered():
     assert "installed_package(EXAMPLE)" in kit
     packaging = (ROOT / "tests" / "core" / "test_packaging.py").read_text()
     assert "def test_a_plugin_project_installs_the_kit_as_documented" in packaging
+
+
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+
+
+def test_configuration_reference_names_every_key_of_every_builtin_plugin():
+    """docs/configuration.md names (as `key`) every key of [observer] and of every
+    built-in plugin's Config, so a new key cannot ship undocumented."""
+    text = CONFIGURATION.read_text(encoding="utf-8")
+    registry = load_registry()
+    configs = {"[observer]": ObserverSettings}
+    for kind in registry.components:
+        for name, info in registry.components[kind].items():
+            if info.origin.distribution == "observer-core":
+                configs[f"[{kind}] {name}"] = info.cls.Config
+    missing = [
+        f"{where} {field.encode_name}"
+        for where, config in configs.items()
+        for field in msgspec.structs.fields(config)
+        if f"`{field.encode_name}`" not in text
+    ]
+    assert not missing, f"docs/configuration.md does not name: {', '.join(missing)}"
