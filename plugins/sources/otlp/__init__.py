@@ -25,14 +25,11 @@ from . import otlpjson
 from .mapping import SIZE_MARGIN, Mapping, Unmappable, map_span
 from .wire import GRPC_CODES, Codec, InvalidBody, ResourceSpans, TooLarge, inflate
 
-__all__ = ["MAX_SPANS_PER_REQUEST", "OtlpConfig", "OtlpSource"]
+__all__ = ["OtlpConfig", "OtlpSource"]
 
 _PROTOBUF = b"application/x-protobuf"
 _JSON = b"application/json"
 _MAX_ERRORS_SHOWN = 3
-MAX_SPANS_PER_REQUEST = 10_000
-"""The most ops one request may bring (as ``max_batch_events`` for ``/events``): past it,
-413, since a 503 would have the exporter retry a request that can never be accepted."""
 
 
 class OtlpConfig(HttpConfig, kw_only=True, forbid_unknown_fields=True):
@@ -82,6 +79,7 @@ class _TraceRoutes(ReadRoutes):
         self._precheck_codec = otlpjson.CODEC
         self._max_body = config.max_body_bytes
         self._max_inflated = config.max_decompressed_bytes
+        self._max_spans = config.max_batch_events
         self._mapping = Mapping(
             all_spans=config.all_spans,
             source=config.source,
@@ -165,12 +163,14 @@ class _TraceRoutes(ReadRoutes):
             self._spans.inc(ignored, instance=self._instance, outcome="ignored")
         if errors:
             self._spans.inc(len(errors), instance=self._instance, outcome="rejected")
-        if len(ops) > MAX_SPANS_PER_REQUEST:
+        # As for /events: past max_batch_events 413, since a 503 would have the exporter
+        # retry a request that can never be accepted.
+        if len(ops) > (limit := self._max_spans):
             return self._fail(
                 codec,
                 413,
-                f"{len(ops)} spans to record in one request, more than {MAX_SPANS_PER_REQUEST};"
-                " export smaller batches (OTEL_BSP_MAX_EXPORT_BATCH_SIZE)",
+                f"{len(ops)} spans to record in one request, more than max_batch_events"
+                f" ({limit}); export smaller batches (OTEL_BSP_MAX_EXPORT_BATCH_SIZE)",
             )
         answer = codec.response(len(errors), _summary(errors))
         if not ops:

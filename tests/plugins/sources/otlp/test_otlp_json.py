@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from observer_plugins.sources.otlp import MAX_SPANS_PER_REQUEST
 from otlp_helpers import SPAN_ID, TRACE_ID, OtlpDaemon, json_request, json_span
 
 JSON = {"Content-Type": "application/json"}
@@ -25,6 +24,8 @@ CHAT = {
     "gen_ai.agent.name": "planner",
     "http.method": "POST",
 }
+
+MAX_BATCH_EVENTS = 10_000  # the otlp source's default max_batch_events
 
 
 def post(otlp: OtlpDaemon, body: object, headers: dict[str, str] = JSON) -> httpx.Response:
@@ -262,13 +263,13 @@ class TestErrors:
     def test_more_spans_than_one_request_may_bring_is_413_not_503(self, otlp: OtlpDaemon) -> None:
         spans = [
             json_span("chat", CHAT, span_id=f"{number + 1:016x}")
-            for number in range(MAX_SPANS_PER_REQUEST + 1)
+            for number in range(MAX_BATCH_EVENTS + 1)
         ]
         gzipped = {**JSON, "Content-Encoding": "gzip"}
         body = gzip.compress(json.dumps(json_request(*spans)).encode())
         reply = post(otlp, body, gzipped)
         assert reply.status_code == 413  # a retry could never succeed: not 503
-        assert str(MAX_SPANS_PER_REQUEST) in status_of(reply)[1]
+        assert str(MAX_BATCH_EVENTS) in status_of(reply)[1]
         assert otlp.ops() == []
         body = gzip.compress(json.dumps(json_request(*spans[:-1])).encode())
         assert post(otlp, body, gzipped).status_code == 200
