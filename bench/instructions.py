@@ -55,7 +55,7 @@ async def _requests(rounds: int, batch: int) -> None:
     from observer_core.httpserver import _Connection
 
     body, path = (batch_body(batch), b"/events") if batch else (event_body(), b"/event")
-    request = b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n" % path
+    request = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" % path
     request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     tables = '[sources.http]\nplugin = "http"\nport = 0\n'
     tables += '[sinks.ops]\nplugin = "jsonl"\npath = "ops.jsonl"\nfsync = "never"\n'

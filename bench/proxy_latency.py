@@ -32,7 +32,7 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length
     len(BODY),
     BODY,
 )
-REQUEST = b"GET /search?q=bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n\r\n"
+REQUEST = b"GET /search?q=bench HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n"
 CONCURRENCY = (1, 16)
 
 

@@ -20,9 +20,21 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Annotated, Final, TypeAlias
 
-__all__ = ["BrowserGuard", "is_loopback_host", "normalize_allowed_hosts"]
+import msgspec
+
+__all__ = ["AllowedHosts", "BrowserGuard", "is_loopback_host", "normalize_allowed_hosts"]
+
+MAX_ALLOWED_HOSTS: Final = 64
+"""Entries an ``allowed_hosts`` key may have."""
+
+AllowedHosts: TypeAlias = Annotated[
+    list[Annotated[str, msgspec.Meta(max_length=255)]],
+    msgspec.Meta(max_length=MAX_ALLOWED_HOSTS),
+]
+"""The type of a listener's ``allowed_hosts`` config key: at most 64 names of at most 255
+characters (check them with `normalize_allowed_hosts`)."""
 
 SAFE_METHODS: Final = frozenset(("GET", "HEAD", "OPTIONS"))
 """Methods a browser may send cross-site without the guard objecting (no side effects)."""

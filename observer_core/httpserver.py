@@ -6,14 +6,17 @@ requests of one connection are handled one after another, in order), Content-Len
 and chunked request bodies (whole, or streamed to the handler: :data:`STREAM`),
 ``Expect: 100-continue``, streamed responses and a graceful stop; and it holds a
 hostile client to `HttpLimits` (contract §11.2): the request line, head, header count
-and body, head and body timeouts, connections, and the bytes held across connections.
+and body, head and body timeouts, connections, and the bytes held across connections;
+and it refuses what browsers must not send (contract §11.4, `BrowserGuard`): cross-site
+writes (403) and, on a loopback listener, a foreign ``Host`` (400).
 Why not uvicorn and ASGI: their layers cost more than the work (HTTP-SERVERS.md).
 
 Head limits are counted as the head arrives: the target's pieces and each header line
 in the parser's callbacks (ints, no copies), and, while a head stays incomplete across
 reads, the bytes read since (llhttp's wrapper keeps a partial header line to itself).
 Upgrade offers are ignored; CONNECT, targets other than a path, ``#`` and control
-characters are 400; chunked trailers are counted and dropped.
+characters are 400; chunked trailers are counted and dropped. The browser checks come
+next, before the handler's ``precheck`` (404, 405, 401...) and the body limit (413).
 
 Framing headers (Content-Length, Transfer-Encoding, Connection) belong to the server;
 a handler sets only a ``content-length`` header, and only on a streamed response.
@@ -30,13 +33,15 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from http import HTTPStatus
 from types import TracebackType
 from typing import Annotated, Any, Final, Protocol, cast
 
 import httptools
 import msgspec
+
+from .http_guard import BrowserGuard, normalize_allowed_hosts
 
 __all__ = [
     "LATER",
@@ -361,6 +366,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._loop = loop
         self._handler = server._handler
+        self._guard = cast(BrowserGuard, server._guard)  # built at start, before any connection
         # Limits read per request, kept here: one attribute lookup rather than two.
         self._url_room = server._url_room
         self._max_head = server._max_head
@@ -717,12 +723,19 @@ class _Connection(asyncio.Protocol):
         # "Connection: upgrade": only then is llhttp asked (a call per request otherwise).
         if has_body and self._connection_header and parser.should_upgrade():
             self._upgrade_body = self._replay_head()
-        try:
-            checked = self._handler.precheck(self._method, self._path, self._headers)
-        except Exception:
-            server._log_exception("precheck", "precheck failed for %s %s", self._method, self._path)
-            server._rejected(500)
-            checked = _error(500, "internal error")
+        refused = self._guard.check(self._method, self._headers)
+        if refused is not None:  # contract §11.4: a browser's cross-site write, or rebinding
+            server._rejected(refused[0])
+            checked: Response | Stream | None = _error(*refused)
+        else:
+            try:
+                checked = self._handler.precheck(self._method, self._path, self._headers)
+            except Exception:
+                server._log_exception(
+                    "precheck", "precheck failed for %s %s", self._method, self._path
+                )
+                server._rejected(500)
+                checked = _error(500, "internal error")
         if checked is STREAM:
             stream, early = True, None
         else:
@@ -1342,8 +1355,10 @@ class HttpServer:
     """An HTTP/1.1 server calling one `Handler`, within ``limits`` (see `HttpLimits`).
 
     ``max_body_bytes``, ``max_connections``, ``header_timeout`` and ``idle_timeout``, when
-    given, override those fields of ``limits``. ``on_reject(status)`` is called for each
-    error the server itself answers: 400, 408, 413, 414, 431, 500 (a failing handler), 503.
+    given, override those fields of ``limits``. ``allowed_hosts``: further names clients may
+    call the listener by, for its `BrowserGuard` (ValueError naming a bad one). ``on_reject
+    (status)`` is called for each error the server itself answers: 400, 403, 408, 413, 414,
+    431, 500 (a failing handler), 503.
     """
 
     def __init__(
@@ -1357,6 +1372,7 @@ class HttpServer:
         max_connections: int | None = None,
         header_timeout: float | None = None,
         idle_timeout: float | None = None,
+        allowed_hosts: Sequence[str] = (),
         on_reject: Callable[[int], None] | None = None,
         logger: logging.Logger | None = None,
         server_name: str = "observer-core",
@@ -1375,6 +1391,8 @@ class HttpServer:
         self._handler = handler
         self._host = host
         self._port = port
+        self._allowed_hosts = normalize_allowed_hosts(allowed_hosts)
+        self._guard: BrowserGuard | None = None  # built by start(), once the port is known
         # The limits as plain attributes (read per request), and the sizes below which a
         # head needs no exact check (that asks the parser for the method: a call).
         self._max_body = limits.max_body_bytes
@@ -1412,7 +1430,10 @@ class HttpServer:
             self._port,
             reuse_address=True,
             backlog=min(max(self._max_connections, 128), 4096),
+            start_serving=False,  # not before the guard, which needs the bound port
         )
+        self._guard = BrowserGuard(self._host, self.port, self._allowed_hosts)
+        await self._server.start_serving()
 
     @property
     def port(self) -> int:

@@ -199,12 +199,12 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
 
 
 def get(path: str, *headers: str, version: str = "1.1") -> bytes:
-    lines = [f"GET {path} HTTP/{version}", "Host: test", *headers, "", ""]
+    lines = [f"GET {path} HTTP/{version}", "Host: 127.0.0.1", *headers, "", ""]
     return "\r\n".join(lines).encode()
 
 
 def post(path: str, body: bytes, *headers: str) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: test", f"Content-Length: {len(body)}", *headers]
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}", *headers]
     return "\r\n".join([*lines, "", ""]).encode() + body
 
 
@@ -239,7 +239,7 @@ async def test_request_fields_and_response_headers() -> None:
 
 async def test_head_response_has_no_body() -> None:
     async with serving() as server, connection(server) as conn:
-        await conn.send(b"HEAD /echo HTTP/1.1\r\nHost: test\r\n\r\n" + get("/echo?after"))
+        await conn.send(b"HEAD /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + get("/echo?after"))
         head = await conn.response(head=True)
         assert head.status == 200 and int(head.headers["content-length"]) > 0
         after = await conn.response()  # the body was not sent: the next response parses
@@ -320,7 +320,7 @@ async def test_upgrade_offer_is_ignored() -> None:
 
 async def test_chunked_request_body() -> None:
     async with serving() as server, connection(server) as conn:
-        head = b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        head = b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         await conn.send(head + b"5\r\nhello\r\n")
         await conn.send(b"6\r\n world\r\n0\r\n\r\n")
         r = await conn.response()
@@ -397,7 +397,7 @@ async def test_chunked_body_over_the_limit() -> None:
         serving(max_body_bytes=1000, on_reject=rejects.append) as server,
         connection(server) as conn,
     ):
-        head = b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        head = b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         await conn.send(head + b"200\r\n" + b"x" * 512 + b"\r\n")
         await conn.send(b"200\r\n" + b"x" * 512 + b"\r\n")
         r = await conn.response()
@@ -763,7 +763,7 @@ async def test_stop_waits_for_a_pending_reply() -> None:
 async def test_connect_is_400_and_closed() -> None:
     app = PromptApp()
     async with serving(app) as server, connection(server) as conn:
-        await conn.send(b"CONNECT /now HTTP/1.1\r\nHost: test\r\n\r\ntunnel bytes")
+        await conn.send(b"CONNECT /now HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\ntunnel bytes")
         r = await conn.response()
         assert r.status == 400 and "CONNECT" in json.loads(r.body)["error"]
         assert await conn.closed_by_server()  # no tunnel: the connection ends with the answer
@@ -866,7 +866,7 @@ async def test_head_limits_come_before_precheck() -> None:
 async def test_trailers_are_counted_and_never_merged_into_headers() -> None:
     app = App()
     async with serving(app, limits=HttpLimits(max_header_bytes=400, max_headers=6)) as server:
-        head = b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        head = b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         async with connection(server) as conn:
             await conn.send(head + b"2\r\nhi\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
             r = await conn.response()
@@ -1005,7 +1005,7 @@ async def test_streamed_body_breaking_off_is_the_handlers_error_not_a_500(
     app.go.set()
     rejects: list[int] = []
     async with serving(app, max_body_bytes=100, on_reject=rejects.append) as server:
-        head = b"POST /in HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        head = b"POST /in HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         with caplog.at_level(logging.ERROR):
             async with connection(server) as conn:
                 await conn.send(head + b"64\r\n" + b"x" * 100 + b"\r\n" + b"1\r\nx\r\n")

@@ -167,7 +167,7 @@ def request(draw: st.DrawFn, last: bool) -> bytes:
     target = draw(st.sampled_from(TARGETS))
     version = b"HTTP/1.0" if last and draw(st.integers(0, 9)) == 0 else b"HTTP/1.1"
     eol = draw(st.sampled_from([b"\r\n"] * 9 + [b"\n"]))
-    lines = [f"{method} {target} ".encode() + version, b"Host: test"]
+    lines = [f"{method} {target} ".encode() + version, b"Host: 127.0.0.1"]
     lines += draw(st.lists(HEADERS, max_size=3))
     if draw(st.integers(0, 5)) == 0:
         lines.append(draw(BAD_HEADERS))

@@ -154,7 +154,7 @@ def one_answer(port: int, data: bytes) -> tuple[int, bytes]:
 
 
 def test_16_mib_header_is_431_naming_the_key(listeners: Listeners) -> None:
-    huge = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (16 << 20) + b"\r\n\r\n"
+    huge = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (16 << 20) + b"\r\n\r\n"
     status, body = one_answer(listeners.port, huge)
     assert status == 431 and "max_header_bytes (32768 bytes)" in error_of(body)
 
@@ -209,7 +209,7 @@ def test_head_limit_comes_before_authentication(listeners: Listeners) -> None:
 
 
 def test_3000_pipelined_upgrade_offers_are_answered_in_turn(listeners: Listeners) -> None:
-    one = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+    one = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
     answers = parse_responses(exchange(listeners.port, one * 3000, timeout=30))
     statuses = [status for status, _ in answers]
     assert statuses == [200] * 3000, (len(statuses), set(statuses))
@@ -229,7 +229,7 @@ def test_connect_is_400_and_closed(listeners: Listeners) -> None:
 )
 def test_malformed_target_is_400_with_json(listeners: Listeners, target: bytes) -> None:
     for port in (listeners.port, listeners.proxy_port):
-        status, body = one_answer(port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, body = one_answer(port, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert status == 400 and error_of(body).startswith("bad request")
 
 
@@ -238,7 +238,7 @@ def test_malformed_target_is_400_with_json(listeners: Listeners, target: bytes) 
 
 def test_trailers_never_reach_the_gateway(listeners: Listeners) -> None:
     data = (
-        b"POST /v1/trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"POST /v1/trailers HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
         b"Connection: close\r\n\r\n"
         b"5\r\nhello\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nX-Trailer: t\r\n\r\n"
     )
@@ -252,7 +252,7 @@ def test_trailers_never_reach_the_gateway(listeners: Listeners) -> None:
 
 def test_trailers_count_toward_max_header_bytes(listeners: Listeners) -> None:
     data = (
-        b"POST /event HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"POST /event HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
         + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
         + b"2\r\n{}\r\n0\r\nX-T: "
         + b"a" * 40_000
@@ -278,21 +278,21 @@ SMUGGLING = {
 @pytest.mark.parametrize("case", SMUGGLING, ids=list(SMUGGLING))
 def test_ambiguous_framing_is_400_and_closed(listeners: Listeners, case: str) -> None:
     auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
-    data = b"POST /event HTTP/1.1\r\nHost: x\r\n" + auth + SMUGGLING[case]
+    data = b"POST /event HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + SMUGGLING[case]
     status, body = one_answer(listeners.port, data + b"GET /health HTTP/1.1\r\n\r\n")
     assert status == 400 and error_of(body).startswith("bad request")
 
 
 def test_request_after_an_early_401_is_never_parsed(listeners: Listeners) -> None:
-    first = b"POST /event HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n"
-    smuggled = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    first = b"POST /event HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 60\r\n\r\n"
+    smuggled = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     answers = parse_responses(exchange(listeners.port, first + smuggled.ljust(60)))
     assert [status for status, _ in answers] == [401]
 
 
 # -- the proxy streams request bodies (§11.5) --------------------------------------------------
 
-CHUNKED_HEAD = b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNKED_HEAD = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 def test_request_body_reaches_the_gateway_as_it_arrives(listeners: Listeners) -> None:
@@ -315,7 +315,10 @@ def test_request_body_reaches_the_gateway_as_it_arrives(listeners: Listeners) ->
 
 
 def test_sized_body_is_streamed_with_its_content_length(listeners: Listeners) -> None:
-    data = b"POST /v1/sized HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+    data = (
+        b"POST /v1/sized HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
+        b"Connection: close\r\n\r\n"
+    )
     status, _ = one_answer(listeners.proxy_port, data + b"hello")
     assert status == 200
     (seen,) = [seen for seen in listeners.upstream.seen if seen.target == b"/v1/sized"]

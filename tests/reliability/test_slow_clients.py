@@ -39,8 +39,8 @@ idle_timeout_secs = {IDLE_TIMEOUT}
 plugin = "jsonl"
 path = "ops.jsonl"
 """
-HEADERS_TRICKLED = b"POST /event HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
-BODY_TRICKLED = b"POST /event HTTP/1.1\r\nHost: x\r\nContent-Length: 300\r\n\r\n"
+HEADERS_TRICKLED = b"POST /event HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+BODY_TRICKLED = b"POST /event HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 300\r\n\r\n"
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_slowloris_is_cut_off_while_others_are_served(daemon: Daemon) -> None:
 
 def test_idle_keep_alive_connections_are_closed(daemon: Daemon) -> None:
     assert daemon.port is not None
-    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     idle = Trickle(daemon.port, 30, request, b"", 0.05)
     closed = idle.wait(IDLE_TIMEOUT + 5)
     assert len(closed) == 30

@@ -34,6 +34,7 @@ from observer_core import (
     hookimpl,
     redact_url,
 )
+from observer_core.http_guard import AllowedHosts, normalize_allowed_hosts
 from observer_core.httpserver import (
     Connections,
     HeaderBytes,
@@ -104,6 +105,9 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     body_timeout_secs: Seconds = 300
     max_connections: Connections = MAX_CONNECTIONS
     max_inflight_bytes: Size = 256 << 20
+    allowed_hosts: AllowedHosts = msgspec.field(default_factory=list)
+    """Further names (or addresses) proxy clients may call it by (contract §11.4), as for
+    the ``http`` source."""
 
     def __post_init__(self) -> None:
         try:
@@ -116,6 +120,7 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
             self.listen = None
         if self.listen is not None:
             parse_listen(self.listen)
+        normalize_allowed_hosts(self.allowed_hosts)
         for path in self.exclude_paths:
             if not path.startswith("/"):
                 raise ValueError(f"exclude_paths: a path starts with '/', got {path!r}")
@@ -176,6 +181,7 @@ class GatewaySource(Source):
             host=host,
             port=port,
             limits=HttpLimits.of(self.config),
+            allowed_hosts=self.config.allowed_hosts,
             logger=server_log,
             server_name="",
         )

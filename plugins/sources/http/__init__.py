@@ -37,6 +37,7 @@ from observer_core import (
     hookimpl,
 )
 from observer_core.engine import MAX_PENDING_OPS
+from observer_core.http_guard import AllowedHosts, normalize_allowed_hosts
 from observer_core.httpserver import (
     LATER,
     Connections,
@@ -91,6 +92,12 @@ class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     tap_queue_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = TAP_QUEUE_MAX
     """Records one tap reader may fall behind by; past it they are dropped for that reader
     (and a ``{"dropped": N}`` line says so)."""
+    allowed_hosts: AllowedHosts = msgspec.field(default_factory=list)
+    """Further names (or addresses) clients may call the listener by (contract §11.4): a
+    ``Host`` a loopback listener accepts; on another listener, setting it checks ``Host``."""
+
+    def __post_init__(self) -> None:
+        normalize_allowed_hosts(self.allowed_hosts)  # ValueError naming the key and the entry
 
 
 def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -334,6 +341,7 @@ class HttpSource(Source):
             host=self.config.host,
             port=self.config.port,
             limits=HttpLimits.of(self.config),
+            allowed_hosts=self.config.allowed_hosts,
             on_reject=self.reject,
             logger=self.ctx.logger,
         )

@@ -153,7 +153,7 @@ class TestForwardedHeaders:
 
 def test_chunked_trailers_are_never_forwarded(proxies: Proxies) -> None:
     request = (
-        b"POST /plain/trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"POST /plain/trailers HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
         b"Connection: close\r\n\r\n"
         b"5\r\nhello\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nX-Sneaky: 1\r\n\r\n"
     )
@@ -170,7 +170,7 @@ def test_chunked_trailers_are_never_forwarded(proxies: Proxies) -> None:
     [b"/bad/frag#ment", b"/bad/query?x=1#y", b"/bad/del\x7f", b"/bad/\xc3\xa9", b"/bad/\x01"],
 )
 def test_malformed_target_is_400_never_500(proxies: Proxies, target: bytes) -> None:
-    request = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     status, body = status_and_body(raw_exchange(proxies.ports["plain"], request))
     assert status == 400
     assert json.loads(body)["error"].startswith("bad request")
@@ -187,7 +187,7 @@ def test_not_an_open_proxy(proxies: Proxies) -> None:
         ).encode()
         status, _ = status_and_body(raw_exchange(proxies.ports["plain"], absolute))
         assert status == 400 or proxies.upstream.received("/plain/absolute")  # the gateway's
-        connect = f"CONNECT 127.0.0.1:{elsewhere.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        connect = f"CONNECT 127.0.0.1:{elsewhere.port} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
         status, _ = status_and_body(raw_exchange(proxies.ports["plain"], connect))
         assert status == 400
         assert elsewhere.seen == []
@@ -210,7 +210,7 @@ class TestClientLeaves:
 
         proxies.upstream.routes[path] = route
         client = socket.create_connection(("127.0.0.1", proxies.ports["plain"]), WAIT_SECS)
-        client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        client.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         wait_for(lambda: proxies.upstream.received(path), what="the call at the gateway")
         left = time.monotonic()
         if how == "close":

@@ -55,6 +55,7 @@ def test_defaults_are_the_contracts() -> None:
         "body_timeout_secs": 300,
         "max_connections": 1024,
         "max_inflight_bytes": 256 << 20,
+        "allowed_hosts": [],  # contract §11.4
     }
 
 
