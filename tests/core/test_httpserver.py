@@ -114,8 +114,10 @@ async def _chunks(*chunks: bytes) -> AsyncIterator[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: App | None = None, **options: object) -> AsyncIterator[HttpServer]:
-    server = HttpServer(app or App(), host="127.0.0.1", port=0, **options)  # type: ignore[arg-type]
+async def serving(
+    app: App | None = None, host: str = "127.0.0.1", **options: object
+) -> AsyncIterator[HttpServer]:
+    server = HttpServer(app or App(), host=host, port=0, **options)  # type: ignore[arg-type]
     await server.start()
     try:
         yield server
@@ -198,13 +200,13 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
             await asyncio.sleep(0.005)
 
 
-def get(path: str, *headers: str, version: str = "1.1") -> bytes:
-    lines = [f"GET {path} HTTP/{version}", "Host: 127.0.0.1", *headers, "", ""]
+def get(path: str, *headers: str, version: str = "1.1", host: str = "127.0.0.1") -> bytes:
+    lines = [f"GET {path} HTTP/{version}", f"Host: {host}", *headers, "", ""]
     return "\r\n".join(lines).encode()
 
 
-def post(path: str, body: bytes, *headers: str) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}", *headers]
+def post(path: str, body: bytes, *headers: str, host: str = "127.0.0.1") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}", *headers]
     return "\r\n".join([*lines, "", ""]).encode() + body
 
 
@@ -1089,3 +1091,113 @@ async def test_error_logs_are_rate_limited_per_kind(caplog: pytest.LogCaptureFix
             await conn.send(get("/bad-header"))  # another kind: logged at once
             assert (await conn.response()).status == 500
             assert "invalid response" in caplog.records[2].getMessage()
+
+
+# -- contract §11.4: what browsers must not send, on every listener ----------------------------
+
+EVIL = "Origin: http://evil.example"
+
+
+async def test_cross_site_writes_are_403_before_the_handlers_precheck() -> None:
+    app = App()
+    rejects: list[int] = []
+    async with serving(app, on_reject=rejects.append) as server, connection(server) as conn:
+        await conn.send(get("/missing", EVIL))  # a safe method: the handler's 404
+        assert (await conn.response()).status == 404
+        await conn.send(post("/missing", b"", EVIL))  # would be 404: 403 first
+        r = await conn.response()
+        assert r.status == 403 and "connection" not in r.headers  # no body: the connection stays
+        assert json.loads(r.body) == {
+            "error": "cross-origin POST refused: Origin 'http://evil.example' is not this "
+            "listener's"
+        }
+        await conn.send(post("/private", b"", "Sec-Fetch-Site: cross-site"))  # would be 401
+        r = await conn.response()
+        assert r.status == 403 and "Sec-Fetch-Site" in json.loads(r.body)["error"]
+        await conn.send(post("/echo", b"{}"))  # a script: no Origin
+        assert (await conn.response()).status == 200
+    assert rejects == [403, 403]
+    assert [request.path for request in app.requests] == ["/echo"]
+
+
+async def test_a_refused_write_is_answered_without_reading_its_body() -> None:
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        smuggled = get("/echo").ljust(60)
+        await conn.send(post("/echo", smuggled, EVIL))
+        r = await conn.response()
+        assert r.status == 403 and r.headers["connection"] == "close"
+        assert await conn.closed_by_server()
+    assert app.requests == []
+
+
+async def test_a_foreign_host_on_a_loopback_listener_is_400_before_the_handler() -> None:
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        await conn.send(get("/private", host=f"evil.example:{server.port}"))  # would be 401
+        r = await conn.response()
+        assert r.status == 400
+        assert json.loads(r.body)["error"].startswith(
+            f"Host 'evil.example:{server.port}' is not a loopback name or address, nor in "
+            "allowed_hosts"
+        )
+        for host in (f"localhost:{server.port}", "127.0.0.2", "[::1]"):
+            await conn.send(get("/echo", host=host))
+            assert (await conn.response()).status == 200, host
+    assert len(app.requests) == 3
+
+
+async def test_allowed_hosts_admits_a_listed_name_and_its_origin() -> None:
+    async with (
+        serving(allowed_hosts=["Observer.Example.com."]) as server,
+        connection(server) as conn,
+    ):
+        name = f"observer.example.com:{server.port}"
+        await conn.send(post("/echo", b"{}", f"Origin: http://{name}", host=name))
+        assert (await conn.response()).status == 200
+        await conn.send(get("/echo", host="other.example.com"))
+        assert (await conn.response()).status == 400
+
+
+async def test_the_guard_knows_the_port_bound_for_port_0() -> None:
+    async with serving() as server, connection(server) as conn:
+        own = f"Origin: http://127.0.0.1:{server.port}"  # not the Host the request names
+        await conn.send(post("/echo", b"{}", own, host=f"localhost:{server.port}"))
+        assert (await conn.response()).status == 200
+        other = f"Origin: http://127.0.0.1:{server.port + 1}"
+        await conn.send(post("/echo", b"{}", other, host=f"localhost:{server.port}"))
+        assert (await conn.response()).status == 403
+
+
+async def test_the_guard_comes_after_the_head_limits_and_the_target() -> None:
+    limits = HttpLimits(max_url_bytes=100, max_header_bytes=1000)
+    async with serving(limits=limits) as server:
+        for request, status, error in (
+            (get("/echo?" + "x" * 100, host="evil.example"), 414, "max_url_bytes"),
+            (get("/echo", "X-Big: " + "a" * 2000, host="evil.example"), 431, "max_header_bytes"),
+            (get("/echo#frag", host="evil.example"), 400, "bad request: a '#'"),
+        ):
+            async with connection(server) as conn:
+                await conn.send(request)
+                r = await conn.response()
+                assert r.status == status and error in json.loads(r.body)["error"]
+
+
+async def test_a_listener_bound_elsewhere_checks_host_only_with_allowed_hosts() -> None:
+    async with serving(host="0.0.0.0") as server, connection(server) as conn:
+        await conn.send(get("/echo", host="evil.example"))
+        assert (await conn.response()).status == 200
+        await conn.send(post("/echo", b"{}", EVIL))  # a cross-site write: still 403
+        assert (await conn.response()).status == 403
+    named = ["observer.example.com"]
+    async with serving(host="0.0.0.0", allowed_hosts=named) as server, connection(server) as conn:
+        await conn.send(get("/echo", host="observer.example.com"))
+        assert (await conn.response()).status == 200
+        await conn.send(get("/echo", host="evil.example"))
+        r = await conn.response()
+        assert r.status == 400 and "is not in allowed_hosts" in json.loads(r.body)["error"]
+
+
+def test_a_bad_allowed_hosts_entry_is_an_error_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"allowed_hosts: 'http://x\.example' is not a host name"):
+        HttpServer(App(), host="127.0.0.1", port=0, allowed_hosts=["http://x.example"])
