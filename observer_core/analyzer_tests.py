@@ -149,6 +149,7 @@ class Outcome:
 # -- loading ----------------------------------------------------------------------
 
 
+_FIELD = re.compile(r"^Object (contains unknown|missing required) field `([^`]*)`$")
 _PATH = re.compile(r"^(.*?) - at `\$\.tests\[(\d+)\]\.?([^`]*)`$", re.S)
 
 
@@ -186,6 +187,10 @@ def _explain(path: Path, document: Any, message: str) -> str:
     if found is None:
         return f"{path}: {message.replace('`$.', '`').replace('$', 'the file')}"
     problem, index, key = found.groups()
+    if field := _FIELD.match(problem):
+        what, name = field.groups()
+        key = f"{key}.{name}" if key else name
+        problem = "unknown key" if what == "contains unknown" else "required key is missing"
     return f"{path}: {_test_label(document, int(index))}: {key or 'the test'}: {problem}"
 
 
