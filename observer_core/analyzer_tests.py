@@ -371,7 +371,7 @@ def _check(label: str, expected: Expectation, findings: Sequence[Emitted], none:
     where = f" on cycle {expected.cycle}" if expected.cycle is not None else ""
     head = (
         f"{label}: {expected.kind} findings{where} matching "
-        f"{_compact(expected.match) if expected.match else '(anything)'}: "
+        f"{_compact(expected.match, 120) if expected.match else '(anything)'}: "
         f"expected {wanted}, got {len(matching)}"
     )
     if not expected.match:
