@@ -236,7 +236,10 @@ class Context:
     """The time, for components: the wall clock in the daemon, virtual in replay and test."""
     transport: httpx.AsyncBaseTransport | None = None
     """What :meth:`http_client` sends through; None: the network (httpx's own transport)."""
-    _clients: list[httpx.AsyncClient] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self._clients: list[httpx.AsyncClient] = []
+        """What :meth:`http_client` made, for :meth:`aclose_clients`."""
 
     def http_client(self, **options: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` for this component's outbound calls (``options`` as
