@@ -22,6 +22,7 @@ import msgspec
 from msgspec import Meta
 
 from .config import ConfigError, ObserverConfig, load_config
+from .engine import StartupError
 from .ingest import EventDecoder, InvalidEvent
 from .offline import (
     OfflineEngine,
@@ -335,9 +336,13 @@ async def run_test(test: Prepared) -> Outcome:
     engine = OfflineEngine(test.config, clock, transport, record)
     cycles = VirtualCycles(engine, clock, float(test.config.settings.cycle_secs))
     clock.set(_epoch(test.ops[0].timestamp if test.ops else DEFAULT_START))
-    async with engine:
-        await cycles.feed(test.ops)
-        await cycles.finish(case.cycles)
+    try:
+        async with engine:
+            await cycles.feed(test.ops)
+            await cycles.finish(case.cycles)
+    except StartupError as exc:
+        outcome.problems.append(str(exc))
+        return outcome
     for index, expected in enumerate(case.expect):
         problem = _check(f"expect[{index}]", expected, outcome.findings, none=False)
         if problem:

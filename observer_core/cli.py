@@ -324,7 +324,11 @@ def _replay(args: argparse.Namespace) -> int:
             if args.output is None
             else stack.enter_context(args.output.open("wb"))
         )
-        summary = anyio.run(replay, config, options, out)
+        try:
+            summary = anyio.run(replay, config, options, out)
+        except StartupError as exc:
+            print(f"observer-core: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
         out.flush()
     print(summary.line(bounded=any(bounds)), file=sys.stderr)
     return EXIT_FAILURE if summary.errors else EXIT_OK

@@ -174,3 +174,17 @@ def test_a_file_that_does_not_parse_exits_2_naming_file_test_and_key(
     assert result.stdout.startswith("observer-core: tests.toml: ")
     assert message in result.stdout
     assert "PASS" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_an_analyzer_that_cannot_start_fails_its_test(observer_daemon):
+    observer_daemon.write_config(
+        '[analyzers.llm]\nplugin = "diagnosis"\napi_key_env = "NO_SUCH_KEY_SET"\n'
+    )
+    (observer_daemon.directory / "tests.toml").write_text('[[tests]]\nname = "starts"\n')
+    result = observer_daemon.run("test", "tests.toml")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[:2] == [
+        "FAIL starts",
+        "  [analyzers.llm] cannot start: api_key_env: the environment variable NO_SUCH_KEY_SET "
+        "is not set (it should hold the API key)",
+    ]

@@ -263,3 +263,16 @@ def test_help(observer_daemon, command):
     result = observer_daemon.run(command, "--help")
     assert result.returncode == 0
     assert f"usage: observer-core {command}" in result.stdout
+
+
+def test_an_analyzer_that_cannot_start_is_one_line_naming_it(observer_daemon):
+    observer_daemon.write_config(
+        '[analyzers.llm]\nplugin = "diagnosis"\napi_key_env = "NO_SUCH_KEY_SET"\n'
+    )
+    (observer_daemon.directory / "ops.jsonl").write_bytes(jsonl([failure(0)]))
+    result = observer_daemon.run("replay", "ops.jsonl", "--config", "observer.toml")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "observer-core: [analyzers.llm] cannot start: api_key_env: the environment variable "
+        "NO_SUCH_KEY_SET is not set (it should hold the API key)"
+    )
