@@ -104,6 +104,10 @@ class MemoryStateStore(StateStore):
     def write_bytes(self, name: str, data: bytes) -> None:
         self._files[name] = data
 
+    async def save(self, name: str, value: Any) -> None:
+        """Keep ``value`` (no worker thread: nothing touches the disk)."""
+        self._files[name] = msgspec.json.encode(value)
+
 
 def describe_request(request: httpx.Request) -> dict[str, Any]:
     """``{"method", "url", "body"}`` of a request: the body decoded when it is JSON.
