@@ -197,6 +197,11 @@ class OfflineEngine(Engine):
         for finding in findings:
             self._on_finding(finding)
 
+    def push(self, ops: Sequence[Op]) -> None:
+        """Commit ops as the daemon does once its sinks have them: into the ring, and to
+        each analyzer's ``observe``."""
+        self._accept(ops)
+
     async def run_virtual_cycle(self) -> None:
         """Run the next cycle's due analyzers and wait for the work they spawned."""
         self.cycle += 1
@@ -240,10 +245,16 @@ class VirtualCycles:
         return self._start + cycle * self.cycle_secs
 
     def _aim(self) -> None:
-        """Point the clock and the boundary at the end of the next cycle."""
-        end = self._end_of(self.engine.cycle + 1)
-        self.clock.set(end)
-        self._boundary = self.clock.timestamp()
+        """Point the boundary at the end of the next cycle."""
+        self._boundary = _format_epoch(self._end_of(self.engine.cycle + 1))
+
+    def _push(self, ops: Sequence[Op]) -> None:
+        """Commit ``ops`` with the clock at the newest one's time (when the daemon would
+        have committed them; never before the last cycle's end): what ``observe`` sees."""
+        newest = epoch_of(max(op.timestamp for op in ops))
+        self.clock.set(max(newest, self._end_of(self.engine.cycle)))
+        self.engine.push(ops)
+        self._unseen = True
 
     async def feed(self, ops: Sequence[Op]) -> None:
         """Push ``ops`` into the ring, running each cycle that ends before one of them."""
@@ -252,25 +263,25 @@ class VirtualCycles:
         if self._start is None:
             self._start = epoch_of(ops[0].timestamp)
             self._aim()
-        ring, start, boundary = self.engine.ring, 0, self._boundary
+        start, boundary = 0, self._boundary
         for index, op in enumerate(ops):
             if op.timestamp > boundary:
-                ring.extend(ops[start:index])
-                self._unseen = self._unseen or index > start
+                if index > start:
+                    self._push(ops[start:index])
                 start = index
                 while op.timestamp > self._boundary:
                     await self.cycle()
                 boundary = self._boundary
-        ring.extend(ops[start:])
-        self._unseen = True
+        self._push(ops[start:])
         self.fed += len(ops)
 
     async def cycle(self) -> None:
-        """Run the next cycle (the clock at its end), then aim at the one after."""
+        """Run the next cycle with the clock at its end."""
         if self._start is None:
             self._start = self.clock.now()
             self._aim()
         self._unseen = False
+        self.clock.set(self._end_of(self.engine.cycle + 1))
         await self.engine.run_virtual_cycle()
         self._aim()
 

@@ -33,6 +33,7 @@ from .offline import (
     VirtualClock,
     VirtualCycles,
     analyzers_only,
+    epoch_of,
 )
 from .records import Finding, Op
 
@@ -230,21 +231,35 @@ async def replay(
     decoder = EventDecoder(max_field_bytes=config.settings.max_field_bytes, require_all=True)
     total = sum(path.stat().st_size for path in options.files)
     progress = _Progress(total, progress_stream or sys.stderr)
-    since, until = options.since, options.until
-    async with engine:
-        try:
-            for ops in read_ops(options.files, decoder, summary, progress):
-                if since is not None or until is not None:
-                    kept = [op for op in ops if _within(op, since, until)]
-                    summary.outside += len(ops) - len(kept)
-                    ops = kept
+    batches = _bounded(read_ops(options.files, decoder, summary, progress), options, summary)
+    try:
+        first = next(batches, [])
+        if first:  # components start at the first op's time (e.g. a rule's window)
+            clock.set(epoch_of(first[0].timestamp))
+        async with engine:
+            await cycles.feed(first)
+            for ops in batches:
                 await cycles.feed(ops)
-            await cycles.finish()
-        finally:
-            progress.close()
+            await cycles.finish(at_least=0)
+    finally:
+        progress.close()
     summary.cycles = engine.cycle
     summary.errors = engine.errors()
     return summary
+
+
+def _bounded(
+    batches: Iterator[list[Op]], options: ReplayOptions, summary: ReplaySummary
+) -> Iterator[list[Op]]:
+    """The non-empty batches, without the ops outside ``--from``/``--to`` (counted)."""
+    since, until = options.since, options.until
+    for ops in batches:
+        if since is not None or until is not None:
+            kept = [op for op in ops if _within(op, since, until)]
+            summary.outside += len(ops) - len(kept)
+            ops = kept
+        if ops:
+            yield ops
 
 
 def _within(op: Op, since: str | None, until: str | None) -> bool:

@@ -276,3 +276,27 @@ def test_an_analyzer_that_cannot_start_is_one_line_naming_it(observer_daemon):
         "observer-core: [analyzers.llm] cannot start: api_key_env: the environment variable "
         "NO_SUCH_KEY_SET is not set (it should hold the API key)"
     )
+
+
+def test_alert_windows_start_at_the_first_op_replayed(observer_daemon):
+    """No decision before window_secs of virtual time: the rule starts at the first op."""
+    observer_daemon.write_config(
+        """
+        [analyzers.alerts]
+        [[analyzers.alerts.rules]]
+        name = "failing"
+        when = "failure_rate"
+        above = 0.5
+        window_secs = 60
+        min_ops = 3
+        """
+    )
+    rows = [op(0), *(failure(10) for _ in range(5)), op(65)]
+    (observer_daemon.directory / "ops.jsonl").write_bytes(jsonl(rows))
+
+    result = observer_daemon.run("replay", "ops.jsonl", "--config", "observer.toml")
+
+    assert result.returncode == 0, result.stderr
+    [alert] = findings(result.stdout)
+    assert (alert["kind"], alert["cycle"], alert["at"]) == ("alert", 2, stamp(60))
+    assert alert["record"]["state"] == "firing" and alert["record"]["since"] == stamp(60)
