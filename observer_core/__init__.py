@@ -67,6 +67,7 @@ __all__ = [
     "Analyzer",
     "AnalyzerConfig",
     "BatchTooLarge",
+    "Clock",
     "Component",
     "ComponentConfig",
     "Context",

@@ -1,24 +1,29 @@
-"""The ``observer-core`` command: run, check, plugins, init, tap, top."""
+"""The ``observer-core`` command: run, check, plugins, init, tap, top, replay, test."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from . import __version__
+from .analyzer_tests import run_files
 from .config import ConfigError, ObserverConfig, default_config_path, load_config
 from .describe import plugin_lines, resolved_toml
 from .engine import Engine, StartupError
 from .kinds import KINDS
 from .logs import setup_logging
 from .plugins import Registry, load_registry
+from .records import parse_timestamp
+from .replay import ReplayOptions, replay
 from .state import StateDirLock, StateLocked
 from .watch import COMMANDS as WATCH_COMMANDS
 from .watch import add_commands as add_watch_commands
@@ -89,7 +94,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     add_watch_commands(commands, config_help)
+    _add_offline_commands(commands, config_help)
     return parser
+
+
+def _add_offline_commands(commands: Any, config_help: str) -> None:
+    """``replay`` (ANALYSIS §14.1) and ``test`` (§14.2): analyzers run offline."""
+    replay = commands.add_parser(
+        "replay",
+        help="run the analyzers over recorded ops",
+        description="Run the configured analyzers over recorded ops (JSONL, .gz too) on "
+        "virtual cycles and write their findings as JSONL. Nothing is called (each call "
+        "is written as a would_call line), nothing reaches the sinks or state_dir: it "
+        "may run beside the daemon.",
+    )
+    replay.add_argument("files", nargs="+", type=Path, metavar="FILE", help="ops, in order")
+    replay.add_argument("--config", type=Path, help=config_help)
+    replay.add_argument(
+        "--analyzers", metavar="NAME,...", help="run these instances (default: the enabled ones)"
+    )
+    replay.add_argument("--from", dest="since", metavar="TS", help="skip ops before TS")
+    replay.add_argument("--to", dest="until", metavar="TS", help="skip ops after TS")
+    calls = replay.add_mutually_exclusive_group()
+    calls.add_argument(
+        "--call-services", action="store_true", help="really call the configured services"
+    )
+    calls.add_argument(
+        "--dry-run", action="store_true", help="call nothing (the default): write would_call lines"
+    )
+    replay.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="FILE",
+        help="write the findings here (default: stdout)",
+    )
+
+    test = commands.add_parser(
+        "test",
+        help="run analyzer tests written in TOML",
+        description="Run analyzer tests written in TOML, offline, with canned replies for "
+        "every outbound call. Exit 0 when all pass, 1 when one fails, 2 when a test file "
+        "cannot be used.",
+    )
+    test.add_argument("files", nargs="+", type=Path, metavar="FILE", help="test files")
+    test.add_argument(
+        "--config",
+        type=Path,
+        help="config of tests that name none (default: $OBSERVER_CONFIG, else ./observer.toml)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plugins": _plugins,
         "init": _init,
         **WATCH_COMMANDS,
+        "replay": _replay,
+        "test": _test,
     }[args.command]
     try:
         return handler(args)
@@ -249,6 +304,41 @@ def _init(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"wrote {path}; check it with: observer-core check --config {path}")
     return EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    setup_logging("warning")
+    config, _ = _load(args)
+    bounds = []
+    for flag, value in (("--from", args.since), ("--to", args.until)):
+        try:
+            bounds.append(None if value is None else parse_timestamp(value))
+        except ValueError as exc:
+            print(f"observer-core: {flag}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    names = None if args.analyzers is None else [n for n in args.analyzers.split(",") if n]
+    options = ReplayOptions(args.files, names, bounds[0], bounds[1], args.call_services)
+    with contextlib.ExitStack() as stack:
+        out = (
+            sys.stdout.buffer
+            if args.output is None
+            else stack.enter_context(args.output.open("wb"))
+        )
+        try:
+            summary = anyio.run(replay, config, options, out)
+        except StartupError as exc:
+            print(f"observer-core: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        out.flush()
+    print(summary.line(bounded=any(bounds)), file=sys.stderr)
+    return EXIT_FAILURE if summary.errors else EXIT_OK
+
+
+def _test(args: argparse.Namespace) -> int:
+    setup_logging("critical")
+    registry = load_registry()
+    default = args.config or default_config_path()
+    return anyio.run(run_files, args.files, registry, default, print)
 
 
 def _reason(exc: OSError) -> str:

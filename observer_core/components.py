@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +26,21 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 
 import msgspec
 
-from .records import Finding, Op, Record
+from .records import Finding, Op, Record, now_timestamp
 from .tap import TapHub
 
 if TYPE_CHECKING:
+    import httpx
+
     from .metrics import Metrics
     from .state import StateStore
 
 __all__ = [
+    "WALL_CLOCK",
     "Analyzer",
     "AnalyzerConfig",
     "BatchTooLarge",
+    "Clock",
     "Component",
     "ComponentConfig",
     "Context",
@@ -49,6 +54,7 @@ __all__ = [
     "Sink",
     "SinkConfig",
     "Source",
+    "WallClock",
     "Window",
 ]
 
@@ -150,6 +156,35 @@ class Observer(Protocol):
         ...
 
 
+class Clock(Protocol):
+    """Where components read the time: ``ctx.clock``. The daemon's is the wall clock;
+    ``observer-core replay`` and ``observer-core test`` hand in a virtual one, so a
+    component that reads time only from here behaves offline as it would have live."""
+
+    def now(self) -> float:
+        """Seconds since the Unix epoch (``time.time()`` on the wall clock)."""
+        ...
+
+    def timestamp(self) -> str:
+        """:meth:`now` in the record's timestamp format (``2026-01-31T12:00:00.000Z``)."""
+        ...
+
+
+class WallClock:
+    """The real time: what the daemon gives every component."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        return time.time()
+
+    def timestamp(self) -> str:
+        return now_timestamp()
+
+
+WALL_CLOCK: Clock = WallClock()
+
+
 @dataclass(slots=True)
 class Window:
     """A snapshot of the ring for one analyzer run.
@@ -179,7 +214,9 @@ class Context:
 
     ``spawn`` runs a coroutine function in the daemon's task group (errors are
     logged and counted against this instance, never raised into the daemon);
-    ``publish`` routes findings to the sinks that accept their kind.
+    ``publish`` routes findings to the sinks that accept their kind. ``clock`` is
+    where a component reads the time, and :meth:`http_client` is how it calls out:
+    both are chosen by whoever runs it (the daemon, ``replay``, ``test``).
     """
 
     instance: str
@@ -195,6 +232,32 @@ class Context:
     status: dict[str, Any] = field(default_factory=dict)
     row_formats: Mapping[str, Callable[[Any], Op]] = field(default_factory=dict)
     """The row formats plugins registered (``observer_register_row_formats``), by name."""
+    clock: Clock = WALL_CLOCK
+    """The time, for components: the wall clock in the daemon, virtual in replay and test."""
+    transport: httpx.AsyncBaseTransport | None = None
+    """What :meth:`http_client` sends through; None: the network (httpx's own transport)."""
+
+    def __post_init__(self) -> None:
+        self._clients: list[httpx.AsyncClient] = []
+        """What :meth:`http_client` made, for :meth:`aclose_clients`."""
+
+    def http_client(self, **options: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` for this component's outbound calls (``options`` as
+        httpx takes them: ``headers``, ``timeout``, ...). The engine picks where its
+        requests go: the network in the daemon, a recorder under ``replay`` (the call is
+        reported as ``would_call`` and answered), canned replies under ``test``. The
+        engine closes it after the component's ``aclose()``."""
+        import httpx
+
+        client = httpx.AsyncClient(transport=self.transport, **options)
+        self._clients.append(client)
+        return client
+
+    async def aclose_clients(self) -> None:
+        """Close every client :meth:`http_client` made (the engine calls this)."""
+        clients, self._clients = self._clients, []
+        for client in clients:
+            await client.aclose()
 
     def resolve_path(self, path: str | Path) -> Path:
         """A path from the config, relative to the config file's folder."""

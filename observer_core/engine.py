@@ -20,15 +20,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 from msgspec import UNSET
 
 from .components import (
+    WALL_CLOCK,
     Analyzer,
     BatchTooLarge,
+    Clock,
     Component,
     Context,
     Emitter,
@@ -46,6 +48,9 @@ from .redact import redact_config
 from .ring import Ring
 from .state import StateStore
 from .tap import TapHub
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["Engine", "StartupError"]
 
@@ -141,6 +146,9 @@ class _SinkPump:
 
 class Engine:
     """Builds the components of a config and runs them."""
+
+    clock: Clock = WALL_CLOCK
+    """What components read the time from (``ctx.clock``); set before ``__init__`` builds them."""
 
     def __init__(self, config: ObserverConfig, *, step_timeout: float | None = None) -> None:
         """``step_timeout``: seconds each poll and analyze may take (see :attr:`step_timeout`)."""
@@ -243,14 +251,24 @@ class Engine:
             config_dir=self.config.config_dir,
             logger=logging.getLogger(f"observer.{spec.qualified}"),
             metrics=self.metrics,
-            state=StateStore(self.config.state_dir / spec.qualified),
+            state=self._state_store(spec),
             max_field_bytes=self.settings.max_field_bytes,
             observer=self,
             spawn=lambda fn, *args, timeout=None: self._spawn(ctx, fn, args, timeout),
             publish=partial(self._publish_from, spec.qualified),
             row_formats=self.config.row_formats,
+            clock=self.clock,
+            transport=self._transport(spec),
         )
         return _Instance(spec, spec.plugin.cls(spec.config, ctx), ctx)
+
+    def _state_store(self, spec: InstanceConfig) -> StateStore:
+        """Where an instance keeps its state: its folder under ``state_dir``."""
+        return StateStore(self.config.state_dir / spec.qualified)
+
+    def _transport(self, spec: InstanceConfig) -> httpx.AsyncBaseTransport | None:
+        """What an instance's ``ctx.http_client()`` sends through; None: the network."""
+        return None
 
     def _of(self, kind: type[Component]) -> list[_Instance]:
         return [item for item in self.instances if isinstance(item.component, kind)]
@@ -645,17 +663,7 @@ class Engine:
             assert isinstance(source, Source)
             if source.is_polled():
                 await self._step(item, source.poll(self.emitter), "poll")
-        window = self.ring.window(self.cycle)
-        for item in self._of(Analyzer):
-            analyzer = item.component
-            assert isinstance(analyzer, Analyzer)
-            if self.cycle % item.spec.every == 0:
-                errors = self.metrics.instance_errors.get(instance=item.spec.qualified)
-                began = time.perf_counter()
-                findings = await self._step(item, analyzer.analyze(window), "analyze")
-                self._note_analyzer_run(item, began, len(findings or ()), errors)
-                if findings:
-                    await self.publish(findings)
+        await self.run_analyzers()
         elapsed = time.perf_counter() - started
         self.metrics.cycles.inc()
         self.metrics.cycle_duration.set(elapsed)
@@ -682,6 +690,20 @@ class Engine:
         run["findings"] += findings
         failed = self.metrics.instance_errors.get(instance=item.spec.qualified) > errors_before
         run["errors"] += int(failed)
+
+    async def run_analyzers(self) -> None:
+        """Run the analyzers due on ``self.cycle`` over the ring, publishing their findings."""
+        window = self.ring.window(self.cycle)
+        for item in self._of(Analyzer):
+            analyzer = item.component
+            assert isinstance(analyzer, Analyzer)
+            if self.cycle % item.spec.every == 0:
+                errors = self.metrics.instance_errors.get(instance=item.spec.qualified)
+                began = time.perf_counter()
+                findings = await self._step(item, analyzer.analyze(window), "analyze")
+                self._note_analyzer_run(item, began, len(findings or ()), errors)
+                if findings:
+                    await self.publish(findings)
 
     async def _step(self, item: _Instance, work: Awaitable[Any], what: str) -> Any:
         try:
@@ -723,6 +745,7 @@ class Engine:
                 for done in reversed(opened):
                     with anyio.CancelScope(shield=True):
                         await _quietly(done.component.aclose())
+                        await _quietly(done.ctx.aclose_clients())
                 raise StartupError(f"[{item.spec.qualified}] cannot start: {_reason(exc)}") from exc
             opened.append(item)
             self._opened.add(item.spec.qualified)
@@ -871,6 +894,7 @@ class Engine:
             await self._stop_sink_runners()
             for item in reversed(self.instances):
                 await _quietly(item.component.aclose(), item.ctx)
+                await _quietly(item.ctx.aclose_clients(), item.ctx)
         if scope.cancelled_caught:
             log.error("shutdown did not finish within %ss; exiting anyway", timeout)
         else:

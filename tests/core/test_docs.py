@@ -34,6 +34,7 @@ from observer_core.testing import COLLECT_PLUGIN
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "writing-plugins.md"
 EXAMPLE = ROOT / "examples" / "observer-source-example"
+ANALYZER_EXAMPLE = ROOT / "examples" / "observer-analyzer-example"
 DOCS = [GUIDE, EXAMPLE / "README.md"]
 
 COVERED_ELSEWHERE = {
@@ -101,6 +102,7 @@ def of(*langs: str, marker: str | None = None) -> list[pytest.param]:
 
 @pytest.fixture(scope="module")
 def example_installed(installed_package):
+    installed_package(ANALYZER_EXAMPLE)
     return installed_package(EXAMPLE)
 
 

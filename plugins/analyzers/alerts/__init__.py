@@ -16,7 +16,6 @@ neither re-fires nor forgets a firing alert. ``observer_alert_firing{rule}`` is
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -117,8 +116,8 @@ class AlertsAnalyzer(Analyzer):
             names.add(rule.name)
 
     def _now(self) -> float:
-        """The time rules are evaluated at (one seam for a virtual clock)."""
-        return time.time()
+        """The time rules are evaluated at: the context's clock (virtual under replay)."""
+        return self.ctx.clock.now()
 
     async def open(self) -> None:
         saved = self.ctx.state.load(STATE_FILE, dict[str, RuleState], {})

@@ -49,7 +49,6 @@ from observer_core import (
     Window,
     hookimpl,
     memory_key,
-    now_timestamp,
 )
 
 from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
@@ -250,7 +249,7 @@ class DiagnosisAnalyzer(Analyzer):
                     "is not set (it should hold the API key)"
                 )
             headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.AsyncClient(
+        self._client = self.ctx.http_client(
             headers=headers, timeout=httpx.Timeout(self.config.timeout_secs)
         )
         self.ctx.status["url"] = self._url
@@ -302,7 +301,7 @@ class DiagnosisAnalyzer(Analyzer):
             except _Failed as exc:
                 await self._unmark(mine)
                 self._failures.inc(instance=self.ctx.instance, reason=exc.reason)
-                self.ctx.status["last_error"] = f"{now_timestamp()} {exc.reason}: {exc}"
+                self.ctx.status["last_error"] = f"{self.ctx.clock.timestamp()} {exc.reason}: {exc}"
                 self.ctx.error(
                     "no diagnosis (%s): %s; the failures stay undiagnosed, retrying next cycle",
                     exc.reason,
@@ -318,7 +317,7 @@ class DiagnosisAnalyzer(Analyzer):
             await self.ctx.publish([Finding("diagnosis", entry)])
             self._next_seq = batch.newest_seq + 1
             self._done.inc(instance=self.ctx.instance)
-            self.ctx.status["last_diagnosis"] = now_timestamp()
+            self.ctx.status["last_diagnosis"] = self.ctx.clock.timestamp()
             self.ctx.logger.info("diagnosed %d failures", batch.failures)
         finally:
             self._busy = False

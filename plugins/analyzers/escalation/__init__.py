@@ -28,7 +28,6 @@ after the call's time limit. See ``docs/scaling.md``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Sequence
 from typing import Annotated, Any, ClassVar
 
@@ -131,12 +130,15 @@ def _first(reply: dict[str, Any], *keys: str, default: Any) -> Any:
     return default
 
 
-def escalation_row(sig_hash: str, cluster: Sequence[Op], reply: dict[str, Any]) -> EscalationRow:
-    """The audit row for a cluster (oldest failure first) and the service's reply."""
+def escalation_row(
+    sig_hash: str, cluster: Sequence[Op], reply: dict[str, Any], ts: str | None = None
+) -> EscalationRow:
+    """The audit row for a cluster (oldest failure first) and the service's reply, made
+    at ``ts`` (default: now)."""
     oldest = cluster[0]
     response = reply.get("response")
     return EscalationRow(
-        ts=now_timestamp(),
+        ts=now_timestamp() if ts is None else ts,
         sig_hash=sig_hash,
         cluster_size=len(cluster),
         cluster_staffer=None if oldest.staffer_id is UNSET else oldest.staffer_id,
@@ -199,7 +201,7 @@ class EscalationAnalyzer(Analyzer):
             self.ctx.state.load, STATE_FILE, dict[str, SigRecord], {}
         )
         self._records = {memory_key(sig): record for sig, record in records.items()}
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.config.timeout_secs))
+        self._client = self.ctx.http_client(timeout=httpx.Timeout(self.config.timeout_secs))
         await self._fleet.open()
         self._report()
 
@@ -209,7 +211,7 @@ class EscalationAnalyzer(Analyzer):
         await self._fleet.aclose()
 
     async def analyze(self, window: Window) -> Sequence[Finding]:
-        now = time.time()
+        now = self.ctx.clock.now()
         for sig_hash, cluster in self._clusters(window).items():
             if len(self._in_flight) >= MAX_IN_FLIGHT:
                 break
@@ -260,14 +262,14 @@ class EscalationAnalyzer(Analyzer):
                 reply = await self._post(escalation_input(_sig_of(cluster), cluster))
             except _Failed as exc:
                 record.attempts += 1
-                record.last_attempt_at = time.time()
+                record.last_attempt_at = self.ctx.clock.now()
                 self._failed(sig_hash, record, exc)
                 await self._settle(self._fleet.release(sig_hash, claim))
             else:
-                row = escalation_row(_sig_of(cluster), cluster, reply)
+                row = escalation_row(_sig_of(cluster), cluster, reply, self.ctx.clock.timestamp())
                 await self.ctx.publish([Finding("escalation", row)])
                 record.attempts += 1
-                record.last_attempt_at = record.escalated_at = time.time()
+                record.last_attempt_at = record.escalated_at = self.ctx.clock.now()
                 await self._settle(self._fleet.finish(sig_hash))
                 self._done.inc(instance=self.ctx.instance)
                 self.ctx.logger.info(
