@@ -32,7 +32,18 @@ plugin = "jsonl"
 path = "ops.jsonl"
 """
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]
-PATHS = ["/health", "/ready", "/stats", "/metrics", "/tap", "/event", "/events", "/", "/nope", "/health/x"]
+PATHS = [
+    "/health",
+    "/ready",
+    "/stats",
+    "/metrics",
+    "/tap",
+    "/event",
+    "/events",
+    "/",
+    "/nope",
+    "/health/x",
+]
 WRONG = [
     None,
     "",
