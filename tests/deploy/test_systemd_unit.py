@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
 from deploy_kit import CONFIG, UNIT, directives, require_tool
 
-from observer_core.config import substitute_env
+from observer_core.config import parse_toml
 
 BINARY = "/opt/observer-core/bin/observer-core"
 # systemd-analyze's ratings, best first; "OK" is the worst one accepted.
@@ -124,8 +123,7 @@ def test_unit_runs_the_daemon_as_the_contract_says():
 
 def test_unit_leaves_room_for_the_configured_shutdown_and_connections():
     unit = directives(UNIT.read_text(encoding="utf-8"))
-    text = substitute_env(CONFIG.read_text(encoding="utf-8"), {"OBSERVER_TOKEN": "t"})
-    config = tomllib.loads(text)
+    config = parse_toml(CONFIG.read_text(encoding="utf-8"), {"OBSERVER_TOKEN": "t"})
     stop_secs = int(unit["TimeoutStopSec"][0])
     assert stop_secs > config["observer"]["shutdown_timeout_secs"]
     max_connections = config["sources"]["http"].get("max_connections", 1024)
