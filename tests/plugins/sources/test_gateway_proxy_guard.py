@@ -1,12 +1,14 @@
 """The gateway proxy against hostile or careless clients (SECURITY §11.1, §11.2, §11.5).
 
-One daemon serves the module, with two proxies in front of one upstream:
-``guarded`` (``listen_token`` a list of two, ``forwarded_headers = true``) and
-``plain`` (the defaults). Each test uses its own paths, so it finds its own ops.
+One daemon serves the module, with three proxies in front of one upstream:
+``guarded`` (``listen_token`` a list of two, ``forwarded_headers = true``),
+``plain`` (the defaults) and ``slowread`` (``send_timeout_secs = 0.5``). Each test
+uses its own paths, so it finds its own ops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import select
@@ -28,7 +30,7 @@ _LATER = itertools.count()
 @pytest.fixture(scope="module")
 def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
     upstream = Upstream()
-    ports = {name: free_port() for name in ("guarded", "plain")}
+    ports = {name: free_port() for name in ("guarded", "plain", "slowread")}
     factory = DaemonFactory(tmp_path_factory.mktemp("gateway-guard"))
     daemon = factory.start(
         daemon_config(
@@ -46,6 +48,13 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
             url = "{upstream.url}"
             listen = "127.0.0.1:{ports["plain"]}"
             health_check = false
+
+            [sources.slowread]
+            plugin = "gateway"
+            url = "{upstream.url}"
+            listen = "127.0.0.1:{ports["slowread"]}"
+            health_check = false
+            send_timeout_secs = 0.5
             """
         )
     )
@@ -288,3 +297,29 @@ class TestClientLeaves:
             release.set()
         assert op["success"] is False
         assert op["attributes"] == {"http_status": 500, "client_left": True}
+
+
+def test_a_client_that_reads_nothing_is_closed_after_send_timeout_secs(proxies: Proxies) -> None:
+    """A slow reader (slowhttptest -X) does not hold a proxy connection: once its answer's
+    write stalls for send_timeout_secs, the connection is closed and the call ends."""
+    path = "/slowread/big"
+
+    def route(exchange: Exchange, seen: Seen) -> None:
+        exchange.close_connection = True
+        exchange.start_chunked(200, "text/plain")
+        with contextlib.suppress(OSError):  # the proxy lets go of the reply
+            for _ in range(256):  # 16 MiB: more than the socket buffers hold
+                exchange.chunk(b"x" * 65536)
+            exchange.end_chunked()
+
+    proxies.upstream.routes[path] = route
+    with socket.socket() as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.settimeout(WAIT_SECS)
+        conn.connect(("127.0.0.1", proxies.ports["slowread"]))
+        started = time.monotonic()
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        op = proxies.op(path)  # recorded when the proxy gives up on the reader
+        elapsed = time.monotonic() - started
+    assert op["attributes"]["http_status"] == 200 and op["attributes"]["client_left"] is True
+    assert elapsed < 5  # send_timeout_secs (0.5 s), not the idle timeout (60 s)
