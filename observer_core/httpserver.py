@@ -112,7 +112,10 @@ class HttpLimits(msgspec.Struct, kw_only=True, frozen=True):
     body_timeout_secs: Seconds = 10.0
     """Time to receive a whole body, from the end of its head: 408."""
     idle_timeout_secs: Seconds = 60.0
-    """How long a keep-alive connection may idle, or a client leave a response unread."""
+    """How long a keep-alive connection may idle between requests: then it is closed."""
+    send_timeout_secs: Seconds | None = None
+    """How long a response write may stall, the client not reading it: then the connection
+    is closed (nginx's ``send_timeout``). None: ``idle_timeout_secs``."""
     max_connections: Connections = 1024
     """Open connections: 503 past it."""
     max_inflight_bytes: Size = 64 << 20
@@ -256,8 +259,11 @@ class Request(msgspec.Struct):
 
     def on_client_left(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Have ``callback`` called, once, if the client leaves while this request is being
-        answered: its connection is lost or it closed its side (EOF), as a proxy takes it
-        (nginx's "client prematurely closed"). Called soon if it has left already. Returns
+        answered: its connection is lost, or it closes its side (EOF) of a connection it
+        meant to keep, as nginx takes it ("client prematurely closed"; a pooled client that
+        gives up closes so). A client that said its request was its last (``Connection:
+        close``, HTTP/1.0) may half-close and still gets its answer: nothing is read after
+        such a request, so its EOF is not seen. Called soon if it has left already. Returns
         what stops watching: call it when the answer is ready."""
         connection = self._connection
         if connection is None:
@@ -569,11 +575,14 @@ class _Connection(asyncio.Protocol):
         self._early = None
         if len(url) > self._url_room:
             self._check_url(len(url))
-        # _set_deadline(header_timeout, request=True), inline: this runs for every request.
-        self._request_timer = True
-        deadline = self._deadline = self._loop.time() + self._server._header_timeout
-        if self._timer is None or self._timer_at > deadline:
-            self._arm(deadline)
+        # The head's clock starts now, unless it runs already for this request (a new
+        # connection's first head is timed from the opening: a trickled method gains nothing).
+        if self._deadline is None or not self._request_timer:
+            # _set_deadline(header_timeout, request=True), inline: this runs for every request.
+            self._request_timer = True
+            deadline = self._deadline = self._loop.time() + self._server._header_timeout
+            if self._timer is None or self._timer_at > deadline:
+                self._arm(deadline)
 
     def _more_url(self, url: bytes) -> None:
         """A further piece of the target (it came in several reads): kept in a list."""
@@ -1222,14 +1231,14 @@ class _Connection(asyncio.Protocol):
             self._server._logger.exception("closing the response stream failed")
 
     async def _drain(self) -> None:
-        """Wait for the client to read what was written: at most ``idle_timeout``."""
+        """Wait for the client to read what was written: at most ``send_timeout``."""
         if self._lost or not self._write_paused:
             return
         if self._drain_waiter is None:
             self._drain_waiter = self._loop.create_future()
         timed = self._deadline is None
         if timed:
-            self._set_deadline(self._server._idle_timeout)
+            self._set_deadline(self._server._send_timeout)
         await self._drain_waiter
         if timed:
             self._deadline = None
@@ -1289,7 +1298,7 @@ class _Connection(asyncio.Protocol):
             self._set_deadline(_LINGER_SECONDS)
         else:
             transport.close()
-            self._set_deadline(self._server._idle_timeout)  # for the client to read the rest
+            self._set_deadline(self._server._send_timeout)  # for the client to read the rest
 
     def shutdown(self) -> None:
         """Stop keeping the connection alive: close it now if idle, else after its response."""
@@ -1401,6 +1410,7 @@ class HttpServer:
         self._body_timeout = limits.body_timeout_secs
         self._body_extra = limits.body_timeout_secs - limits.header_timeout_secs
         self._idle_timeout = limits.idle_timeout_secs
+        self._send_timeout = limits.send_timeout_secs or limits.idle_timeout_secs
         self._max_head = limits.max_header_bytes
         self._max_headers = limits.max_headers
         self._url_room = limits.max_url_bytes - _LINE_EXTRA - _MIN_METHOD

@@ -508,6 +508,20 @@ async def test_timeout_while_an_answer_is_pending_just_closes() -> None:
         assert await conn.closed_by_server()  # no 408 ahead of /wait's answer
 
 
+async def test_a_trickled_method_does_not_stretch_the_first_head() -> None:
+    """The first head is timed from the connection's opening, not from its target's start."""
+    limits = HttpLimits(header_timeout_secs=1.0)
+    async with serving(limits=limits) as server:
+        started = time.monotonic()
+        async with connection(server) as conn:
+            await conn.send(b"GE")
+            await asyncio.sleep(0.8)  # the method trickles: the target begins late
+            await conn.send(b"T /echo HTTP/1.1\r\nHost: te")
+            r = await conn.response()
+            assert r.status == 408 and "header_timeout_secs" in json.loads(r.body)["error"]
+            assert 0.99 <= time.monotonic() - started < 1.6  # not 0.8 + 1.0
+
+
 async def test_idle_timeout_closes_keep_alive_connections() -> None:
     async with serving(header_timeout=0.2, idle_timeout=0.6) as server, connection(server) as conn:
         started = time.monotonic()
@@ -547,6 +561,16 @@ async def test_port_in_use_raises() -> None:
 async def test_client_not_reading_is_dropped_after_idle_timeout() -> None:
     app = App()
     async with serving(app, idle_timeout=0.3) as server, connection(server) as conn:
+        await conn.send(get("/endless"))  # and never read the response
+        with anyio.fail_after(5):
+            await app.stream_closed.wait()
+        await eventually(lambda: not server._connections)
+
+
+async def test_client_not_reading_is_dropped_after_send_timeout() -> None:
+    app = App()
+    limits = HttpLimits(idle_timeout_secs=60, send_timeout_secs=0.3)
+    async with serving(app, limits=limits) as server, connection(server) as conn:
         await conn.send(get("/endless"))  # and never read the response
         with anyio.fail_after(5):
             await app.stream_closed.wait()

@@ -103,6 +103,11 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: Size = MAX_BODY_BYTES
     header_timeout_secs: Seconds = 10
     body_timeout_secs: Seconds = 300
+    idle_timeout_secs: Seconds = 60
+    """How long a proxy client's keep-alive connection may idle between requests."""
+    send_timeout_secs: Seconds = 30
+    """How long an answer's write may stall, the client not reading it: then the connection
+    is closed (slow readers, e.g. slowhttptest -X, do not hold the proxy's connections)."""
     max_connections: Connections = MAX_CONNECTIONS
     max_inflight_bytes: Size = 256 << 20
     allowed_hosts: AllowedHosts = msgspec.field(default_factory=list)

@@ -78,6 +78,9 @@ class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     max_connections: Connections = 1024
     header_timeout_secs: Seconds = 10
     idle_timeout_secs: Seconds = 60
+    send_timeout_secs: Seconds | None = None
+    """How long an answer's write may stall, the client not reading it (a ``/tap`` reader
+    too): then the connection is closed. Unset: ``idle_timeout_secs``."""
     # Contract §11.2: the limits every listener has (see observer_core.httpserver.HttpLimits).
     max_url_bytes: UrlBytes = 8192
     max_header_bytes: HeaderBytes = 32768

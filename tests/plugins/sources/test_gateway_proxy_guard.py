@@ -1,12 +1,14 @@
 """The gateway proxy against hostile or careless clients (SECURITY §11.1, §11.2, §11.5).
 
-One daemon serves the module, with two proxies in front of one upstream:
-``guarded`` (``listen_token`` a list of two, ``forwarded_headers = true``) and
-``plain`` (the defaults). Each test uses its own paths, so it finds its own ops.
+One daemon serves the module, with three proxies in front of one upstream:
+``guarded`` (``listen_token`` a list of two, ``forwarded_headers = true``),
+``plain`` (the defaults) and ``slowread`` (``send_timeout_secs = 0.5``). Each test
+uses its own paths, so it finds its own ops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import select
@@ -28,7 +30,7 @@ _LATER = itertools.count()
 @pytest.fixture(scope="module")
 def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
     upstream = Upstream()
-    ports = {name: free_port() for name in ("guarded", "plain")}
+    ports = {name: free_port() for name in ("guarded", "plain", "slowread")}
     factory = DaemonFactory(tmp_path_factory.mktemp("gateway-guard"))
     daemon = factory.start(
         daemon_config(
@@ -46,6 +48,13 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
             url = "{upstream.url}"
             listen = "127.0.0.1:{ports["plain"]}"
             health_check = false
+
+            [sources.slowread]
+            plugin = "gateway"
+            url = "{upstream.url}"
+            listen = "127.0.0.1:{ports["slowread"]}"
+            health_check = false
+            send_timeout_secs = 0.5
             """
         )
     )
@@ -195,8 +204,14 @@ def test_not_an_open_proxy(proxies: Proxies) -> None:
         elsewhere.close()
 
 
+STREAMED_POST = (
+    "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n{extra}\r\n"
+    "5\r\nhello\r\n0\r\n\r\n"
+)
+
+
 class TestClientLeaves:
-    @pytest.mark.parametrize("how", ["close", "shutdown"])
+    @pytest.mark.parametrize("how", ["close", "shutdown", "shutdown-after-body"])
     def test_before_the_gateway_answers_cancels_the_call(self, proxies: Proxies, how: str) -> None:
         path = f"/plain/left-early-{how}"
         upstream_closed = threading.Event()
@@ -210,12 +225,15 @@ class TestClientLeaves:
 
         proxies.upstream.routes[path] = route
         client = socket.create_connection(("127.0.0.1", proxies.ports["plain"]), WAIT_SECS)
-        client.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        if how == "shutdown-after-body":  # a whole streamed body, on a connection it keeps
+            client.sendall(STREAMED_POST.format(path=path, extra="").encode())
+        else:
+            client.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         wait_for(lambda: proxies.upstream.received(path), what="the call at the gateway")
         left = time.monotonic()
         if how == "close":
             client.close()
-        else:  # half-closed: it sends nothing more, and a proxy takes that as leaving
+        else:  # half-closed a connection it meant to keep: as nginx, that is leaving
             client.shutdown(socket.SHUT_WR)
         try:
             assert upstream_closed.wait(WAIT_SECS)
@@ -225,6 +243,40 @@ class TestClientLeaves:
             client.close()
         assert (op["success"], op["error"]) == (False, "client disconnected")
         assert op["attributes"] == {"client_left": True}
+
+    @pytest.mark.parametrize("method", ["GET", "POST"])
+    def test_half_close_after_a_last_request_still_gets_the_answer(
+        self, proxies: Proxies, method: str
+    ) -> None:
+        """RFC 9112 §9.6: a half-close does not say the client lost interest. One that said
+        its request was its last (Connection: close) is answered, and its op is the call's."""
+        path = f"/plain/half-closed-{method}"
+        half_closed = threading.Event()
+
+        def route(exchange: Exchange, seen: Seen) -> None:
+            half_closed.wait(WAIT_SECS)
+            # Nothing to poll for: a cancel would come within milliseconds of the FIN.
+            time.sleep(0.3)
+            exchange.send_json(200, {"ok": True})
+
+        proxies.upstream.routes[path] = route
+        extra = "Connection: close\r\n"
+        if method == "GET":
+            request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n"
+        else:
+            request = STREAMED_POST.format(path=path, extra=extra)
+        with socket.create_connection(("127.0.0.1", proxies.ports["plain"]), WAIT_SECS) as conn:
+            conn.sendall(request.encode())
+            wait_for(lambda: proxies.upstream.received(path), what="the call at the gateway")
+            conn.shutdown(socket.SHUT_WR)
+            half_closed.set()
+            received = b""
+            while chunk := conn.recv(65536):
+                received += chunk
+        status, body = status_and_body(received)
+        assert (status, json.loads(body)) == (200, {"ok": True})
+        op = proxies.op(path)
+        assert op["success"] is True and "client_left" not in op["attributes"]
 
     def test_after_the_gateway_answered_keeps_its_status(self, proxies: Proxies) -> None:
         path = "/plain/left-late"
@@ -245,3 +297,29 @@ class TestClientLeaves:
             release.set()
         assert op["success"] is False
         assert op["attributes"] == {"http_status": 500, "client_left": True}
+
+
+def test_a_client_that_reads_nothing_is_closed_after_send_timeout_secs(proxies: Proxies) -> None:
+    """A slow reader (slowhttptest -X) does not hold a proxy connection: once its answer's
+    write stalls for send_timeout_secs, the connection is closed and the call ends."""
+    path = "/slowread/big"
+
+    def route(exchange: Exchange, seen: Seen) -> None:
+        exchange.close_connection = True
+        exchange.start_chunked(200, "text/plain")
+        with contextlib.suppress(OSError):  # the proxy lets go of the reply
+            for _ in range(256):  # 16 MiB: more than the socket buffers hold
+                exchange.chunk(b"x" * 65536)
+            exchange.end_chunked()
+
+    proxies.upstream.routes[path] = route
+    with socket.socket() as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.settimeout(WAIT_SECS)
+        conn.connect(("127.0.0.1", proxies.ports["slowread"]))
+        started = time.monotonic()
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        op = proxies.op(path)  # recorded when the proxy gives up on the reader
+        elapsed = time.monotonic() - started
+    assert op["attributes"]["http_status"] == 200 and op["attributes"]["client_left"] is True
+    assert elapsed < 5  # send_timeout_secs (0.5 s), not the idle timeout (60 s)

@@ -53,6 +53,8 @@ def test_defaults_are_the_contracts() -> None:
         "max_body_bytes": 64 << 20,
         "header_timeout_secs": 10,
         "body_timeout_secs": 300,
+        "idle_timeout_secs": 60,
+        "send_timeout_secs": 30,  # slow readers: not the contract's, ours (docs/security.md)
         "max_connections": 1024,
         "max_inflight_bytes": 256 << 20,
         "allowed_hosts": [],  # contract §11.4
