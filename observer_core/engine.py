@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import msgspec
 from msgspec import UNSET
 
 from .components import (
@@ -73,6 +74,9 @@ READY_PROBE_SECS = 5.0
 """How often an ack-holding sink whose last write failed is probed (``/ready``)."""
 RECENT_MAX = 20
 """How many of the newest failures and findings ``/stats`` shows."""
+PREVIEW_CHARS = 200
+"""How much of each client-written string ``/stats`` shows of them (§11.4: bounded)."""
+PREVIEW_ITEMS = 10
 SINK_RECORDS = "observer_sink_records_total"
 SINK_RECORDS_HELP = "Records a sink has written (ops and findings)."
 
@@ -359,12 +363,14 @@ class Engine:
             "sinks": sinks,
             "analyzers": {name: dict(run) for name, run in self._analyzer_runs.items()},
             "recent_failures": [
-                {
-                    "ts": op.timestamp,
-                    "source": op.source,
-                    "endpoint": op.endpoint,
-                    "error": _or_none(op.error),
-                }
+                preview(
+                    {
+                        "ts": op.timestamp,
+                        "source": op.source,
+                        "endpoint": op.endpoint,
+                        "error": _or_none(op.error),
+                    }
+                )
                 for op in reversed(failed)
             ],
             "recent_findings": list(reversed(self._recent_findings)),
@@ -536,7 +542,7 @@ class Engine:
         if not findings:
             return
         self._recent_findings.extend(
-            {"ts": now_timestamp(), "kind": finding.kind, "data": finding.data}
+            {"ts": now_timestamp(), "kind": finding.kind, "data": preview(finding.data)}
             for finding in findings[-RECENT_MAX:]
         )
         if self.tap.subscribers:
@@ -954,3 +960,20 @@ def _top(tally: Tally[str], limit: int) -> dict[str, int]:
 
 def _or_none(value: Any) -> Any:
     return None if value is UNSET else value
+
+
+def preview(value: Any, depth: int = 4) -> Any:
+    """``value`` as plain data with every string cut to ``PREVIEW_CHARS`` and every list to
+    ``PREVIEW_ITEMS``: what ``/stats`` may show of client-written records, bounded in bytes."""
+    if isinstance(value, str):
+        return value if len(value) <= PREVIEW_CHARS else value[: PREVIEW_CHARS - 1] + "…"
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    if depth == 0:
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())[: PREVIEW_ITEMS * 4]
+        return {preview(key, 0): preview(item, depth - 1) for key, item in items}
+    if isinstance(value, list | tuple):
+        return [preview(item, depth - 1) for item in value[:PREVIEW_ITEMS]]
+    return preview(msgspec.to_builtins(value), depth)

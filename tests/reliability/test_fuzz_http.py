@@ -485,7 +485,7 @@ def test_hostile_heads(ledger: Ledger, data: bytes) -> None:
     assert port is not None
     answers = parse_responses(exchange(port, data, timeout=15))
     for status, body in answers:
-        if status >= 400:
+        if status >= 400 and (body or b"HEAD " not in data):  # a HEAD answer has no body
             assert "error" in json.loads(body), body
     ledger.settle(
         [status for status, _ in answers],
