@@ -51,6 +51,7 @@ from .records import (
     Record,
     UnsetType,
     format_timestamp,
+    is_failure,
     now_timestamp,
     parse_timestamp,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "atomic_write",
     "format_timestamp",
     "hookimpl",
+    "is_failure",
     "memory_key",
     "now_timestamp",
     "parse_timestamp",

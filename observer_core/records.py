@@ -25,6 +25,7 @@ __all__ = [
     "Record",
     "UnsetType",
     "format_timestamp",
+    "is_failure",
     "now_timestamp",
     "parse_timestamp",
 ]
@@ -109,6 +110,15 @@ class Finding(msgspec.Struct, frozen=True):
 
 
 Record: TypeAlias = Op | Finding
+
+
+def is_failure(op: Op) -> bool:
+    """A failed op, unless its client left (``attributes.client_left``, SECURITY §11.5):
+    a user pressing Stop is not the gateway failing."""
+    if op.success:
+        return False
+    return op.attributes is UNSET or op.attributes.get("client_left") is not True
+
 
 BUILTIN_FINDING_KINDS: Final = ("diagnosis", "playbook", "escalation")
 

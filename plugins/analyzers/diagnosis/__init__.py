@@ -35,6 +35,7 @@ from typing import Annotated, Any, ClassVar
 import anyio
 import httpx
 import msgspec
+from observer_plugins.fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
 
 from observer_core import (
     UNSET,
@@ -48,12 +49,10 @@ from observer_core import (
     RegisterAnalyzer,
     Window,
     hookimpl,
+    is_failure,
     memory_key,
 )
-
-from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
-from ...sources.gateway.usage import count_own_call
-from ..failures import is_failure
+from observer_core.genai import count_own_call
 
 __all__ = ["DEFAULT_PROMPT", "DiagnosisAnalyzer", "DiagnosisConfig", "error_line"]
 

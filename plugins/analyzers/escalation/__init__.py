@@ -34,6 +34,14 @@ from typing import Annotated, Any, ClassVar
 import anyio
 import httpx
 import msgspec
+from observer_plugins.fleet.claims import (
+    Claim,
+    FleetConfig,
+    FleetUnavailable,
+    Outcome,
+    check_fleet,
+    shared_memory,
+)
 
 from observer_core import (
     UNSET,
@@ -47,20 +55,11 @@ from observer_core import (
     RegisterAnalyzer,
     Window,
     hookimpl,
+    is_failure,
     memory_key,
     now_timestamp,
 )
-
-from ...fleet.claims import (
-    Claim,
-    FleetConfig,
-    FleetUnavailable,
-    Outcome,
-    check_fleet,
-    shared_memory,
-)
-from ...sources.gateway.usage import count_own_call
-from ..failures import is_failure
+from observer_core.genai import count_own_call
 
 __all__ = ["EscalationAnalyzer", "EscalationConfig", "escalation_input", "escalation_row"]
 

@@ -24,6 +24,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 import anyio
 import msgspec
+from observer_plugins.fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
 
 from observer_core import (
     Analyzer,
@@ -38,8 +39,6 @@ from observer_core import (
     hookimpl,
     memory_key,
 )
-
-from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
 
 __all__ = ["PlaybookAnalyzer", "PlaybookConfig", "round_half_away"]
 

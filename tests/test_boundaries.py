@@ -1,0 +1,116 @@
+"""The core/plugin boundary (issue 20): each built-in plugin imports what a third party's could.
+
+A plugin is a package under ``plugins/`` (``observer_plugins.sources.http``,
+``observer_plugins.fleet``, ...). It may import its own modules, the public names of
+``observer_core`` and its public modules, and the shared public API modules listed in
+:data:`SHARED_PUBLIC`; never a private name (``_x``) of the core, a private core module,
+nor another plugin's modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+PACKAGE = "observer_plugins"
+GROUPS = ("sources", "sinks", "analyzers")
+SHARED_PUBLIC = frozenset({"observer_plugins.fleet.claims"})
+"""Plugin modules that are public API for other plugins (and for third parties)."""
+
+
+def module_name(path: Path, root: Path) -> str:
+    """``plugins/sources/http/__init__.py`` -> ``observer_plugins.sources.http``."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([PACKAGE, *parts])
+
+
+def plugin_of(module: str) -> str | None:
+    """The plugin package ``module`` belongs to (``observer_plugins.sources.http``), or None
+    for the namespace packages themselves (``observer_plugins.sources``)."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE or len(parts) < 2:
+        return None
+    if parts[1] in GROUPS:
+        return ".".join(parts[:3]) if len(parts) >= 3 else None
+    return ".".join(parts[:2])
+
+
+def absolute(path: Path, root: Path, node: ast.ImportFrom) -> str:
+    """The module an ``import from`` names, relative imports resolved against ``path``."""
+    if not node.level:
+        return node.module or ""
+    package = module_name(path, root).split(".")
+    if path.name != "__init__.py":
+        package.pop()
+    base = package[: len(package) - node.level + 1]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def imports(path: Path, root: Path) -> Iterator[tuple[int, str, list[str], bool]]:
+    """Each import in ``path``: line, module, the names taken from it, and whether the
+    import is relative."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, [], False
+        elif isinstance(node, ast.ImportFrom):
+            names = [alias.name for alias in node.names]
+            yield node.lineno, absolute(path, root, node), names, bool(node.level)
+
+
+def problems(path: Path, root: Path = PLUGINS) -> Iterator[str]:
+    """Why each import of ``path`` (a module under ``root``) crosses the boundary."""
+    own = plugin_of(module_name(path, root))
+    where = path.relative_to(root.parent)
+    for line, module, names, relative in imports(path, root):
+        parts = module.split(".")
+        if parts[0] == "observer_core":
+            if any(part.startswith("_") for part in parts):
+                yield f"{where}:{line}: imports the private core module {module}"
+            for name in names:
+                if name.startswith("_"):
+                    yield f"{where}:{line}: imports the private name {name} from {module}"
+        elif parts[0] == PACKAGE:
+            if relative and module in SHARED_PUBLIC and plugin_of(module) != own:
+                yield f"{where}:{line}: imports {module} relatively; name it in full"
+            for target in [f"{module}.{name}" for name in names] or [module]:
+                other = plugin_of(target)
+                shared = target in SHARED_PUBLIC or module in SHARED_PUBLIC
+                if other is not None and other != own and not shared:
+                    yield f"{where}:{line}: imports {target} (another plugin's internals)"
+                if other is None and own is not None and not shared and target != PACKAGE:
+                    yield f"{where}:{line}: imports {target}, outside its plugin {own}"
+
+
+SOURCES = sorted(PLUGINS.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda path: str(path.relative_to(PLUGINS)))
+def test_plugin_imports_only_public_api(path: Path) -> None:
+    found = list(problems(path))
+    assert not found, "\n".join(found)
+
+
+def test_checker_catches_each_kind_of_crossing(tmp_path: Path) -> None:
+    """The checker itself: each forbidden import is reported, the allowed ones are not."""
+    plugin = tmp_path / "plugins" / "analyzers" / "demo"
+    plugin.mkdir(parents=True)
+    source = plugin / "__init__.py"
+    source.write_text(
+        "from observer_core import Op, _private\n"
+        "from observer_core._engine import x\n"
+        "from ...sources.gateway.usage import count_own_call\n"
+        "from ..failures import is_failure\n"
+        "from observer_plugins.fleet.claims import FleetConfig\n"
+        "from ...fleet.claims import FleetConfig\n"
+        "from .rules import Rule\n"
+        "import observer_plugins.sinks.jsonl\n"
+    )
+    found = list(problems(source, tmp_path / "plugins"))
+    assert [item.split(":")[1] for item in found] == ["1", "2", "3", "4", "6", "8"], found
