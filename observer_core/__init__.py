@@ -6,7 +6,10 @@ The public API for plugins is what this module exports; nothing else in
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from .auth import Token, Tokens
 from .components import (
@@ -44,9 +47,7 @@ from .metrics import Counter, Gauge, Metrics
 from .queues import DropOldestQueue
 from .records import (
     UNSET,
-    EscalationRow,
     Finding,
-    LogEntry,
     Op,
     Record,
     UnsetType,
@@ -57,6 +58,29 @@ from .records import (
 )
 from .redact import redact_config, redact_url
 from .state import StateStore, atomic_write
+
+_MOVED = {
+    "LogEntry": "observer_plugins.sinks.gateway_log.entry",
+    "EscalationRow": "observer_plugins.analyzers.escalation",
+}
+"""Plugin records the core exported once, and the public module of their owner now."""
+
+
+def __getattr__(name: str) -> Any:
+    """The moved names of :data:`_MOVED`, with a ``DeprecationWarning`` naming their home.
+
+    The core imports no plugin: the owner's module is imported only when code asks for
+    one of these names."""
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"observer_core.{name} moved to {home}; import it from there",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(home), name)
+
 
 try:
     __version__ = version("observer-core")
@@ -77,14 +101,12 @@ __all__ = [
     "DurableQueue",
     "Emit",
     "Emitter",
-    "EscalationRow",
     "EventDecoder",
     "Every",
     "Finding",
     "Gauge",
     "Installed",
     "InvalidEvent",
-    "LogEntry",
     "MaxAttempts",
     "Metrics",
     "NotAccepted",

@@ -18,9 +18,7 @@ __all__ = [
     "BUILTIN_FINDING_KINDS",
     "UNSET",
     "AttributeValue",
-    "EscalationRow",
     "Finding",
-    "LogEntry",
     "Op",
     "Record",
     "UnsetType",
@@ -73,33 +71,6 @@ class Op(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unkn
     attributes: (
         Annotated[dict[str, AttributeValue], Meta(max_length=MAX_ATTRIBUTES)] | UnsetType
     ) = UNSET
-
-
-class LogEntry(msgspec.Struct):
-    """The body POSTed to the gateway's ``/log``: carried by diagnosis and playbook findings."""
-
-    operation: str
-    approach: str
-    result: str
-    context: str
-
-
-class EscalationRow(msgspec.Struct, kw_only=True):
-    """The audit row of one code-review escalation (§2); every key is always written."""
-
-    ts: str
-    source: str = "observer_escalation"
-    mode: str = "code_review"
-    sig_hash: str
-    cluster_size: int
-    cluster_staffer: str | None
-    cluster_endpoint: str | None
-    llm_team_run_id: Any
-    facts: Any
-    entities: Any
-    relationships: Any
-    raw_response: str | None
-    recommended_files: Any
 
 
 class Finding(msgspec.Struct, frozen=True):

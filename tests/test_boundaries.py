@@ -10,15 +10,21 @@ nor another plugin's modules.
 from __future__ import annotations
 
 import ast
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import observer_core
+from observer_core import records
+
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 PACKAGE = "observer_plugins"
 GROUPS = ("sources", "sinks", "analyzers")
-SHARED_PUBLIC = frozenset({"observer_plugins.fleet.claims"})
+SHARED_PUBLIC = frozenset(
+    {"observer_plugins.fleet.claims", "observer_plugins.sinks.gateway_log.entry"}
+)
 """Plugin modules that are public API for other plugins (and for third parties)."""
 
 
@@ -114,3 +120,27 @@ def test_checker_catches_each_kind_of_crossing(tmp_path: Path) -> None:
     )
     found = list(problems(source, tmp_path / "plugins"))
     assert [item.split(":")[1] for item in found] == ["1", "2", "3", "4", "6", "8"], found
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [
+        ("LogEntry", "observer_plugins.sinks.gateway_log.entry"),
+        ("EscalationRow", "observer_plugins.analyzers.escalation"),
+    ],
+)
+def test_moved_records_still_import_from_the_core_with_a_warning(name: str, home: str) -> None:
+    """A third party's ``from observer_core import LogEntry`` keeps working (the same class),
+    and is told where the record lives now."""
+    module = importlib.import_module(home)
+    with pytest.warns(DeprecationWarning, match=rf"observer_core\.{name} moved to {home}"):
+        moved = getattr(observer_core, name)
+    assert moved is getattr(module, name)
+    assert name not in observer_core.__all__
+
+
+def test_the_core_names_no_plugin_record() -> None:
+    """The core's records are its own: ops and findings."""
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchRecord'"):
+        observer_core.NoSuchRecord  # noqa: B018
+    assert not hasattr(records, "LogEntry") and not hasattr(records, "EscalationRow")

@@ -36,6 +36,7 @@ import anyio
 import httpx
 import msgspec
 from observer_plugins.fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
+from observer_plugins.sinks.gateway_log.entry import LogEntry
 
 from observer_core import (
     UNSET,
@@ -44,9 +45,9 @@ from observer_core import (
     Context,
     Every,
     Finding,
-    LogEntry,
     Op,
     RegisterAnalyzer,
+    RegisterFindingKind,
     Window,
     hookimpl,
     is_failure,
@@ -54,7 +55,16 @@ from observer_core import (
 )
 from observer_core.genai import count_own_call
 
-__all__ = ["DEFAULT_PROMPT", "DiagnosisAnalyzer", "DiagnosisConfig", "error_line"]
+__all__ = [
+    "DEFAULT_PROMPT",
+    "KIND",
+    "DiagnosisAnalyzer",
+    "DiagnosisConfig",
+    "error_line",
+]
+
+KIND = "diagnosis"
+"""The finding kind this analyzer registers and emits."""
 
 DEFAULT_PROMPT = """\
 You are a system reliability observer. Analyze these recent failures and suggest fixes:
@@ -205,7 +215,7 @@ class DiagnosisAnalyzer(Analyzer):
 
     name: ClassVar[str] = "diagnosis"
     Config = DiagnosisConfig
-    emits: ClassVar[tuple[str, ...]] = ("diagnosis",)
+    emits: ClassVar[tuple[str, ...]] = (KIND,)
     config: DiagnosisConfig
 
     def __init__(self, config: DiagnosisConfig, ctx: Context) -> None:
@@ -313,7 +323,7 @@ class DiagnosisAnalyzer(Analyzer):
                 result=text[:RESULT_CHARS],
                 context=batch.lines[:CONTEXT_CHARS],
             )
-            await self.ctx.publish([Finding("diagnosis", entry)])
+            await self.ctx.publish([Finding(KIND, entry)])
             self._next_seq = batch.newest_seq + 1
             self._done.inc(instance=self.ctx.instance)
             self.ctx.status["last_diagnosis"] = self.ctx.clock.timestamp()
@@ -373,3 +383,8 @@ class DiagnosisAnalyzer(Analyzer):
 @hookimpl
 def observer_register_analyzers(register: RegisterAnalyzer) -> None:
     register(DiagnosisAnalyzer)
+
+
+@hookimpl
+def observer_register_finding_kinds(register: RegisterFindingKind) -> None:
+    register(KIND)

@@ -25,6 +25,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 import anyio
 import msgspec
 from observer_plugins.fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
+from observer_plugins.sinks.gateway_log.entry import LogEntry
 
 from observer_core import (
     Analyzer,
@@ -32,15 +33,18 @@ from observer_core import (
     Context,
     Every,
     Finding,
-    LogEntry,
     Op,
     RegisterAnalyzer,
+    RegisterFindingKind,
     Window,
     hookimpl,
     memory_key,
 )
 
-__all__ = ["PlaybookAnalyzer", "PlaybookConfig", "round_half_away"]
+__all__ = ["KIND", "PlaybookAnalyzer", "PlaybookConfig", "round_half_away"]
+
+KIND = "playbook"
+"""The finding kind this analyzer registers and emits."""
 
 _V = TypeVar("_V")
 _STATE_FILE = "emitted.json"
@@ -120,7 +124,7 @@ class PlaybookAnalyzer(Analyzer):
 
     name: ClassVar[str] = "playbook"
     Config = PlaybookConfig
-    emits: ClassVar[tuple[str, ...]] = ("playbook",)
+    emits: ClassVar[tuple[str, ...]] = (KIND,)
     config: PlaybookConfig
 
     def __init__(self, config: PlaybookConfig, ctx: Context) -> None:
@@ -158,7 +162,7 @@ class PlaybookAnalyzer(Analyzer):
                 continue
             try:
                 if await self._fleet.advance(key, _newest(group)):
-                    findings.append(Finding("playbook", playbook_entry(endpoint, group.ops)))
+                    findings.append(Finding(KIND, playbook_entry(endpoint, group.ops)))
             except FleetUnavailable as exc:
                 self.ctx.error("cannot reach the fleet, the rest waits for a later run: %s", exc)
                 break
@@ -203,3 +207,8 @@ class PlaybookAnalyzer(Analyzer):
 @hookimpl
 def observer_register_analyzers(register: RegisterAnalyzer) -> None:
     register(PlaybookAnalyzer)
+
+
+@hookimpl
+def observer_register_finding_kinds(register: RegisterFindingKind) -> None:
+    register(KIND)

@@ -27,7 +27,6 @@ from observer_core import (
     Context,
     DurableQueue,
     Finding,
-    LogEntry,
     MaxAttempts,
     QueueMax,
     Record,
@@ -37,6 +36,8 @@ from observer_core import (
     hookimpl,
     post_json,
 )
+
+from .entry import LogEntry
 
 __all__ = ["GatewayLogConfig", "GatewayLogSink"]
 
