@@ -58,6 +58,7 @@ from .records import (
 )
 from .redact import redact_config, redact_url
 from .state import StateStore, atomic_write
+from .urls import check_http_url
 
 _MOVED = {
     "LogEntry": "observer_plugins.sinks.gateway_log.entry",
@@ -134,6 +135,7 @@ __all__ = [
     "Window",
     "__version__",
     "atomic_write",
+    "check_http_url",
     "format_timestamp",
     "hookimpl",
     "is_failure",

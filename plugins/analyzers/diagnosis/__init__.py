@@ -49,6 +49,7 @@ from observer_core import (
     RegisterAnalyzer,
     RegisterFindingKind,
     Window,
+    check_http_url,
     hookimpl,
     is_failure,
     memory_key,
@@ -244,8 +245,7 @@ class DiagnosisAnalyzer(Analyzer):
             raise ValueError(f"provider: unknown provider {config.provider!r} (known: {known})")
         if ERRORS_MARK not in config.prompt:
             raise ValueError(f"prompt: must contain {ERRORS_MARK} where the error lines go")
-        if not config.url.startswith(("http://", "https://")):
-            raise ValueError(f"url: expected an http:// or https:// URL, got {config.url!r}")
+        check_http_url(config.url)
         check_fleet(config.fleet)
 
     async def open(self) -> None:

@@ -54,6 +54,7 @@ from observer_core import (
     RegisterAnalyzer,
     RegisterFindingKind,
     Window,
+    check_http_url,
     hookimpl,
     is_failure,
     memory_key,
@@ -220,8 +221,7 @@ class EscalationAnalyzer(Analyzer):
 
     @classmethod
     def validate_config(cls, config: Any, registry: object) -> None:
-        if not config.url.startswith(("http://", "https://")):
-            raise ValueError(f"url: expected an http:// or https:// URL, got {config.url!r}")
+        check_http_url(config.url)
         check_fleet(config.fleet)
 
     async def open(self) -> None:

@@ -33,6 +33,7 @@ from observer_core import (
     RegisterSink,
     Sink,
     SinkConfig,
+    check_http_url,
     hookimpl,
     post_json,
 )
@@ -97,8 +98,7 @@ class GatewayLogSink(Sink):
 
     @classmethod
     def validate_config(cls, config: Any, registry: object) -> None:
-        if not config.url.startswith(("http://", "https://")):
-            raise ValueError(f"url: expected an http:// or https:// URL, got {config.url!r}")
+        check_http_url(config.url)
         wrong = [kind for kind in config.accepts if kind in ("op", "escalation")]
         if wrong:
             raise ValueError(
