@@ -35,8 +35,6 @@ from typing import Annotated, Any, ClassVar
 import anyio
 import httpx
 import msgspec
-from observer_plugins.fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
-from observer_plugins.sinks.gateway_log.entry import LogEntry
 
 from observer_core import (
     UNSET,
@@ -55,6 +53,9 @@ from observer_core import (
     memory_key,
 )
 from observer_core.genai import count_own_call
+
+from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
+from ...sinks.gateway_log.entry import LogEntry
 
 __all__ = [
     "DEFAULT_PROMPT",

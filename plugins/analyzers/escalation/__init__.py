@@ -34,14 +34,6 @@ from typing import Annotated, Any, ClassVar
 import anyio
 import httpx
 import msgspec
-from observer_plugins.fleet.claims import (
-    Claim,
-    FleetConfig,
-    FleetUnavailable,
-    Outcome,
-    check_fleet,
-    shared_memory,
-)
 
 from observer_core import (
     UNSET,
@@ -61,6 +53,15 @@ from observer_core import (
     now_timestamp,
 )
 from observer_core.genai import count_own_call
+
+from ...fleet.claims import (
+    Claim,
+    FleetConfig,
+    FleetUnavailable,
+    Outcome,
+    check_fleet,
+    shared_memory,
+)
 
 __all__ = [
     "KIND",

@@ -24,8 +24,6 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 import anyio
 import msgspec
-from observer_plugins.fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
-from observer_plugins.sinks.gateway_log.entry import LogEntry
 
 from observer_core import (
     Analyzer,
@@ -40,6 +38,9 @@ from observer_core import (
     hookimpl,
     memory_key,
 )
+
+from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
+from ...sinks.gateway_log.entry import LogEntry
 
 __all__ = ["KIND", "PlaybookAnalyzer", "PlaybookConfig", "round_half_away"]
 
