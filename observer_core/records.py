@@ -15,7 +15,6 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 __all__ = [
-    "BUILTIN_FINDING_KINDS",
     "UNSET",
     "AttributeValue",
     "Finding",
@@ -89,9 +88,6 @@ def is_failure(op: Op) -> bool:
     if op.success:
         return False
     return op.attributes is UNSET or op.attributes.get("client_left") is not True
-
-
-BUILTIN_FINDING_KINDS: Final = ("diagnosis", "playbook", "escalation")
 
 
 def format_timestamp(moment: datetime) -> str:

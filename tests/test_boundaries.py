@@ -18,6 +18,7 @@ import pytest
 
 import observer_core
 from observer_core import records
+from observer_core.plugins import Registry, load_registry
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 PACKAGE = "observer_plugins"
@@ -165,3 +166,13 @@ def _absolute_imports(node: ast.AST) -> list[str]:
     if isinstance(node, ast.ImportFrom) and not node.level:
         return [node.module or ""]
     return []
+
+
+def test_finding_kinds_are_registered_by_their_analyzers() -> None:
+    """The core presumes no finding kind; each built-in analyzer registers the one it emits."""
+    assert Registry().finding_kinds == set()
+    registry = load_registry()
+    for name in ("diagnosis", "playbook", "escalation", "alerts"):
+        analyzer = registry.get("analyzers", name)
+        assert analyzer is not None, name
+        assert set(analyzer.cls.emits) <= registry.finding_kinds, name
