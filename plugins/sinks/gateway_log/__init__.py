@@ -110,12 +110,10 @@ class GatewayLogSink(Sink):
 
     async def open(self) -> None:
         await self._queue.open()
-        self._client = httpx.AsyncClient(timeout=SEND_TIMEOUT)
+        self._client = self.ctx.http_client(timeout=SEND_TIMEOUT)  # the engine closes it
         self.ctx.status["url"] = self._url
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
         await self._queue.aclose()
 
     def queue_depth(self) -> int:

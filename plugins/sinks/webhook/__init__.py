@@ -104,13 +104,13 @@ class WebhookSink(Sink):
     async def open(self) -> None:
         await self._queue.open()
         timeout = self.config.timeout_secs
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)))
+        self._client = self.ctx.http_client(  # the engine closes it
+            timeout=httpx.Timeout(timeout, connect=min(5.0, timeout))
+        )
         self.ctx.status["url"] = self._shown_url
         self.ctx.status["format"] = self.config.format
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
         await self._queue.aclose()
 
     def queue_depth(self) -> int:
