@@ -6,7 +6,10 @@ The public API for plugins is what this module exports; nothing else in
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from .auth import Token, Tokens
 from .components import (
@@ -44,18 +47,41 @@ from .metrics import Counter, Gauge, Metrics
 from .queues import DropOldestQueue
 from .records import (
     UNSET,
-    EscalationRow,
     Finding,
-    LogEntry,
     Op,
     Record,
     UnsetType,
     format_timestamp,
+    is_failure,
     now_timestamp,
     parse_timestamp,
 )
 from .redact import redact_config, redact_url
 from .state import StateStore, atomic_write
+from .urls import check_http_url
+
+_MOVED = {
+    "LogEntry": "observer_plugins.sinks.gateway_log.entry",
+    "EscalationRow": "observer_plugins.analyzers.escalation",
+}
+"""Plugin records the core exported once, and the public module of their owner now."""
+
+
+def __getattr__(name: str) -> Any:
+    """The moved names of :data:`_MOVED`, with a ``DeprecationWarning`` naming their home.
+
+    The core imports no plugin: the owner's module is imported only when code asks for
+    one of these names."""
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"observer_core.{name} moved to {home}; import it from there",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(home), name)
+
 
 try:
     __version__ = version("observer-core")
@@ -76,14 +102,12 @@ __all__ = [
     "DurableQueue",
     "Emit",
     "Emitter",
-    "EscalationRow",
     "EventDecoder",
     "Every",
     "Finding",
     "Gauge",
     "Installed",
     "InvalidEvent",
-    "LogEntry",
     "MaxAttempts",
     "Metrics",
     "NotAccepted",
@@ -111,8 +135,10 @@ __all__ = [
     "Window",
     "__version__",
     "atomic_write",
+    "check_http_url",
     "format_timestamp",
     "hookimpl",
+    "is_failure",
     "memory_key",
     "now_timestamp",
     "parse_timestamp",

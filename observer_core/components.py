@@ -272,6 +272,16 @@ class Context:
             **detail,
         }
 
+    def report_check(self, name: str, healthy: bool, **detail: Any) -> bool:
+        """Report check ``name`` healthy or not, now, when that differs from what the check
+        says (or it has none yet); True when it changed. ``since`` stays the moment of the
+        change: a dependency re-reported as still down keeps when it went down."""
+        current = self.status.get("checks", {}).get(name)
+        if current is not None and current.get("healthy") == healthy:
+            return False
+        self.set_check(name, healthy, now_timestamp(), **detail)
+        return True
+
     def error(self, message: str, *args: Any) -> None:
         """Log an error of this instance and count it in ``observer_instance_errors_total``."""
         self.logger.error(message, *args)

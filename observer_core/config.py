@@ -98,6 +98,8 @@ class ObserverConfig:
     instances: list[InstanceConfig] = field(default_factory=list)
     row_formats: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     """The registry's row formats, handed to each component's context."""
+    finding_kinds: frozenset[str] = frozenset()
+    """The registry's finding kinds: what a tap may ask for, besides ``op``."""
 
     @property
     def config_dir(self) -> Path:
@@ -377,7 +379,10 @@ def load_config(
         )
     settings = _convert(document.get("observer", {}), ObserverSettings, f"{label}: [observer]")
     config = ObserverConfig(
-        path=path.resolve(), settings=settings, row_formats=dict(registry.row_formats)
+        path=path.resolve(),
+        settings=settings,
+        row_formats=dict(registry.row_formats),
+        finding_kinds=frozenset(registry.finding_kinds),
     )
     for kind in KINDS:
         tables = document.get(kind, {})

@@ -422,9 +422,7 @@ class DurableQueue:
 
     def _healthy(self, healthy: bool, error: str) -> None:
         ctx = self._ctx
-        checks = ctx.status.get("checks", {})
-        if checks.get(ctx.instance, {}).get("healthy") != healthy:
-            ctx.set_check(ctx.instance, healthy, now_timestamp())
+        ctx.report_check(ctx.instance, healthy)
         if error:
             ctx.status["last_error"] = f"{now_timestamp()} {error}"
 

@@ -44,7 +44,7 @@ from .config import InstanceConfig, ObserverConfig
 from .genai import count_ops, tokens_by_model
 from .metrics import MAX_LABEL_BYTES, Metrics, cut_utf8
 from .queues import DropOldestQueue
-from .records import BUILTIN_FINDING_KINDS, Finding, Op, now_timestamp
+from .records import Finding, Op, now_timestamp
 from .redact import redact_config
 from .ring import Ring
 from .state import StateStore
@@ -231,7 +231,7 @@ class Engine:
         self.tap = TapHub(on_dropped=lambda count: tap_dropped.inc(count))
         """Live subscribers of ``GET /tap``: fed as ops enter the ring and findings go out."""
         self.tap_kinds = frozenset(
-            ["op", *BUILTIN_FINDING_KINDS, *(kind for item in sinks for kind in item.spec.accepts)]
+            ["op", *config.finding_kinds, *(kind for item in sinks for kind in item.spec.accepts)]
         )
         """The record kinds a tap may ask for."""
         self.metrics.gauge(

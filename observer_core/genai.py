@@ -9,19 +9,27 @@ that calls a model itself counts its call with :func:`count_call`, source
 ``observer``.
 
 A call's model is its response model, else its request model, else ``unknown``.
+
+A model's JSON reply tells its model and usage (:func:`reply_usage`,
+:func:`decode_usage`): OpenAI's ``prompt_tokens`` / ``completion_tokens``, or
+``input_tokens`` / ``output_tokens`` as its Responses API writes them; Ollama's
+``prompt_eval_count`` / ``eval_count``. An analyzer that called a model counts the
+call from its reply with :func:`count_own_call`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import compress
 from operator import attrgetter
 from typing import Any, Final
 
+import msgspec
+
 from .metrics import MAX_LABEL_BYTES, Metrics, cut_utf8
-from .records import Op, UnsetType
+from .records import AttributeValue, Op, UnsetType
 
 __all__ = [
     "INPUT_TOKENS",
@@ -30,9 +38,14 @@ __all__ = [
     "REQUEST_MODEL",
     "RESPONSE_MODEL",
     "ModelCall",
+    "Usage",
     "count_call",
     "count_ops",
+    "count_own_call",
+    "decode_usage",
     "model_call",
+    "model_name",
+    "reply_usage",
     "tokens_by_model",
 ]
 
@@ -169,3 +182,116 @@ def _spent(item: tuple[str, dict[str, int | float]]) -> tuple[int | float, int |
     """What ranks a model in ``tokens_by_model``: its tokens, then its calls."""
     entry = item[1]
     return entry["input_tokens"] + entry["output_tokens"], entry["calls"]
+
+
+MODEL_CHARS = 256
+"""A model name is cut to this many characters in the op."""
+
+
+class _Reply(msgspec.Struct):
+    """The fields of a reply (or an SSE event's data) that tell the model and the usage;
+    msgspec skips the others (``choices``...) without building them."""
+
+    model: Any = None
+    usage: Any = None
+    prompt_eval_count: Any = None
+    eval_count: Any = None
+
+
+_decode_reply = msgspec.json.Decoder(_Reply).decode
+
+
+def _token_count(value: Any) -> int | None:
+    """A token count as a reply writes it: an integer, not negative."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def model_name(value: Any) -> str | None:
+    """``value`` when it is a model's name (a non-empty string), cut to 256 characters; a
+    lone surrogate (``json.loads`` lets ``"\\ud800"`` through; UTF-8 cannot carry it) is
+    written ``?``."""
+    if not isinstance(value, str) or not value:
+        return None
+    name: str = value[:MODEL_CHARS]
+    return name if name.isascii() else name.encode(errors="replace").decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a reply said about its call; None where it said nothing."""
+
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    @property
+    def has_tokens(self) -> bool:
+        """The reply reported a token count."""
+        return self.input_tokens is not None or self.output_tokens is not None
+
+    def attributes(self, request_model: str | None = None) -> dict[str, AttributeValue]:
+        """The op attributes for this usage (and the model the request asked for)."""
+        found: dict[str, AttributeValue] = {}
+        if request_model is not None:
+            found[REQUEST_MODEL] = request_model
+        if self.model is not None:
+            found[RESPONSE_MODEL] = self.model
+        if self.input_tokens is not None:
+            found[INPUT_TOKENS] = self.input_tokens
+        if self.output_tokens is not None:
+            found[OUTPUT_TOKENS] = self.output_tokens
+        return found
+
+    def updated(self, newer: Usage) -> Usage:
+        """This usage with what ``newer`` says instead (a stream's later event wins)."""
+        if newer.has_tokens:
+            return replace(newer, model=newer.model or self.model)
+        if newer.model is not None:
+            return replace(self, model=newer.model)
+        return self
+
+
+def _reply_usage(reply: _Reply) -> Usage:
+    model = model_name(reply.model)
+    usage = reply.usage
+    if isinstance(usage, dict):
+        input_tokens = _token_count(usage.get("prompt_tokens", usage.get("input_tokens")))
+        output_tokens = _token_count(usage.get("completion_tokens", usage.get("output_tokens")))
+    else:  # Ollama's native API
+        input_tokens = _token_count(reply.prompt_eval_count)
+        output_tokens = _token_count(reply.eval_count)
+    return Usage(model, input_tokens, output_tokens)
+
+
+def reply_usage(data: Any) -> Usage:
+    """The model and tokens in a parsed JSON reply (an empty :class:`Usage` if none)."""
+    if not isinstance(data, dict):
+        return Usage()
+    return _reply_usage(
+        _Reply(
+            data.get("model"),
+            data.get("usage"),
+            data.get("prompt_eval_count"),
+            data.get("eval_count"),
+        )
+    )
+
+
+def decode_usage(payload: bytes) -> Usage | None:
+    """The model and tokens in a JSON reply's bytes (an SSE event's data); None when the
+    bytes are not a JSON reply."""
+    try:
+        return _reply_usage(_decode_reply(payload))
+    except msgspec.MsgspecError:
+        return None
+
+
+def count_own_call(metrics: Metrics, reply: Any, model_asked: str | None) -> None:
+    """Count an analyzer's own model call (source ``observer``) when its JSON reply reports
+    token usage; a reply that reports none is not counted."""
+    usage = reply_usage(reply)
+    if usage.has_tokens:
+        call = ModelCall(
+            usage.model or model_asked or UNKNOWN_MODEL, usage.input_tokens, usage.output_tokens
+        )
+        count_call(metrics, OBSERVER_SOURCE, call, success=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import logging
 import re
 import sys
@@ -61,6 +60,7 @@ __all__ = [
     "Size",
     "Stream",
     "UrlBytes",
+    "json_error",
 ]
 
 _PIPELINE_LIMIT = 16  # requests queued on one connection before it stops reading
@@ -306,8 +306,12 @@ class Handler(Protocol):
         ...
 
 
-def _error(status: int, message: str) -> Response:
-    return Response(status, json.dumps({"error": message}).encode())
+def json_error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    """A JSON error response: ``{"error": message}`` with ``status`` (and ``headers``)."""
+    return Response(status, msgspec.json.encode({"error": message}), headers or [])
+
+
+_error = json_error
 
 
 def _header_line(name: str, value: str) -> bytes:

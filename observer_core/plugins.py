@@ -22,7 +22,6 @@ from . import hookspecs
 from .components import Component
 from .hookspecs import RowFormat
 from .kinds import KIND_SPECS, KINDS, KindSpec
-from .records import BUILTIN_FINDING_KINDS
 
 __all__ = [
     "KINDS",
@@ -92,7 +91,9 @@ class Registry:
     components: dict[str, dict[str, PluginInfo]] = field(
         default_factory=lambda: {kind: {} for kind in KINDS}
     )
-    finding_kinds: set[str] = field(default_factory=lambda: set(BUILTIN_FINDING_KINDS))
+    finding_kinds: set[str] = field(default_factory=set)
+    """Every kind registered through ``observer_register_finding_kinds`` (the built-in
+    analyzers register theirs too)."""
     row_formats: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     errors: list[PluginError] = field(default_factory=list)
     broken_names: dict[str, PluginError] = field(default_factory=dict)

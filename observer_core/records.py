@@ -15,16 +15,14 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 __all__ = [
-    "BUILTIN_FINDING_KINDS",
     "UNSET",
     "AttributeValue",
-    "EscalationRow",
     "Finding",
-    "LogEntry",
     "Op",
     "Record",
     "UnsetType",
     "format_timestamp",
+    "is_failure",
     "now_timestamp",
     "parse_timestamp",
 ]
@@ -74,33 +72,6 @@ class Op(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unkn
     ) = UNSET
 
 
-class LogEntry(msgspec.Struct):
-    """The body POSTed to the gateway's ``/log``: carried by diagnosis and playbook findings."""
-
-    operation: str
-    approach: str
-    result: str
-    context: str
-
-
-class EscalationRow(msgspec.Struct, kw_only=True):
-    """The audit row of one code-review escalation (§2); every key is always written."""
-
-    ts: str
-    source: str = "observer_escalation"
-    mode: str = "code_review"
-    sig_hash: str
-    cluster_size: int
-    cluster_staffer: str | None
-    cluster_endpoint: str | None
-    llm_team_run_id: Any
-    facts: Any
-    entities: Any
-    relationships: Any
-    raw_response: str | None
-    recommended_files: Any
-
-
 class Finding(msgspec.Struct, frozen=True):
     """What an analyzer emits: a registered ``kind`` and its JSON-encodable ``data``."""
 
@@ -110,7 +81,13 @@ class Finding(msgspec.Struct, frozen=True):
 
 Record: TypeAlias = Op | Finding
 
-BUILTIN_FINDING_KINDS: Final = ("diagnosis", "playbook", "escalation")
+
+def is_failure(op: Op) -> bool:
+    """A failed op, unless its client left (``attributes.client_left``, SECURITY §11.5):
+    a user pressing Stop is not the gateway failing."""
+    if op.success:
+        return False
+    return op.attributes is UNSET or op.attributes.get("client_left") is not True
 
 
 def format_timestamp(moment: datetime) -> str:

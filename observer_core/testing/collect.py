@@ -9,9 +9,19 @@ import msgspec
 
 from ..components import Analyzer, Component, Context, Sink, SinkConfig, Source
 from ..hookspecs import RowFormat, hookimpl
-from ..records import BUILTIN_FINDING_KINDS, Finding, Op, Record
+from ..records import Finding, Op, Record
 
-__all__ = ["COLLECT_PLUGIN", "CollectConfig", "CollectingSink", "plugin_of"]
+__all__ = [
+    "BUILTIN_FINDING_KINDS",
+    "COLLECT_PLUGIN",
+    "CollectConfig",
+    "CollectingSink",
+    "plugin_of",
+]
+
+BUILTIN_FINDING_KINDS = ("diagnosis", "playbook", "escalation")
+"""The finding kinds the built-in analyzers register: what a ``collect`` sink accepts, with
+``op``, unless told otherwise. (The core knows no finding kind; this is the kit's default.)"""
 
 
 class CollectConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):

@@ -8,9 +8,9 @@ from typing import Any
 
 from ..components import Context
 from ..metrics import Metrics
-from ..records import BUILTIN_FINDING_KINDS
 from ..state import StateStore
 from ..tap import TapHub
+from .collect import BUILTIN_FINDING_KINDS
 
 __all__ = ["make_context"]
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from observer_core import Context, now_timestamp, redact_url
+from observer_core import Context, redact_url
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -97,7 +97,6 @@ class Link:
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
         self._quiet = Quiet()
-        self._healthy: bool | None = None
         self._closing = False
         self.ready = anyio.Event()
         """Set once the first connection is up."""
@@ -191,9 +190,7 @@ class Link:
 
     def _report(self, healthy: bool, state: str) -> None:
         self.ctx.status["nats"] = state
-        if healthy != self._healthy:
-            self._healthy = healthy
-            self.ctx.set_check(self.ctx.instance, healthy, now_timestamp(), url=self.url)
+        self.ctx.report_check(self.ctx.instance, healthy, url=self.url)
 
     async def close(self) -> None:
         self._closing = True

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from observer_plugins.analyzers.escalation import EscalationRow
+from observer_plugins.sinks.gateway_log.entry import LogEntry
 
 import observer_core
 from observer_core import hookspecs, testing
@@ -93,8 +95,8 @@ SURFACE = {
     + _public(observer_core.Window),
     "Op": [f.name for f in msgspec.structs.fields(observer_core.Op)],
     "Finding": [f.name for f in msgspec.structs.fields(observer_core.Finding)],
-    "LogEntry": [f.name for f in msgspec.structs.fields(observer_core.LogEntry)],
-    "EscalationRow": [f.name for f in msgspec.structs.fields(observer_core.EscalationRow)],
+    "LogEntry": [f.name for f in msgspec.structs.fields(LogEntry)],
+    "EscalationRow": [f.name for f in msgspec.structs.fields(EscalationRow)],
     "StateStore": _public(observer_core.StateStore),
     "RunningEngine": _public(testing.RunningEngine),
     "CollectingSink": [

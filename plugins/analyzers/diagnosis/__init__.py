@@ -43,19 +43,30 @@ from observer_core import (
     Context,
     Every,
     Finding,
-    LogEntry,
     Op,
     RegisterAnalyzer,
+    RegisterFindingKind,
     Window,
+    check_http_url,
     hookimpl,
+    is_failure,
     memory_key,
 )
+from observer_core.genai import count_own_call
 
 from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
-from ...sources.gateway.usage import count_own_call
-from ..failures import is_failure
+from ...sinks.gateway_log.entry import LogEntry
 
-__all__ = ["DEFAULT_PROMPT", "DiagnosisAnalyzer", "DiagnosisConfig", "error_line"]
+__all__ = [
+    "DEFAULT_PROMPT",
+    "KIND",
+    "DiagnosisAnalyzer",
+    "DiagnosisConfig",
+    "error_line",
+]
+
+KIND = "diagnosis"
+"""The finding kind this analyzer registers and emits."""
 
 DEFAULT_PROMPT = """\
 You are a system reliability observer. Analyze these recent failures and suggest fixes:
@@ -206,7 +217,7 @@ class DiagnosisAnalyzer(Analyzer):
 
     name: ClassVar[str] = "diagnosis"
     Config = DiagnosisConfig
-    emits: ClassVar[tuple[str, ...]] = ("diagnosis",)
+    emits: ClassVar[tuple[str, ...]] = (KIND,)
     config: DiagnosisConfig
 
     def __init__(self, config: DiagnosisConfig, ctx: Context) -> None:
@@ -235,8 +246,7 @@ class DiagnosisAnalyzer(Analyzer):
             raise ValueError(f"provider: unknown provider {config.provider!r} (known: {known})")
         if ERRORS_MARK not in config.prompt:
             raise ValueError(f"prompt: must contain {ERRORS_MARK} where the error lines go")
-        if not config.url.startswith(("http://", "https://")):
-            raise ValueError(f"url: expected an http:// or https:// URL, got {config.url!r}")
+        check_http_url(config.url)
         check_fleet(config.fleet)
 
     async def open(self) -> None:
@@ -314,7 +324,7 @@ class DiagnosisAnalyzer(Analyzer):
                 result=text[:RESULT_CHARS],
                 context=batch.lines[:CONTEXT_CHARS],
             )
-            await self.ctx.publish([Finding("diagnosis", entry)])
+            await self.ctx.publish([Finding(KIND, entry)])
             self._next_seq = batch.newest_seq + 1
             self._done.inc(instance=self.ctx.instance)
             self.ctx.status["last_diagnosis"] = self.ctx.clock.timestamp()
@@ -374,3 +384,8 @@ class DiagnosisAnalyzer(Analyzer):
 @hookimpl
 def observer_register_analyzers(register: RegisterAnalyzer) -> None:
     register(DiagnosisAnalyzer)
+
+
+@hookimpl
+def observer_register_finding_kinds(register: RegisterFindingKind) -> None:
+    register(KIND)

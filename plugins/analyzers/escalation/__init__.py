@@ -40,16 +40,19 @@ from observer_core import (
     Analyzer,
     AnalyzerConfig,
     Context,
-    EscalationRow,
     Every,
     Finding,
     Op,
     RegisterAnalyzer,
+    RegisterFindingKind,
     Window,
+    check_http_url,
     hookimpl,
+    is_failure,
     memory_key,
     now_timestamp,
 )
+from observer_core.genai import count_own_call
 
 from ...fleet.claims import (
     Claim,
@@ -59,10 +62,37 @@ from ...fleet.claims import (
     check_fleet,
     shared_memory,
 )
-from ...sources.gateway.usage import count_own_call
-from ..failures import is_failure
 
-__all__ = ["EscalationAnalyzer", "EscalationConfig", "escalation_input", "escalation_row"]
+__all__ = [
+    "KIND",
+    "EscalationAnalyzer",
+    "EscalationConfig",
+    "EscalationRow",
+    "escalation_input",
+    "escalation_row",
+]
+
+KIND = "escalation"
+"""The finding kind this analyzer registers and emits."""
+
+
+class EscalationRow(msgspec.Struct, kw_only=True):
+    """The audit row of one code-review escalation (§2); every key is always written."""
+
+    ts: str
+    source: str = "observer_escalation"
+    mode: str = "code_review"
+    sig_hash: str
+    cluster_size: int
+    cluster_staffer: str | None
+    cluster_endpoint: str | None
+    llm_team_run_id: Any
+    facts: Any
+    entities: Any
+    relationships: Any
+    raw_response: str | None
+    recommended_files: Any
+
 
 STATE_FILE = "escalated.json"
 CLUSTER_SENT = 8
@@ -171,7 +201,7 @@ class EscalationAnalyzer(Analyzer):
 
     name: ClassVar[str] = "escalation"
     Config = EscalationConfig
-    emits: ClassVar[tuple[str, ...]] = ("escalation",)
+    emits: ClassVar[tuple[str, ...]] = (KIND,)
     config: EscalationConfig
 
     def __init__(self, config: EscalationConfig, ctx: Context) -> None:
@@ -192,8 +222,7 @@ class EscalationAnalyzer(Analyzer):
 
     @classmethod
     def validate_config(cls, config: Any, registry: object) -> None:
-        if not config.url.startswith(("http://", "https://")):
-            raise ValueError(f"url: expected an http:// or https:// URL, got {config.url!r}")
+        check_http_url(config.url)
         check_fleet(config.fleet)
 
     async def open(self) -> None:
@@ -267,7 +296,7 @@ class EscalationAnalyzer(Analyzer):
                 await self._settle(self._fleet.release(sig_hash, claim))
             else:
                 row = escalation_row(_sig_of(cluster), cluster, reply, self.ctx.clock.timestamp())
-                await self.ctx.publish([Finding("escalation", row)])
+                await self.ctx.publish([Finding(KIND, row)])
                 record.attempts += 1
                 record.last_attempt_at = record.escalated_at = self.ctx.clock.now()
                 await self._settle(self._fleet.finish(sig_hash))
@@ -377,3 +406,8 @@ def _length(value: Any) -> int:
 @hookimpl
 def observer_register_analyzers(register: RegisterAnalyzer) -> None:
     register(EscalationAnalyzer)
+
+
+@hookimpl
+def observer_register_finding_kinds(register: RegisterFindingKind) -> None:
+    register(KIND)

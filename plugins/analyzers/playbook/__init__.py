@@ -31,17 +31,21 @@ from observer_core import (
     Context,
     Every,
     Finding,
-    LogEntry,
     Op,
     RegisterAnalyzer,
+    RegisterFindingKind,
     Window,
     hookimpl,
     memory_key,
 )
 
 from ...fleet.claims import FleetConfig, FleetUnavailable, check_fleet, shared_memory
+from ...sinks.gateway_log.entry import LogEntry
 
-__all__ = ["PlaybookAnalyzer", "PlaybookConfig", "round_half_away"]
+__all__ = ["KIND", "PlaybookAnalyzer", "PlaybookConfig", "round_half_away"]
+
+KIND = "playbook"
+"""The finding kind this analyzer registers and emits."""
 
 _V = TypeVar("_V")
 _STATE_FILE = "emitted.json"
@@ -121,7 +125,7 @@ class PlaybookAnalyzer(Analyzer):
 
     name: ClassVar[str] = "playbook"
     Config = PlaybookConfig
-    emits: ClassVar[tuple[str, ...]] = ("playbook",)
+    emits: ClassVar[tuple[str, ...]] = (KIND,)
     config: PlaybookConfig
 
     def __init__(self, config: PlaybookConfig, ctx: Context) -> None:
@@ -159,7 +163,7 @@ class PlaybookAnalyzer(Analyzer):
                 continue
             try:
                 if await self._fleet.advance(key, _newest(group)):
-                    findings.append(Finding("playbook", playbook_entry(endpoint, group.ops)))
+                    findings.append(Finding(KIND, playbook_entry(endpoint, group.ops)))
             except FleetUnavailable as exc:
                 self.ctx.error("cannot reach the fleet, the rest waits for a later run: %s", exc)
                 break
@@ -204,3 +208,8 @@ class PlaybookAnalyzer(Analyzer):
 @hookimpl
 def observer_register_analyzers(register: RegisterAnalyzer) -> None:
     register(PlaybookAnalyzer)
+
+
+@hookimpl
+def observer_register_finding_kinds(register: RegisterFindingKind) -> None:
+    register(KIND)

@@ -27,16 +27,18 @@ from observer_core import (
     Context,
     DurableQueue,
     Finding,
-    LogEntry,
     MaxAttempts,
     QueueMax,
     Record,
     RegisterSink,
     Sink,
     SinkConfig,
+    check_http_url,
     hookimpl,
     post_json,
 )
+
+from .entry import LogEntry
 
 __all__ = ["GatewayLogConfig", "GatewayLogSink"]
 
@@ -96,8 +98,7 @@ class GatewayLogSink(Sink):
 
     @classmethod
     def validate_config(cls, config: Any, registry: object) -> None:
-        if not config.url.startswith(("http://", "https://")):
-            raise ValueError(f"url: expected an http:// or https:// URL, got {config.url!r}")
+        check_http_url(config.url)
         wrong = [kind for kind in config.accepts if kind in ("op", "escalation")]
         if wrong:
             raise ValueError(
@@ -109,12 +110,10 @@ class GatewayLogSink(Sink):
 
     async def open(self) -> None:
         await self._queue.open()
-        self._client = httpx.AsyncClient(timeout=SEND_TIMEOUT)
+        self._client = self.ctx.http_client(timeout=SEND_TIMEOUT)  # the engine closes it
         self.ctx.status["url"] = self._url
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
         await self._queue.aclose()
 
     def queue_depth(self) -> int:

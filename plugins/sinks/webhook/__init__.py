@@ -31,6 +31,7 @@ from observer_core import (
     RegisterSink,
     Sink,
     SinkConfig,
+    check_http_url,
     hookimpl,
     post_json,
 )
@@ -93,13 +94,7 @@ class WebhookSink(Sink):
 
     @classmethod
     def validate_config(cls, config: Any, registry: object) -> None:
-        if not config.url.startswith(("http://", "https://")):
-            shown = redact_webhook(config.url)
-            raise ValueError(f"url: expected an http:// or https:// URL, got {shown!r}")
-        try:
-            httpx.URL(config.url)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"url: not a valid URL ({type(exc).__name__})") from None
+        check_http_url(config.url, shown=redact_webhook)
         for name, value in config.headers.items():
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"headers: {name!r} is not a valid header name")
@@ -109,13 +104,13 @@ class WebhookSink(Sink):
     async def open(self) -> None:
         await self._queue.open()
         timeout = self.config.timeout_secs
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)))
+        self._client = self.ctx.http_client(  # the engine closes it
+            timeout=httpx.Timeout(timeout, connect=min(5.0, timeout))
+        )
         self.ctx.status["url"] = self._shown_url
         self.ctx.status["format"] = self.config.format
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
         await self._queue.aclose()
 
     def queue_depth(self) -> int:

@@ -31,6 +31,7 @@ from observer_core import (
     Source,
     Token,
     Tokens,
+    check_http_url,
     hookimpl,
     redact_url,
 )
@@ -115,12 +116,7 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     the ``http`` source."""
 
     def __post_init__(self) -> None:
-        try:
-            url = httpx.URL(self.url)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"url: {exc}, in {redact_url(self.url)!r}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"url: expected an http(s) URL, got {redact_url(self.url)!r}")
+        check_http_url(self.url)
         if self.listen == "":  # e.g. "${GATEWAY_PROXY_LISTEN:-}": no proxy
             self.listen = None
         if self.listen is not None:

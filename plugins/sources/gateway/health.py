@@ -11,7 +11,7 @@ from __future__ import annotations
 import anyio
 import httpx
 
-from observer_core import Context, now_timestamp, redact_url
+from observer_core import Context, redact_url
 
 __all__ = ["HealthWatch"]
 
@@ -57,12 +57,10 @@ class HealthWatch:
         return reply.is_success, f"HTTP {reply.status_code}"
 
     def _update(self, healthy: bool, detail: str) -> None:
-        if healthy == self.healthy:
-            return
-        was = self.healthy
-        self.healthy = healthy
         extra = {} if healthy else {"error": detail}
-        self._ctx.set_check(self._check, healthy, now_timestamp(), url=self.shown, **extra)
+        if not self._ctx.report_check(self._check, healthy, url=self.shown, **extra):
+            return
+        was, self.healthy = self.healthy, healthy
         log = self._ctx.logger
         if not healthy:
             log.warning("gateway unhealthy at %s (%s); retrying with backoff", self.shown, detail)

@@ -17,7 +17,6 @@ forward as it came (``#``, a control character, a byte that is not ASCII) is
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -31,6 +30,7 @@ import httpx
 
 from observer_core import DropOldestQueue, Emit, NotAccepted, Op, Tokens
 from observer_core.httpserver import STREAM, Request, Response, Stream
+from observer_core.httpserver import json_error as _error
 
 from .outcome import Outcome, make_op, parse_json, text_outcome
 from .usage import HeldBytes, RequestModel, SseUsage, Usage, reply_usage
@@ -257,10 +257,6 @@ def _content_type(request: Request) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _error(status: int, message: str) -> Response:
-    return Response(status, json.dumps({"error": message}).encode())
 
 
 class GatewayProxy:

@@ -21,22 +21,11 @@ OpenTelemetry GenAI names that the engine counts (``observer_core.genai``).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
 
-from observer_core import Metrics
-from observer_core.genai import (
-    INPUT_TOKENS,
-    OBSERVER_SOURCE,
-    OUTPUT_TOKENS,
-    REQUEST_MODEL,
-    RESPONSE_MODEL,
-    ModelCall,
-    count_call,
-)
-from observer_core.records import AttributeValue
+from observer_core.genai import Usage, count_own_call, decode_usage, model_name, reply_usage
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -51,6 +40,8 @@ __all__ = [
     "reply_usage",
     "request_model",
 ]
+"""``Usage``, ``count_own_call``, ``model_name`` and ``reply_usage`` moved to
+:mod:`observer_core.genai`; they are re-exported here for code that imported them here."""
 
 MAX_EVENT_BYTES = 64 << 10
 """A server-sent event larger than this is skipped, not parsed."""
@@ -59,101 +50,13 @@ MAX_REQUEST_BYTES = 1 << 20
 REQUEST_BYTES_HELD = 32 << 20
 """What the proxy's calls in flight keep of their request bodies, all together, to read
 their model (a call past it is not read)."""
-MODEL_CHARS = 256
-"""A model name is cut to this many characters in the op."""
-
-
-class _Reply(msgspec.Struct):
-    """The fields of a reply (or an SSE event's data) that tell the model and the usage;
-    msgspec skips the others (``choices``...) without building them."""
-
-    model: Any = None
-    usage: Any = None
-    prompt_eval_count: Any = None
-    eval_count: Any = None
 
 
 class _Request(msgspec.Struct):
     model: Any = None
 
 
-_decode_reply = msgspec.json.Decoder(_Reply).decode
 _decode_request = msgspec.json.Decoder(_Request).decode
-
-
-def _count(value: Any) -> int | None:
-    """A token count as a reply writes it: an integer, not negative."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def model_name(value: Any) -> str | None:
-    """``value`` when it is a model's name (a non-empty string), cut to 256 characters; a
-    lone surrogate (``json.loads`` lets ``"\\ud800"`` through; UTF-8 cannot carry it) is
-    written ``?``."""
-    if not isinstance(value, str) or not value:
-        return None
-    name: str = value[:MODEL_CHARS]
-    return name if name.isascii() else name.encode(errors="replace").decode()
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What a reply said about its call; None where it said nothing."""
-
-    model: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-
-    @property
-    def has_tokens(self) -> bool:
-        """The reply reported a token count."""
-        return self.input_tokens is not None or self.output_tokens is not None
-
-    def attributes(self, request_model: str | None = None) -> dict[str, AttributeValue]:
-        """The op attributes for this usage (and the model the request asked for)."""
-        found: dict[str, AttributeValue] = {}
-        if request_model is not None:
-            found[REQUEST_MODEL] = request_model
-        if self.model is not None:
-            found[RESPONSE_MODEL] = self.model
-        if self.input_tokens is not None:
-            found[INPUT_TOKENS] = self.input_tokens
-        if self.output_tokens is not None:
-            found[OUTPUT_TOKENS] = self.output_tokens
-        return found
-
-    def updated(self, newer: Usage) -> Usage:
-        """This usage with what ``newer`` says instead (a stream's later event wins)."""
-        if newer.has_tokens:
-            return replace(newer, model=newer.model or self.model)
-        if newer.model is not None:
-            return replace(self, model=newer.model)
-        return self
-
-
-def _usage(reply: _Reply) -> Usage:
-    model = model_name(reply.model)
-    usage = reply.usage
-    if isinstance(usage, dict):
-        input_tokens = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
-        output_tokens = _count(usage.get("completion_tokens", usage.get("output_tokens")))
-    else:  # Ollama's native API
-        input_tokens, output_tokens = _count(reply.prompt_eval_count), _count(reply.eval_count)
-    return Usage(model, input_tokens, output_tokens)
-
-
-def reply_usage(data: Any) -> Usage:
-    """The model and tokens in a parsed JSON reply (an empty :class:`Usage` if none)."""
-    if not isinstance(data, dict):
-        return Usage()
-    return _usage(
-        _Reply(
-            data.get("model"),
-            data.get("usage"),
-            data.get("prompt_eval_count"),
-            data.get("eval_count"),
-        )
-    )
 
 
 def request_model(body: Any, content_type: str) -> str | None:
@@ -233,17 +136,6 @@ class RequestModel:
         self._kept = bytearray()
 
 
-def count_own_call(metrics: Metrics, reply: Any, model_asked: str | None) -> None:
-    """Count an analyzer's own model call (source ``observer``) when its JSON reply reports
-    token usage; a reply that reports none is not counted."""
-    usage = reply_usage(reply)
-    if usage.has_tokens:
-        call = ModelCall(
-            usage.model or model_asked or "unknown", usage.input_tokens, usage.output_tokens
-        )
-        count_call(metrics, OBSERVER_SOURCE, call, success=True)
-
-
 class SseUsage:
     """Reads a ``text/event-stream`` body as it passes, chunk by chunk, for its usage.
 
@@ -319,8 +211,6 @@ class SseUsage:
         payload = data[0] if len(data) == 1 else b"\n".join(data)
         if payload == b"[DONE]":
             return
-        try:
-            reply = _decode_reply(payload)
-        except msgspec.MsgspecError:
-            return
-        self.usage = self.usage.updated(_usage(reply))
+        found = decode_usage(payload)
+        if found is not None:
+            self.usage = self.usage.updated(found)

@@ -12,175 +12,33 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
-import anyio
 import msgspec
 
 from observer_core import (
     BatchTooLarge,
-    ComponentConfig,
-    Context,
     Emit,
     Emitter,
     EventDecoder,
     InvalidEvent,
     NotAccepted,
-    Observer,
     OnAccepted,
     Op,
     RegisterSource,
-    Source,
-    Token,
-    Tokens,
     UnknownFields,
     hookimpl,
 )
-from observer_core.engine import MAX_PENDING_OPS
-from observer_core.http_guard import AllowedHosts, normalize_allowed_hosts
-from observer_core.httpserver import (
-    LATER,
-    Connections,
-    HeaderBytes,
-    HeaderCount,
-    HttpLimits,
-    HttpServer,
-    Later,
-    Request,
-    Response,
-    Seconds,
-    Size,
-    UrlBytes,
-)
-from observer_core.operator_routes import MAX_TAPS, TAP_QUEUE_MAX, OperatorRoutes
+from observer_core.httpserver import LATER, Later, Request, Response
+from observer_core.listener import ListenerConfig, ListenerSource, Port, ReadRoutes
 
-__all__ = ["HttpSource", "ReadRoutes"]
-
-_encode = msgspec.json.Encoder().encode
+__all__ = ["HttpConfig", "HttpSource", "Port", "ReadRoutes"]
+"""``Port`` and ``ReadRoutes`` moved to :mod:`observer_core.listener`; kept here for code
+that imported them here."""
 
 
-Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-"""A TCP port; 0 binds any free one."""
-
-
-class HttpConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
-    """Keys of ``[sources.NAME]`` with ``plugin = "http"``."""
-
-    listen_keys: ClassVar[tuple[str, str]] = ("host", "token")
-    """Where it binds and its token: checked by ``observer_core.config.exposed_listener``."""
-    host: str = "127.0.0.1"
-    port: Port = 3800
-    token: Token | None = None
-    """When set, every endpoint but /health needs ``Authorization: Bearer <token>``; a list
-    accepts any of its tokens (rotation). Empty is refused (a ``${VAR:-}`` left empty must
-    not silently turn auth off)."""
-    max_body_bytes: Size = 1048576
-    max_connections: Connections = 1024
-    header_timeout_secs: Seconds = 10
-    idle_timeout_secs: Seconds = 60
-    send_timeout_secs: Seconds | None = None
-    """How long an answer's write may stall, the client not reading it (a ``/tap`` reader
-    too): then the connection is closed. Unset: ``idle_timeout_secs``."""
-    # Contract §11.2: the limits every listener has (see observer_core.httpserver.HttpLimits).
-    max_url_bytes: UrlBytes = 8192
-    max_header_bytes: HeaderBytes = 32768
-    max_headers: HeaderCount = 100
-    body_timeout_secs: Seconds = 10
-    max_inflight_bytes: Size = 64 << 20
-    max_batch_events: Annotated[int, msgspec.Meta(ge=1, le=MAX_PENDING_OPS)] = 10000
-    """Events one ``POST /events`` may carry; past it 413 and nothing is accepted. At most
-    the engine's pending bound (65536): a larger batch could never be accepted."""
-    max_taps: Annotated[int, msgspec.Meta(ge=0, le=1024)] = MAX_TAPS
-    """``GET /tap`` streams open at once on this listener; past it ``503``. 0 turns tap off."""
-    tap_queue_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = TAP_QUEUE_MAX
-    """Records one tap reader may fall behind by; past it they are dropped for that reader
-    (and a ``{"dropped": N}`` line says so)."""
-    allowed_hosts: AllowedHosts = msgspec.field(default_factory=list)
-    """Further names (or addresses) clients may call the listener by (contract §11.4): a
-    ``Host`` a loopback listener accepts; on another listener, setting it checks ``Host``."""
-
-    def __post_init__(self) -> None:
-        normalize_allowed_hosts(self.allowed_hosts)  # ValueError naming the key and the entry
-
-
-def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
-    return Response(status, _encode({"error": message}), headers or [])
-
-
-def _bearer_token(authorization: bytes) -> bytes:
-    """The token of ``Bearer <token>`` (the scheme in any case, RFC 7235); else empty."""
-    scheme, _, token = authorization.partition(b" ")
-    return token.lstrip(b" ") if scheme.lower() == b"bearer" else b""
-
-
-class ReadRoutes:
-    """``GET /health``, ``/ready``, ``/stats``, ``/metrics``, ``/tap`` and ``/`` (the status
-    page), with the checks every route gets.
-
-    The server calls ``precheck`` then ``handle``. Unknown path: 404; wrong method:
-    405 with ``Allow``; with a ``token``, every path but ``/health``, ``/ready`` and ``/``
-    needs ``Authorization: Bearer <token>`` (401). Rejections are counted by
-    ``count(status)``. The ``status`` source serves exactly these; the ``http`` source adds
-    ingest routes.
-    """
-
-    routes: ClassVar[dict[str, str]] = {
-        "/health": "GET",
-        "/stats": "GET",
-        "/metrics": "GET",
-        **OperatorRoutes.routes,
-    }
-    open_paths: ClassVar[frozenset[str]] = frozenset({"/health", *OperatorRoutes.open_paths})
-
-    def __init__(
-        self,
-        observer: Observer,
-        token: str | list[str] | None,
-        count: Callable[[int], None],
-        *,
-        max_taps: int = MAX_TAPS,
-        tap_queue_max: int = TAP_QUEUE_MAX,
-    ) -> None:
-        self._observer = observer
-        self._tokens = Tokens(token)
-        self._count = count
-        self.operator = OperatorRoutes(observer, max_taps=max_taps, tap_queue_max=tap_queue_max)
-
-    def precheck(
-        self, method: str, path: str, headers: list[tuple[bytes, bytes]]
-    ) -> Response | None:
-        allowed = self.routes.get(path)
-        if allowed is None:
-            return self._reject(404, f"no such endpoint: {path}")
-        if method != allowed and not (method == "HEAD" and allowed == "GET"):
-            return self._reject(405, f"{path} takes {allowed}", [("Allow", allowed)])
-        if self._tokens and path not in self.open_paths:
-            given = next((value for name, value in headers if name == b"authorization"), b"")
-            if not self._tokens.matches(_bearer_token(given)):
-                return self._reject(
-                    401, "missing or wrong bearer token", [("WWW-Authenticate", "Bearer")]
-                )
-        return None
-
-    def _reject(
-        self, status: int, message: str, headers: list[tuple[str, str]] | None = None
-    ) -> Response:
-        self._count(status)
-        return _error(status, message, headers)
-
-    def handle(self, request: Request) -> Response | Awaitable[Response] | Later:
-        path = request.path
-        if path == "/health":
-            return Response(200, _encode(self._observer.health()))
-        if path == "/stats":
-            return Response(200, _encode(self._observer.stats()))
-        if path in OperatorRoutes.routes:
-            return self.operator.handle(request, self._reject)
-        return Response(
-            200,
-            self._observer.metrics_text().encode(),
-            content_type="text/plain; version=0.0.4; charset=utf-8",
-        )
+class HttpConfig(ListenerConfig, kw_only=True, forbid_unknown_fields=True):
+    """Keys of ``[sources.NAME]`` with ``plugin = "http"`` (those of every listener)."""
 
 
 async def _not_serving(ops: Sequence[Op]) -> None:
@@ -320,57 +178,15 @@ class _Routes(ReadRoutes):
         return ops
 
 
-class HttpSource(Source):
-    """Takes events over HTTP (POST /event, /events) and serves /health, /stats, /metrics."""
+class HttpSource(ListenerSource):
+    """Takes events over HTTP (POST /event, /events) and serves the read routes."""
 
     name: ClassVar[str] = "http"
     Config = HttpConfig
     config: HttpConfig
 
-    def __init__(self, config: HttpConfig, ctx: Context) -> None:
-        super().__init__(config, ctx)
-        self._server: HttpServer | None = None
-        self._ingest: _Routes | None = None
-        self._served: ReadRoutes | None = None
-
-    def reject(self, status: int) -> None:
-        self.ctx.metrics.requests_rejected.inc(status=str(status))
-
-    async def open(self) -> None:
-        """Bind the port now, so a taken port stops the daemon before anything runs."""
-        self._served = self._routes()
-        self._server = HttpServer(
-            self._served,
-            host=self.config.host,
-            port=self.config.port,
-            limits=HttpLimits.of(self.config),
-            allowed_hosts=self.config.allowed_hosts,
-            on_reject=self.reject,
-            logger=self.ctx.logger,
-        )
-        await self._server.start()
-        self.ctx.logger.info("listening on http://%s:%d", self.config.host, self._server.port)
-
-    def _routes(self) -> ReadRoutes:
-        """What the server answers (a subclass may serve fewer routes)."""
-        self._ingest = _Routes(self)
-        return self._ingest
-
-    async def run(self, emit: Emit) -> None:
-        if self._ingest is not None:
-            self._ingest.serve(emit)
-        try:
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-
-    async def aclose(self) -> None:
-        server, self._server = self._server, None
-        if self._served is not None:
-            self._served.operator.close()  # taps end now: they would hold the grace period
-        if server is not None:
-            await server.stop(grace=5.0)
+    def routes(self) -> ReadRoutes:
+        return _Routes(self)
 
 
 @hookimpl

@@ -17,10 +17,10 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from observer_core import Context, Emit, Emitter, NotAccepted, Op, RegisterSource, hookimpl
+from observer_core import Emit, Emitter, NotAccepted, Op, RegisterSource, hookimpl
 from observer_core.httpserver import LATER, Later, Request, Response
+from observer_core.listener import ListenerConfig, ListenerSource, Port, ReadRoutes
 
-from ..http import HttpConfig, HttpSource, ReadRoutes
 from . import otlpjson
 from .mapping import SIZE_MARGIN, Mapping, Unmappable, map_span
 from .wire import GRPC_CODES, Codec, InvalidBody, ResourceSpans, TooLarge, inflate
@@ -32,10 +32,10 @@ _JSON = b"application/json"
 _MAX_ERRORS_SHOWN = 3
 
 
-class OtlpConfig(HttpConfig, kw_only=True, forbid_unknown_fields=True):
+class OtlpConfig(ListenerConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sources.NAME]`` with ``plugin = "otlp"`` (the listener keys of ``http``)."""
 
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 4318
+    port: Port = 4318
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 4 * 1024 * 1024
     """The body as sent (compressed or not); larger gets 413 without being read."""
     max_decompressed_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 16 * 1024 * 1024
@@ -238,7 +238,7 @@ def _summary(errors: Sequence[str]) -> str:
     return f"{shown}; and {more} more" if more > 0 else shown
 
 
-class OtlpSource(HttpSource):
+class OtlpSource(ListenerSource):
     """Takes OpenTelemetry spans (OTLP/HTTP ``POST /v1/traces``); GenAI spans become ops."""
 
     name: ClassVar[str] = "otlp"
@@ -249,19 +249,9 @@ class OtlpSource(HttpSource):
         "pip install 'observer-core[otlp]' (from a clone: pip install -e '.[otlp]')"
     )
 
-    def __init__(self, config: OtlpConfig, ctx: Context) -> None:
-        super().__init__(config, ctx)
-        self._traces: _TraceRoutes | None = None
-
-    def _routes(self) -> ReadRoutes:
+    def routes(self) -> ReadRoutes:
         protobuf = importlib.import_module(f"{__name__}.protobuf")
-        self._traces = _TraceRoutes(self, protobuf.CODEC)
-        return self._traces
-
-    async def run(self, emit: Emit) -> None:
-        if self._traces is not None:
-            self._traces.serve(emit)
-        await super().run(emit)
+        return _TraceRoutes(self, protobuf.CODEC)
 
 
 @hookimpl

@@ -14,33 +14,23 @@ from __future__ import annotations
 from typing import ClassVar
 
 from observer_core import RegisterSource, hookimpl
-
-from ..http import HttpConfig, HttpSource, Port, ReadRoutes
+from observer_core.listener import ListenerConfig, ListenerSource, Port
 
 __all__ = ["StatusConfig", "StatusSource"]
 
 
-class StatusConfig(HttpConfig, kw_only=True, forbid_unknown_fields=True):
+class StatusConfig(ListenerConfig, kw_only=True, forbid_unknown_fields=True):
     """Keys of ``[sources.NAME]`` with ``plugin = "status"`` (those of ``http``)."""
 
     port: Port = 3801
 
 
-class StatusSource(HttpSource):
+class StatusSource(ListenerSource):
     """Serves the read routes (no ingest) for observers without an http source."""
 
     name: ClassVar[str] = "status"
     Config = StatusConfig
     config: StatusConfig
-
-    def _routes(self) -> ReadRoutes:
-        return ReadRoutes(
-            self.ctx.observer,
-            self.config.token,
-            self.reject,
-            max_taps=self.config.max_taps,
-            tap_queue_max=self.config.tap_queue_max,
-        )
 
 
 @hookimpl

@@ -15,8 +15,9 @@ from observer_plugins.analyzers.playbook import (
     PlaybookConfig,
     round_half_away,
 )
+from observer_plugins.sinks.gateway_log.entry import LogEntry
 
-from observer_core import Finding, LogEntry, Op, Window
+from observer_core import Finding, Op, Window
 from observer_core.testing import make_context, wait_for
 
 CONFIG = """

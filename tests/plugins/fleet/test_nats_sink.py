@@ -16,8 +16,9 @@ import msgspec
 import pytest
 from observer_plugins.fleet.sink import MSG_ID, NatsSink, NatsSinkConfig, split_lines
 from observer_plugins.fleet.testing import NatsServer, nats_binary, read_stream
+from observer_plugins.sinks.gateway_log.entry import LogEntry
 
-from observer_core import Finding, LogEntry, Op
+from observer_core import Finding, Op
 from observer_core.testing import make_context, wait_for
 
 PLUGIN_DIR = Path(__file__).parents[3] / "plugins" / "fleet"

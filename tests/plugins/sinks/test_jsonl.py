@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import httpx
 import pytest
+from observer_plugins.sinks.gateway_log.entry import LogEntry
 from observer_plugins.sinks.jsonl import JsonlConfig, JsonlSink
 
-from observer_core import Finding, LogEntry, Op
+from observer_core import Finding, Op
 from observer_core.testing import make_context, wait_for
 
 CONFIG = """

@@ -119,7 +119,7 @@ def test_bad_url_is_refused(observer_daemon: DaemonFactory) -> None:
     observer_daemon.write_config(config("ftp://gateway").replace("{port}", "1"))
     result = observer_daemon.run("check", "--config", "observer.toml")
     assert result.returncode == 2
-    assert "url: expected an http(s) URL, got 'ftp://gateway'" in result.stderr
+    assert "url: expected an http:// or https:// URL, got 'ftp://gateway'" in result.stderr
 
 
 def test_taken_listen_port_stops_the_daemon(observer_daemon: DaemonFactory) -> None:
