@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Final, TypeAlias
 
 from observer_core import Op
+from observer_core.genai import INPUT_TOKENS, OUTPUT_TOKENS, REQUEST_MODEL, RESPONSE_MODEL
 
 __all__ = [
     "SIZE_MARGIN",
@@ -40,10 +41,6 @@ STATUS_ERROR: Final = 2
 OPERATION: Final = "gen_ai.operation.name"
 PROVIDER: Final = "gen_ai.provider.name"
 SYSTEM: Final = "gen_ai.system"  # the older name of gen_ai.provider.name
-REQUEST_MODEL: Final = "gen_ai.request.model"
-RESPONSE_MODEL: Final = "gen_ai.response.model"
-INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
-OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 PROMPT_TOKENS: Final = "gen_ai.usage.prompt_tokens"  # older names of the two above
 COMPLETION_TOKENS: Final = "gen_ai.usage.completion_tokens"
 FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
