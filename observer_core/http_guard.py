@@ -12,7 +12,10 @@ a request's headers, before its body is read, and says what to answer instead:
 
 Clients that are not browsers send no ``Origin`` and a plain ``Host``: they are unaffected,
 and a request without ``Host`` (HTTP/1.0) is not the guard's business. The usual request
-(``Host: 127.0.0.1:3800``, no ``Origin``) costs one pass over the headers and a set lookup.
+(``Host: 127.0.0.1:3800``, no ``Origin``) need not be checked at all: a server that notes
+the ``Host`` values and whether any of `BROWSER_HEADERS` came (as it parses the head) and
+finds one ``Host`` at most, in `BrowserGuard.quick_hosts`, knows `BrowserGuard.check` would
+pass it (the call and its pass over the headers were 6% of a ``POST /event``'s instructions).
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from typing import Annotated, Final, TypeAlias
 
 import msgspec
 
-__all__ = ["AllowedHosts", "BrowserGuard", "is_loopback_host", "normalize_allowed_hosts"]
+__all__ = [
+    "BROWSER_HEADERS",
+    "AllowedHosts",
+    "BrowserGuard",
+    "is_loopback_host",
+    "normalize_allowed_hosts",
+]
 
 MAX_ALLOWED_HOSTS: Final = 64
 """Entries an ``allowed_hosts`` key may have."""
@@ -38,6 +47,9 @@ characters (check them with `normalize_allowed_hosts`)."""
 
 SAFE_METHODS: Final = frozenset(("GET", "HEAD", "OPTIONS"))
 """Methods a browser may send cross-site without the guard objecting (no side effects)."""
+
+BROWSER_HEADERS: Final = frozenset((b"origin", b"sec-fetch-site"))
+"""Header names (lower-case) besides ``Host`` that `BrowserGuard.check` looks at."""
 
 _LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "[::1]")
 """Loopback spellings whose ``Host`` values are precomputed (others are parsed)."""
@@ -147,6 +159,7 @@ class BrowserGuard:
         "_host_rule",
         "_origins",
         "loopback",
+        "quick_hosts",
     )
 
     def __init__(self, bind_host: str, port: int, allowed_hosts: Sequence[str] = ()) -> None:
@@ -165,6 +178,12 @@ class BrowserGuard:
             spelled.encode() for name in names for spelled in (name, f"{name}:{port}")
         )
         """``Host`` values accepted without parsing."""
+        self.quick_hosts: frozenset[bytes | None] | None = (
+            self._fast_hosts | {None} if self._check_host else None
+        )
+        """Values of a request's one ``Host`` header (None: it has none) with which ``check``
+        passes it if it has no `BROWSER_HEADERS`; None when every value does (the listener
+        checks no ``Host``)."""
         self._origins = frozenset(
             f"{scheme}://{host}".encode()
             for name in names

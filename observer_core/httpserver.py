@@ -40,7 +40,7 @@ from typing import Annotated, Any, Final, Protocol, cast
 import httptools
 import msgspec
 
-from .http_guard import BrowserGuard, normalize_allowed_hosts
+from .http_guard import BROWSER_HEADERS, BrowserGuard, normalize_allowed_hosts
 
 __all__ = [
     "LATER",
@@ -70,7 +70,9 @@ _LINGER_SECONDS = 2.0  # after an error response, how long to drain unread input
 _STOP_CANCEL_WAIT = 1.0  # at the end of stop(), how long cancelled handlers get
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-_SPECIAL_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"connection"))
+_SPECIAL_HEADERS = frozenset(
+    (b"content-length", b"host", b"transfer-encoding", b"expect", b"connection", *BROWSER_HEADERS)
+)
 _TARGET_CACHE_MAX = 256  # request targets whose (path, query) split is remembered ...
 _TARGET_CACHE_KEY_MAX = 512  # ... if no longer than this: the cache holds at most 128 KiB
 # The request line is method SP target SP HTTP/x.y (10 bytes besides method and target; the
@@ -376,10 +378,15 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._loop = loop
         self._handler = server._handler
-        self._guard = cast(BrowserGuard, server._guard)  # built at start, before any connection
+        self._guard = guard = cast(BrowserGuard, server._guard)  # built at start, before any
+        # connection; the requests it would pass are told apart without calling it (see
+        # on_headers_complete).
+        self._quick_hosts = guard.quick_hosts or frozenset()
+        self._any_host = guard.quick_hosts is None
         # Limits read per request, kept here: one attribute lookup rather than two.
         self._url_room = server._url_room
         self._max_head = server._max_head
+        self._small_read = min(server._url_room, server._max_head)
         self._max_headers = server._max_headers
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[_Item] = deque()
@@ -393,7 +400,7 @@ class _Connection(asyncio.Protocol):
         self._url_parts: list[bytes] | None = None  # a target that came in several reads
         self._url_len = 0  # bytes of a target that came in several reads
         self._head_size = 0  # bytes of the head and trailers, counted once trailers come
-        self._big_read = False  # the last read was longer than max_header_bytes
+        self._big_read = False  # the read being parsed is big (see data_received)
         self._head_done = False  # its headers are complete: what follows are trailers
         self._head_open = False  # an incomplete head was left in the parser by a read ...
         self._head_carried = 0  # ... and these bytes were read since (bounded as they come)
@@ -407,11 +414,13 @@ class _Connection(asyncio.Protocol):
         self._replaying = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
-        self._body_size = 0
+        self._body_size = 0  # of a chunked body
         self._content_length = 0
         self._chunked = False
         self._expect = False
         self._connection_header = False  # HTTP/1.0 keeps a connection only with one
+        self._host: bytes | None = None  # the first Host header's value
+        self._guard_asks = False  # a second Host, or a header of BROWSER_HEADERS, came
         self._method = ""
         self._path = ""
         self._query = ""
@@ -479,29 +488,51 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return  # lingering, or nothing more is read on this connection
-        # A head that ends in this read is no longer than it, unless the read is big (or
-        # the head began in an earlier one): only then are its bytes counted (on_headers_
-        # complete). Across reads, the bytes read since bound what the parser holds.
-        self._big_read = len(data) > self._max_head
-        if self._head_open:  # a head is incomplete: bound what the parser accumulates
-            carried = self._head_carried + len(data)
-            if carried > self._max_head:
-                if not self._feed_bounded(data):
-                    return
-            else:
-                self._head_carried = carried
-                self._feed(data)
-        else:
-            self._feed(data)
+        # A head (or request line) that begins and ends in this read is no longer than it:
+        # only a big read, or a head that began in an earlier one, has its bytes counted
+        # (on_url, on_headers_complete; _receive_checked). The usual read is parsed here,
+        # inline: the call to _receive_checked and its checks were 3% of a POST /event.
+        if self._head_open or len(data) > self._small_read:
+            self._receive_checked(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._feed_failed(data, exc)
         if self._in_message and not self._head_done:
-            if len(self._headers) > self._max_headers:
-                with contextlib.suppress(_StopParsing):
-                    self._check_head()
-            elif not self._head_open:
-                self._head_open = True
-                self._head_carried = 0
+            self._head_left_open()
+
+    def _receive_checked(self, data: bytes) -> None:
+        """:meth:`data_received` for a big read, or one that goes on with a head begun in an
+        earlier read: the heads are checked exactly; across reads, the bytes read since
+        bound what the parser holds."""
+        self._big_read = True
+        try:
+            if self._head_open:  # a head is incomplete: bound what the parser accumulates
+                carried = self._head_carried + len(data)
+                if carried > self._max_head:
+                    if not self._feed_bounded(data):
+                        return
+                else:
+                    self._head_carried = carried
+                    self._feed(data)
+            else:
+                self._feed(data)
+        finally:
+            self._big_read = False
+        if self._in_message and not self._head_done:
+            self._head_left_open()
         else:
             self._head_open = False
+
+    def _head_left_open(self) -> None:
+        """A read ended inside a head: check its fields' count, and bound what is to come."""
+        if len(self._headers) > self._max_headers:
+            with contextlib.suppress(_StopParsing):
+                self._check_head()
+        elif not self._head_open:
+            self._head_open = True
+            self._head_carried = 0
 
     def _feed_bounded(self, data: bytes) -> bool:
         """Feed ``data`` to an incomplete head no further than ``max_header_bytes``: 431 if
@@ -522,27 +553,34 @@ class _Connection(asyncio.Protocol):
     def _feed(self, data: bytes | memoryview) -> None:
         """Parse ``data``; an Upgrade offer is ignored (parsing goes on after the request,
         in a loop: any number of pipelined offers)."""
-        while True:
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._feed_failed(data, exc)
+
+    def _feed_failed(self, data: bytes | memoryview, exc: Exception) -> None:
+        """The parser raised ``exc`` while parsing ``data``: after an Upgrade offer, go on with
+        the rest of ``data`` (in a loop: any number of pipelined offers); else answer it."""
+        while isinstance(exc, httptools.HttpParserUpgrade):
+            if self._stopped:
+                return
+            data = memoryview(data)[exc.args[0] :]
+            head = self._upgrade_body
+            if head is not None:  # the offer had a body: it comes next
+                self._upgrade_body = None
+                self._replay(head)
             try:
                 self._parser.feed_data(data)
                 return
-            except httptools.HttpParserUpgrade as exc:
-                if self._stopped:
-                    return
-                data = memoryview(data)[exc.args[0] :]
-                head = self._upgrade_body
-                if head is not None:  # the offer had a body: it comes next
-                    self._upgrade_body = None
-                    self._replay(head)
-            except httptools.HttpParserCallbackError:
-                if not self._stopped:  # not our _StopParsing: a bug in a callback
-                    self._server._log_exception("callback", "HTTP parser callback failed")
-                    self._fail(_error(500, "internal error"))
-                return
-            except httptools.HttpParserError as exc:
-                if not self._stopped:  # else: data after "Connection: close", ignored
-                    self._fail(_error(400, f"bad request: {exc}"))
-                return
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as again:
+                exc = again
+        if self._stopped:
+            return  # our _StopParsing, or data after "Connection: close": ignored
+        if isinstance(exc, httptools.HttpParserCallbackError):  # a bug in a callback
+            self._server._log_exception("callback", "HTTP parser callback failed")
+            self._fail(_error(500, "internal error"))
+        else:
+            self._fail(_error(400, f"bad request: {exc}"))
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -576,8 +614,9 @@ class _Connection(asyncio.Protocol):
         self._body = []
         self._body_size = self._content_length = self._trailers = 0
         self._chunked = self._expect = self._connection_header = self._head_done = False
-        self._early = None
-        if len(url) > self._url_room:
+        self._guard_asks = False
+        self._early = self._host = None
+        if self._big_read and len(url) > self._url_room:  # (a small read holds no long one)
             self._check_url(len(url))
         # The head's clock starts now, unless it runs already for this request (a new
         # connection's first head is timed from the opening: a trickled method gains nothing).
@@ -660,6 +699,11 @@ class _Connection(asyncio.Protocol):
         if name in _SPECIAL_HEADERS:
             if name == b"content-length":
                 self._content_length = int(value)  # llhttp has validated it
+            elif name == b"host":
+                if self._host is None:
+                    self._host = value
+                else:
+                    self._guard_asks = True  # the guard refuses a second one
             elif name == b"transfer-encoding":
                 # llhttp takes any list of codings ending in chunked: only chunked is served.
                 if self._chunked or value.rstrip(b" \t").lower() != b"chunked":
@@ -667,8 +711,10 @@ class _Connection(asyncio.Protocol):
                 self._chunked = True
             elif name == b"expect":
                 self._expect = value.lower() == b"100-continue"
-            else:
+            elif name == b"connection":
                 self._connection_header = True
+            else:  # one of BROWSER_HEADERS
+                self._guard_asks = True
 
     def _trailer(self, name: bytes, value: bytes) -> None:
         """A trailer field: it counts toward the head's limits and is never kept."""
@@ -716,10 +762,12 @@ class _Connection(asyncio.Protocol):
         parser = self._parser
         server = self._server
         self._head_done = True
-        spanned = self._head_open  # the head began in an earlier read
-        if spanned or self._big_read or len(self._headers) > self._max_headers:
+        if self._big_read or len(self._headers) > self._max_headers:
+            spanned = self._head_open  # the head began in an earlier read
             self._head_open = False  # (for _feed_bounded: the head is complete)
             self._check_head()
+        else:  # (a head that began in an earlier read is parsed with _big_read set)
+            spanned = False
         if self._url_parts is not None:
             self._url = b"".join(self._url_parts)
             self._url_parts = None
@@ -736,27 +784,34 @@ class _Connection(asyncio.Protocol):
         # "Connection: upgrade": only then is llhttp asked (a call per request otherwise).
         if has_body and self._connection_header and parser.should_upgrade():
             self._upgrade_body = self._replay_head()
-        refused = self._guard.check(self._method, self._headers)
-        if refused is not None:  # contract §11.4: a browser's cross-site write, or rebinding
+        # Contract §11.4: a browser's cross-site write, or rebinding. The guard is asked only
+        # if it might refuse (see BrowserGuard.quick_hosts): the call was 6% of a POST /event.
+        if self._guard_asks or (self._host not in self._quick_hosts and not self._any_host):
+            refused = self._guard.check(self._method, self._headers)
+        else:
+            refused = None
+        early: Response | Stream | None
+        if refused is not None:
             server._rejected(refused[0])
-            checked: Response | Stream | None = _error(*refused)
+            early = _error(*refused)
         else:
             try:
-                checked = self._handler.precheck(self._method, self._path, self._headers)
+                early = self._handler.precheck(self._method, self._path, self._headers)
             except Exception:
                 server._log_exception(
                     "precheck", "precheck failed for %s %s", self._method, self._path
                 )
                 server._rejected(500)
-                checked = _error(500, "internal error")
-        if checked is STREAM:
-            stream, early = True, None
-        else:
-            stream, early = False, checked
-        if early is None and self._content_length > server._max_body:
-            server._rejected(413)
-            early = _error(413, self._body_too_large())
+                early = _error(500, "internal error")
+        stream = early is STREAM
+        if stream or early is None:
+            if self._content_length > server._max_body:
+                server._rejected(413)
+                early = _error(413, self._body_too_large())
+            elif stream:
+                early = None
         if early is not None:
+            early = cast(Response, early)
             if has_body:  # answer without reading the body, then close
                 self._fail(early, own=False)
                 raise _StopParsing
@@ -765,10 +820,11 @@ class _Connection(asyncio.Protocol):
         if has_body:
             # The body's clock starts now: if the head came in this read, as good as when the
             # head's did (on_url), so no clock is read for the usual request.
+            # When the two timeouts are equal (the default), that deadline stands as it is.
             deadline = self._deadline
             if spanned or deadline is None:
                 self._set_deadline(server._body_timeout, request=True)
-            else:
+            elif server._body_extra:
                 deadline = self._deadline = deadline + server._body_extra
                 if self._timer is None or self._timer_at > deadline:
                     self._arm(deadline)
@@ -820,26 +876,33 @@ class _Connection(asyncio.Protocol):
         return self._parser.get_http_version() == "1.0"
 
     def on_body(self, body: bytes) -> None:
+        # (Lean: it runs for every body. A Content-Length body was checked against the limit
+        # already, so only a chunked one is counted: that took 5 of its 53 bytecodes.)
         size = len(body)
-        self._body_size += size
-        server = self._server
-        stream = self._body_stream
-        if stream is None:
+        if self._body_stream is None:
             self._body.append(body)
         else:
-            buffered = stream._put(body)
-            if not buffered:
-                size = 0  # the request was answered: dropped
-            elif buffered > _STREAM_BUFFER:
-                self._stream_full = True
-                self._pause_reading()
+            size = self._stream_chunk(body)
         self._held += size
+        server = self._server
         server._inflight += size
         if server._inflight > server._max_inflight:
             server._over_budget(self)
-        # A Content-Length body was checked against the limit already.
-        if self._chunked and self._body_size > server._max_body:
-            self._reject(413, self._body_too_large())
+        if self._chunked:
+            self._body_size += len(body)
+            if self._body_size > server._max_body:
+                self._reject(413, self._body_too_large())
+
+    def _stream_chunk(self, body: bytes) -> int:
+        """Hand a piece of a streamed body on; the bytes now held for it (0: dropped, the
+        request was answered)."""
+        buffered = cast(RequestBody, self._body_stream)._put(body)
+        if not buffered:
+            return 0
+        if buffered > _STREAM_BUFFER:
+            self._stream_full = True
+            self._pause_reading()
+        return len(body)
 
     def on_message_complete(self) -> None:
         if self._upgrade_body is not None:
@@ -981,8 +1044,19 @@ class _Connection(asyncio.Protocol):
         elif self._body_stream is not None and not self._queue:
             keep_alive = self._answered_mid_body()
         self._send(response, keep_alive, http10, head)
-        if self._held and not self._queue:
-            self._release_answered()
+        held = self._held
+        if held and not self._queue:
+            server = self._server
+            if (
+                self._in_message
+                or self._last_stream is not None
+                or server._memory_waiting
+                or server._overdraft is not None
+            ):
+                self._release_answered()
+            else:  # _release_answered's usual case, inline: the call was 2% of a POST /event
+                self._held = 0
+                server._inflight -= held
         if not keep_alive:
             self._close()
         elif self._queue or self._write_paused:
@@ -1014,7 +1088,8 @@ class _Connection(asyncio.Protocol):
         if stream is not None:  # the body still arriving: what its handler has not taken
             keep = stream._buffered
         else:
-            keep = self._body_size if self._in_message else 0  # the body being read
+            # The body being read (its size counted here: on_body counts a chunked one only).
+            keep = sum(map(len, self._body)) if self._in_message else 0
         last = self._last_stream
         if last is not None and last is not stream:
             last._discard()  # its handler is done: what it left is dropped

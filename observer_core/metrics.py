@@ -109,6 +109,7 @@ class Metrics:
         self._families: dict[str, _Family] = {}
         self._labels: dict[str, dict[str, str]] = {}
         """label name -> client value -> the label value it is shown as."""
+        self._sources = self._labels["source"] = {}
         self.ops_received = self.counter(
             "observer_ops_received_total", "Ops accepted into the ring, by source and outcome."
         )
@@ -183,7 +184,9 @@ class Metrics:
 
     def source_label(self, source: str) -> str:
         """``source`` as a label value (see :meth:`label`)."""
-        return self.label("source", source)
+        # A source seen before, without the call to label(): one per commit.
+        shown = self._sources.get(source)
+        return shown if shown is not None else self.label("source", source)
 
     def render(self) -> str:
         return "\n".join(family.render() for family in self._families.values()) + "\n"
