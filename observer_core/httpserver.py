@@ -608,8 +608,7 @@ class _Connection(asyncio.Protocol):
             self._more_url(url)
             return
         self._in_message = True
-        self._url = url
-        self._url_parts = None
+        self._url = url  # (_url_parts is None: on_headers_complete or a rejection reset it)
         self._headers = []
         self._body = []
         self._body_size = self._content_length = self._trailers = 0

@@ -129,6 +129,7 @@ class ReadRoutes:
     ) -> None:
         self._observer = observer
         self._tokens = Tokens(token)
+        self._auth = bool(self._tokens)  # per request, without Tokens.__bool__'s call
         self._count = count
         self.operator = OperatorRoutes(observer, max_taps=max_taps, tap_queue_max=tap_queue_max)
 
@@ -140,7 +141,7 @@ class ReadRoutes:
             return self._reject(404, f"no such endpoint: {path}")
         if method != allowed and not (method == "HEAD" and allowed == "GET"):
             return self._reject(405, f"{path} takes {allowed}", [("Allow", allowed)])
-        if self._tokens and path not in self.open_paths:
+        if self._auth and path not in self.open_paths:
             given = next((value for name, value in headers if name == b"authorization"), b"")
             if not self._tokens.matches(bearer_token(given)):
                 return self._reject(
