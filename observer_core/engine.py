@@ -515,7 +515,8 @@ class Engine:
             for source, total in totals.items():
                 self._count_received(source, total, failures[source])
         # Model calls are counted only if an op has attributes (checked in C): for a batch
-        # without any, the call and its scan were 6% of a one-request commit.
+        # without any, the call and its scan were 41 bytecodes and 3 frames (measured: a
+        # fifth of what _accept adds to a one-request commit).
         if any(map(_attributes_of, ops)):
             count_ops(self.metrics, ops)
         for pump in self._pumps:

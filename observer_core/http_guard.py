@@ -15,7 +15,8 @@ and a request without ``Host`` (HTTP/1.0) is not the guard's business. The usual
 (``Host: 127.0.0.1:3800``, no ``Origin``) need not be checked at all: a server that notes
 the ``Host`` values and whether any of `BROWSER_HEADERS` came (as it parses the head) and
 finds one ``Host`` at most, in `BrowserGuard.quick_hosts`, knows `BrowserGuard.check` would
-pass it (the call and its pass over the headers were 6% of a ``POST /event``'s instructions).
+pass it (measured: the call and its pass over the headers were 84 of the ~1,100 bytecodes of
+a ``POST /event``).
 """
 
 from __future__ import annotations

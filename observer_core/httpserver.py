@@ -491,7 +491,7 @@ class _Connection(asyncio.Protocol):
         # A head (or request line) that begins and ends in this read is no longer than it:
         # only a big read, or a head that began in an earlier one, has its bytes counted
         # (on_url, on_headers_complete; _receive_checked). The usual read is parsed here,
-        # inline: the call to _receive_checked and its checks were 3% of a POST /event.
+        # inline (measured: a call, and the checks of every read, were 27 bytecodes).
         if self._head_open or len(data) > self._small_read:
             self._receive_checked(data)
             return
@@ -784,7 +784,8 @@ class _Connection(asyncio.Protocol):
         if has_body and self._connection_header and parser.should_upgrade():
             self._upgrade_body = self._replay_head()
         # Contract §11.4: a browser's cross-site write, or rebinding. The guard is asked only
-        # if it might refuse (see BrowserGuard.quick_hosts): the call was 6% of a POST /event.
+        # if it might refuse (see BrowserGuard.quick_hosts): the call ran 84 bytecodes of the
+        # ~1,100 of a POST /event; this test runs 9.
         if self._guard_asks or (self._host not in self._quick_hosts and not self._any_host):
             refused = self._guard.check(self._method, self._headers)
         else:
@@ -1053,7 +1054,7 @@ class _Connection(asyncio.Protocol):
                 or server._overdraft is not None
             ):
                 self._release_answered()
-            else:  # _release_answered's usual case, inline: the call was 2% of a POST /event
+            else:  # _release_answered's usual case, inline (measured: its call was 45 bytecodes)
                 self._held = 0
                 server._inflight -= held
         if not keep_alive:

@@ -220,7 +220,7 @@ class EventDecoder:
                             op.rescue_succeeded = False
                     return op
         # The general path in a method of its own: when decode returned a tuple (the op and
-        # whether it has unknown fields), the call and the tuple were 1% of a POST /event.
+        # whether it has unknown fields), the call and the tuple were 14 bytecodes and a frame.
         op, unknown = self._decode_general(body)
         if unknown:
             self._report_unknown([body])

@@ -8,9 +8,11 @@ reads the headers as the server hands them on (tests/core/test_httpserver.py has
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 
+import anyio
 import httpx
 import pytest
 from hypothesis import example, given, settings
@@ -274,6 +276,64 @@ async def test_the_server_applies_the_guard_to_what_it_reads() -> None:
             rebound = await client.get("/stats", headers={"Host": f"evil.example:{server.port}"})
             assert rebound.status_code == 400
             assert "allowed_hosts" in rebound.json()["error"]
+
+
+# The server asks the guard only when a header might make it refuse (a second Host, Origin,
+# Sec-Fetch-Site, a Host not among BrowserGuard.quick_hosts): its answers must be the guard's.
+HEADS = [
+    ["Host: {own}"],
+    ["host: {own}"],
+    [],
+    ["Host: {own}", "Host: {own}"],
+    ["Host: {own}", "HOST: evil.example"],
+    ["Host: evil.example", "Host: {own}"],
+    ["Host: evil.example"],
+    ["Host: "],
+    ["Host: LOCALHOST:{port}"],
+    ["Host: [::1]"],
+    ["Host: {own}", "Origin: http://evil.example"],
+    ["Host: {own}", "ORIGIN: http://{own}"],
+    ["Origin: http://evil.example"],
+    ["Host: {own}", "Sec-Fetch-Site: cross-site"],
+    ["Sec-Fetch-Site: Cross-Site", "Host: {own}"],
+    ["Host: {own}", "sec-fetch-site: same-origin"],
+]
+
+
+async def _status(port: int, request: bytes) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        with anyio.fail_after(5):
+            line = await reader.readline()
+        return int(line.split()[1])
+    finally:
+        writer.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_the_servers_answer_is_the_guards_whatever_the_headers(method: str) -> None:
+    async with HttpServer(Ok(), host="127.0.0.1", port=0) as server:
+        guard = BrowserGuard("127.0.0.1", server.port)
+        for head in HEADS:
+            lines = [line.format(own=f"127.0.0.1:{server.port}", port=server.port) for line in head]
+            request = f"{method} /event HTTP/1.1\r\n" + "".join(f"{line}\r\n" for line in lines)
+            request += "Content-Length: 2\r\n\r\n{}" if method == "POST" else "\r\n"
+            pairs = [tuple(part.strip() for part in line.split(":", 1)) for line in lines]
+            refused = guard.check(method, headers(*pairs))  # type: ignore[arg-type]
+            expected = 200 if refused is None else refused[0]
+            assert await _status(server.port, request.encode()) == expected, lines
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([LOOPBACK, WILDCARD, NAMED]), st.binary(max_size=40))
+@example(LOOPBACK, b"127.0.0.1:3800")
+@example(NAMED, b"observer.example.com")
+def test_quick_hosts_pass_the_check(guard: BrowserGuard, host: bytes) -> None:
+    if guard.quick_hosts is None or host in guard.quick_hosts:
+        assert guard.check("POST", [(b"host", host)]) is None
+    assert guard.check("POST", []) is None and (guard.quick_hosts is None) == (guard is WILDCARD)
 
 
 # -- properties ------------------------------------------------------------------------
