@@ -296,9 +296,10 @@ class EventDecoder:
             self._report_unknown([body], array=True)
         return ops
 
-    def decode_lines(self, body: bytes) -> list[Op]:
-        """Decode NDJSON; blank lines are skipped, errors name the line, counted from 1."""
-        ops = self.decode_complete(split_lines(body))
+    def decode_lines(self, body: bytes, lines: list[bytes] | None = None) -> list[Op]:
+        """Decode NDJSON; blank lines are skipped, errors name the line, counted from 1.
+        ``lines``: ``split_lines(body)``, when the caller has it already."""
+        ops = self.decode_complete(split_lines(body) if lines is None else lines)
         if ops is not None:
             return ops
         lines = body.split(b"\n")
