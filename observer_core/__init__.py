@@ -16,6 +16,7 @@ from .components import (
     Analyzer,
     AnalyzerConfig,
     BatchTooLarge,
+    Clock,
     Component,
     ComponentConfig,
     Context,
