@@ -13,7 +13,6 @@ handing the same ops on twice.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -28,6 +27,7 @@ from observer_core import (
     EventDecoder,
     InvalidEvent,
     Op,
+    RegisterSource,
     Source,
     hookimpl,
 )
@@ -150,5 +150,5 @@ class JsonInbox(Source):
 
 
 @hookimpl
-def observer_register_sources(register: Callable[[type[Source]], None]) -> None:
+def observer_register_sources(register: RegisterSource) -> None:
     register(JsonInbox)
