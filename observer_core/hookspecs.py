@@ -89,8 +89,8 @@ def observer_register_analyzers(register: RegisterAnalyzer) -> None:
 def observer_register_finding_kinds(register: RegisterFindingKind) -> None:
     """Register new finding kinds by name, so that sinks may list them in ``accepts``.
 
-    The built-in kinds (``diagnosis``, ``playbook``, ``escalation``) and ``op``
-    need no registration.
+    Only ``op`` needs no registration: every analyzer, the built-ins included, registers
+    the kinds it emits (``diagnosis``, ``playbook``, ``escalation``, ``alert``).
     """
 
 

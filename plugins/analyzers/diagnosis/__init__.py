@@ -4,7 +4,8 @@ It runs only when the ring holds a failure it has not yet diagnosed. It then
 sends the last 10 failures in the ring, one ``[endpoint] input_summary: error``
 line each, in ``prompt`` (at ``{errors}``) to the model, beside the cycle
 (``ctx.spawn``, one call in flight, under ``timeout_secs``), and publishes a
-``diagnosis`` finding carrying a :class:`~observer_core.LogEntry`. An empty,
+``diagnosis`` finding carrying a ``LogEntry`` (of
+``observer_plugins.sinks.gateway_log.entry``). An empty,
 failed, garbled or late answer publishes nothing, is logged and counted
 (``observer_diagnosis_failures_total{instance, reason}``), and the failures
 stay undiagnosed, so the next cycle tries again. When the provider's reply reports

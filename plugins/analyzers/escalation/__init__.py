@@ -5,7 +5,7 @@ failed ops whose client left, ``attributes.client_left``: a user pressing Stop
 is not the gateway failing). A group that
 reaches ``threshold`` and was never escalated is POSTed to
 ``{url}/api/run?mode=code_review`` as ``{"input": ...}`` describing its last 8
-failures; the reply becomes an :class:`~observer_core.EscalationRow`, published
+failures; the reply becomes an :class:`EscalationRow` (defined here), published
 as an ``escalation`` finding.
 
 Each sig_hash is escalated once, ever (again after ``reescalate_after_secs``

@@ -3,7 +3,7 @@
 On its cycles, when the ring holds at least ``min_successes`` successes (not
 from ``exclude_sources``), it groups them by endpoint; every group of at least
 ``min_group`` that gained successes since its last entry emits a ``playbook``
-finding carrying a :class:`~observer_core.LogEntry`.
+finding carrying a ``LogEntry`` (``observer_plugins.sinks.gateway_log.entry``).
 
 "Gained" is tracked by ring sequence number (the ring evicts, so counts lie)
 and, across restarts, by the newest timestamp each entry covered (kept under

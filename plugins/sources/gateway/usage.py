@@ -1,8 +1,10 @@
 """A model call's model and token usage, read from its request and reply (contract §13.2).
 
-Shared by the proxy, the Python API and the analyzers that call a model:
+Used by the proxy and the Python API (the analyzers use :mod:`observer_core.genai`,
+which holds the reply parsing and re-exported here):
 
-- :func:`reply_usage`: a parsed JSON reply's ``model`` and ``usage``
+- :func:`reply_usage` (from :mod:`observer_core.genai`): a parsed JSON reply's
+  ``model`` and ``usage``
   (OpenAI's ``prompt_tokens`` / ``completion_tokens``, or ``input_tokens`` /
   ``output_tokens`` as OpenAI's Responses API writes them; Ollama's
   ``prompt_eval_count`` / ``eval_count``);
