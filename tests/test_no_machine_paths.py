@@ -99,7 +99,7 @@ def test_a_machine_path_is_found(text: str) -> None:
         "http://127.0.0.1:8080/home/index.html",
         "POST /api/run",
         "bench/results/20261126-140546.profile.txt",
-        "../tmp/x and ~/work/x",
+        "../cache/x and ~/data/x",
         "the file systems /, /tmp and /work",
     ],
 )
