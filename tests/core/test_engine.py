@@ -25,6 +25,7 @@ from observer_core import (
     hookimpl,
 )
 from observer_core import engine as engine_module
+from observer_core._engine import dispatch
 from observer_core.config import load_config
 from observer_core.engine import Engine
 from observer_core.plugins import load_registry
@@ -149,7 +150,7 @@ async def test_concurrent_emits_share_one_write_in_order(tmp_path):
 
 
 async def test_backed_up_input_is_refused_not_acknowledged(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine_module, "MAX_PENDING_OPS", 10)
+    monkeypatch.setattr(dispatch, "MAX_PENDING_OPS", 10)
     engine = make_engine(tmp_path, GATED)
     results: list[object] = []
     async with engine.running() as inputs:
@@ -168,7 +169,7 @@ async def test_a_batch_larger_than_the_pending_bound_is_too_large_not_backed_up(
     tmp_path, monkeypatch
 ):
     """No retry can clear it: BatchTooLarge (a source answers 413), not 503 Retry-After."""
-    monkeypatch.setattr(engine_module, "MAX_PENDING_OPS", 10)
+    monkeypatch.setattr(dispatch, "MAX_PENDING_OPS", 10)
     engine = make_engine(tmp_path, GATED)
     GateSink.gate.set()
     results: list[object] = []
@@ -217,7 +218,7 @@ async def test_first_cycle_comes_one_period_after_start_and_late_ticks_are_skipp
 
 def test_the_core_never_imports_a_plugin():
     core = Path(engine_module.__file__).parent
-    for module in core.glob("*.py"):
+    for module in core.rglob("*.py"):
         tree = ast.parse(module.read_text())
         for node in ast.walk(tree):
             names = (

@@ -13,7 +13,8 @@ import msgspec
 import pytest
 from operators_kit import event, metric, read_tap_lines, stalled_tap, wait_subscribers
 
-from observer_core import Finding, Op, engine, tap
+from observer_core import Finding, Op, tap
+from observer_core._engine import dispatch
 from observer_core.testing import free_port
 
 INPROCESS = """
@@ -28,7 +29,7 @@ plugin = "collect"
 async def test_ready_is_503_while_an_ack_holding_sink_cannot_write_and_200_once_it_can(
     observer_engine, monkeypatch
 ):
-    monkeypatch.setattr(engine, "READY_PROBE_SECS", 0.1)
+    monkeypatch.setattr(dispatch, "READY_PROBE_SECS", 0.1)
     port = free_port()
     async with (
         observer_engine.start(INPROCESS.format(port=port)) as running,
