@@ -9,7 +9,7 @@ from __future__ import annotations
 from ._engine.core import Engine, StartupError
 from ._engine.dispatch import MAX_PENDING_OPS, SINK_QUEUE_MAX
 from ._engine.instance import Instance
-from ._engine.introspect import RECENT_MAX, preview
+from ._engine.introspect import RECENT_MAX, or_none, preview
 
 __all__ = [
     "MAX_PENDING_OPS",
@@ -18,5 +18,6 @@ __all__ = [
     "Engine",
     "Instance",
     "StartupError",
+    "or_none",
     "preview",
 ]

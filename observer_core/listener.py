@@ -10,14 +10,14 @@ ingests subclasses the three: its routes add paths and take ``serve(emit)``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import anyio
 import msgspec
 
 from .auth import Token, Tokens
 from .components import ComponentConfig, Context, Emit, Observer, Source
-from .engine import MAX_PENDING_OPS
+from .engine import MAX_PENDING_OPS, or_none
 from .http_guard import AllowedHosts, normalize_allowed_hosts
 from .httpserver import (
     Connections,
@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 _encode = msgspec.json.Encoder().encode
+SCENARIO_SOURCE = "scenario"
+"""The ``source`` of an op ``POST /event`` gets when the event names none (contract §6)."""
+RECENT_SCENARIO_OPS = 10
+"""How many of them ``/stats`` lists under ``recent_scenario_ops`` (contract §6)."""
 
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -158,12 +162,28 @@ class ReadRoutes:
     def serve(self, emit: Emit) -> None:
         """Start taking what the routes ingest (the read routes take nothing)."""
 
+    def _stats(self) -> dict[str, Any]:
+        """``/stats``: the daemon's stats, and ``recent_scenario_ops`` as contract §6 has
+        it (the newest ops of ``/event``'s default source, for the reference's clients)."""
+        stats = self._observer.stats()
+        stats["recent_scenario_ops"] = [
+            {
+                "ts": op.timestamp,
+                "ok": op.success,
+                "staffer": or_none(op.staffer_id),
+                "kind": or_none(op.event_kind),
+                "role": or_none(op.role),
+            }
+            for op in self._observer.recent_ops(SCENARIO_SOURCE, RECENT_SCENARIO_OPS)
+        ]
+        return stats
+
     def handle(self, request: Request) -> Response | Awaitable[Response] | Later:
         path = request.path
         if path == "/health":
             return Response(200, _encode(self._observer.health()))
         if path == "/stats":
-            return Response(200, _encode(self._observer.stats()))
+            return Response(200, _encode(self._stats()))
         if path in OperatorRoutes.routes:
             return self.operator.handle(request, self._reject)
         return Response(

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..components import Context
 from ..metrics import Metrics
+from ..records import Op
 from ..state import StateStore
 from ..tap import TapHub
 from .collect import BUILTIN_FINDING_KINDS
@@ -30,6 +31,9 @@ class _StandaloneObserver:
 
     def stats(self) -> dict[str, Any]:
         return {}
+
+    def recent_ops(self, source: str, limit: int) -> list[Op]:
+        return []
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "ops_in_ring": 0, "checks": {}}

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import anyio
+import msgspec
 import pytest
 
 from observer_core import (
@@ -244,3 +245,34 @@ async def test_shutdown_commits_what_was_submitted_in_the_same_moment(tmp_path):
             await engine.shutdown()  # at once: the dispatcher has not had a turn yet
     assert answers == [None]
     assert [record.endpoint for batch in GateSink.batches for record in batch] == ["/1", "/2"]
+
+
+async def test_recent_ops_are_the_newest_of_a_source_and_stats_hold_no_contract_field(tmp_path):
+    # The engine answers a generic question (Observer.recent_ops); the contract's
+    # recent_scenario_ops is shaped by the /stats route (observer_core.listener).
+    engine = make_engine(tmp_path, GATED)
+    GateSink.gate.set()
+    ops = [op(n) for n in range(15)]
+    for n in range(0, 15, 2):
+        ops[n] = msgspec.structs.replace(ops[n], source="scenario")
+    async with engine.running():
+        with anyio.fail_after(5):
+            await engine.emit(ops)
+    assert [o.endpoint for o in engine.recent_ops("scenario", 3)] == ["/10", "/12", "/14"]
+    assert len(engine.recent_ops("t", 100)) == 7
+    assert engine.recent_ops("nobody", 10) == []
+    assert "recent_scenario_ops" not in engine.stats()
+
+
+def test_an_instance_error_is_logged_and_counted_in_one_place():
+    # issue 20: every part of the engine reports an instance's failure through fail();
+    # none logs a traceback or counts an error its own way.
+    core = Path(engine_module.__file__).parent
+    modules = [core / "engine.py", *sorted((core / "_engine").glob("*.py"))]
+    counting = [
+        path.name
+        for path in modules
+        for text in [path.read_text()]
+        if "instance_errors.inc" in text or "logger.exception" in text
+    ]
+    assert counting == ["instance.py"]
