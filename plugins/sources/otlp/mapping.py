@@ -75,7 +75,7 @@ _READ: Final = frozenset(
 )
 _GENAI_MARKERS: Final = (OPERATION, PROVIDER, SYSTEM)
 _OI_GENAI_KINDS: Final = frozenset({"LLM", "EMBEDDING"})
-_HEX: Final = re.compile(r"[0-9a-f]*")
+_HEX: Final = re.compile(r"[0-9a-f]*").fullmatch
 _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
 
@@ -192,15 +192,17 @@ def derive_sig_hash(source: str, endpoint: str, error_type: str) -> str:
 
 def _check_ids(span: Span) -> tuple[str, str]:
     trace_id, span_id = span.trace_id, span.span_id
-    if len(trace_id) != 32 or not _HEX.fullmatch(trace_id) or trace_id == _ZERO_TRACE:
+    if len(trace_id) != 32 or not _HEX(trace_id) or trace_id == _ZERO_TRACE:
         raise Unmappable(f"trace_id {trace_id[:40]!r} is not 16 bytes of hex (not all zero)")
-    if len(span_id) != 16 or not _HEX.fullmatch(span_id) or span_id == _ZERO_SPAN:
+    if len(span_id) != 16 or not _HEX(span_id) or span_id == _ZERO_SPAN:
         raise Unmappable(f"span_id {span_id[:40]!r} is not 8 bytes of hex (not all zero)")
     return trace_id, span_id
 
 
 def _text(value: SpanValue | None) -> str:
     """A string attribute as text ("" when absent); a number or bool as written."""
+    if type(value) is str:  # the usual case first: this runs several times a span
+        return value
     if value is None or isinstance(value, list):
         return ""
     if isinstance(value, bool):
@@ -214,6 +216,8 @@ def _tokens(attrs: dict[str, SpanValue], *names: str) -> int | None:
         value = attrs.get(name)
         if value is None:
             continue
+        if type(value) is int and value >= 0:  # the usual case, without the checks below
+            return value
         if isinstance(value, bool | list):
             raise Unmappable(f"{name}: expected a token count, got {value!r:.40}")
         try:
@@ -233,6 +237,8 @@ def _output_summary(
     error: str | None,
     success: bool,
 ) -> str:
+    if input_tokens is not None and output_tokens is not None:
+        return f"{input_tokens} → {output_tokens} tokens"
     if input_tokens is not None or output_tokens is not None:
         shown = ["?" if count is None else str(count) for count in (input_tokens, output_tokens)]
         return f"{shown[0]} → {shown[1]} tokens"
@@ -290,7 +296,11 @@ def _second(seconds: int) -> str:
 def _timestamp(nanos: int) -> str:
     """A Unix time in nanoseconds as the record's timestamp (UTC, milliseconds)."""
     seconds, rest = divmod(nanos, 1_000_000_000)
-    return f"{_second(seconds)}{rest // 1_000_000:03d}Z"
+    return _second(seconds) + _MILLIS[rest // 1_000_000]
+
+
+_MILLIS: Final = tuple(f"{millis:03d}Z" for millis in range(1000))
+"""The end of a timestamp for each millisecond, made once rather than formatted each time."""
 
 
 def _check_sizes(op: Op, limit: int) -> None:

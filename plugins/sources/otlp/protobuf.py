@@ -1,6 +1,10 @@
 """The ``application/x-protobuf`` encoding, with the classes of ``opentelemetry-proto``.
 
 Imported only when an ``otlp`` source starts: the package comes with the ``[otlp]`` extra.
+The classes parse (and so check) every request. A request in the canonical encoding
+(what upb itself writes, as SDKs do) is then read by :mod:`.pbfast`, at a fraction of
+the cost of reading it through the classes' objects; any other is read through them
+(:func:`decode_classes`, the reference both are tested against).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from . import pbfast
 from .mapping import Span, SpanValue
 from .wire import Codec, InvalidBody, ResourceSpans, status_protobuf
 
-__all__ = ["CODEC"]
+__all__ = ["CODEC", "decode", "decode_classes"]
 
 _SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+_PARSE = ExportTraceServiceRequest.FromString
 
 
 def _array(value: AnyValue) -> list[str | int | float | bool]:
@@ -32,26 +38,25 @@ def _array(value: AnyValue) -> list[str | int | float | bool]:
     return items
 
 
-def decode(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
-    """An ``ExportTraceServiceRequest`` as neutral spans (ids as hex)."""
-    request = ExportTraceServiceRequest()
+def _parse(body: bytes) -> ExportTraceServiceRequest:
     try:
-        request.ParseFromString(body)
+        request: ExportTraceServiceRequest = _PARSE(body)
     except DecodeError as exc:
         raise InvalidBody(f"body is not a protobuf ExportTraceServiceRequest: {exc}") from None
+    return request
+
+
+def _read(request: ExportTraceServiceRequest, wanted: Collection[str]) -> list[ResourceSpans]:
+    """The spans of a parsed request, read through the classes' objects."""
     out: list[ResourceSpans] = []
     for resource_spans in request.resource_spans:
-        service_name = None
-        for pair in resource_spans.resource.attributes:
-            if pair.key == "service.name":
-                service_name = pair.value.string_value or None
         spans = []
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 attributes: dict[str, SpanValue] = {}
                 for pair in span.attributes:
                     key = pair.key
-                    if key in wanted:  # inline: this runs for every attribute of every span
+                    if key in wanted:
                         value = pair.value
                         kind = value.WhichOneof("value")
                         if kind in _SCALARS:
@@ -71,8 +76,25 @@ def decode(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
                         attributes,
                     )
                 )
-        out.append((service_name, spans))
+        out.append((pbfast.service_name(resource_spans.resource), spans))
     return out
+
+
+def decode_classes(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
+    """An ``ExportTraceServiceRequest`` as neutral spans, read through the classes."""
+    return _read(_parse(body), wanted)
+
+
+def decode(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
+    """An ``ExportTraceServiceRequest`` as neutral spans (ids as hex): what
+    :func:`decode_classes` gives, by :func:`.pbfast.read` when the encoding allows."""
+    request = _parse(body)
+    if request.SerializeToString() == body:
+        keys = wanted if isinstance(wanted, frozenset) else frozenset(wanted)
+        spans = pbfast.read(body, keys)
+        if spans is not None:
+            return spans
+    return _read(request, wanted)
 
 
 _EMPTY_RESPONSE: bytes = ExportTraceServiceResponse().SerializeToString()
