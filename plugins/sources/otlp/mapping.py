@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Final, TypeAlias
 
-from observer_core import Op
+from observer_core import UNSET, Op
 from observer_core.genai import INPUT_TOKENS, OUTPUT_TOKENS, REQUEST_MODEL, RESPONSE_MODEL
 
 __all__ = [
@@ -76,6 +76,7 @@ _READ: Final = frozenset(
 _GENAI_MARKERS: Final = (OPERATION, PROVIDER, SYSTEM)
 _OI_GENAI_KINDS: Final = frozenset({"LLM", "EMBEDDING"})
 _HEX: Final = re.compile(r"[0-9a-f]*").fullmatch
+_IDS: Final = re.compile(r"[0-9a-f]{48}").fullmatch
 _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
 
@@ -134,50 +135,76 @@ def map_span(
     ``check_sizes`` may be False when the request body was shorter than
     ``max_field_bytes`` less :data:`SIZE_MARGIN`: no field can then be too long."""
     attrs = span.attributes
+    get = attrs.get
     if not mapping.all_spans and not is_genai(attrs):
         return None
-    trace_id, span_id = _check_ids(span)
-    if span.start_ns <= 0:
+    trace_id, span_id = span.trace_id, span.span_id
+    ids = trace_id + span_id
+    # One regex over both ids; _check_ids says which one is wrong.
+    if len(trace_id) != 32 or len(span_id) != 16 or not _IDS(ids):
+        _check_ids(span)
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        _check_ids(span)
+    start_ns = span.start_ns
+    if start_ns <= 0:
         raise Unmappable("start_time_unix_nano is not set")
-    if span.end_ns < span.start_ns:
+    if span.end_ns < start_ns:
         raise Unmappable("end_time_unix_nano is before start_time_unix_nano")
 
-    operation = _text(attrs.get(OPERATION))
-    request_model = _text(attrs.get(REQUEST_MODEL)) or _text(attrs.get(OI_MODEL))
+    # This runs for every span: the usual case (a string, a whole number) is read inline,
+    # anything else by the helper that handles every case.
+    operation = get(OPERATION, "")
+    if type(operation) is not str:
+        operation = _text(operation)
+    request_model = get(REQUEST_MODEL, "")
+    if type(request_model) is not str:
+        request_model = _text(request_model)
+    if not request_model:
+        request_model = _text(get(OI_MODEL))
     endpoint = f"{operation} {request_model}" if operation and request_model else span.name
     success = span.status_code != STATUS_ERROR
     error = None
     if not success:
-        error = span.status_message or _text(attrs.get(ERROR_TYPE))
-    input_tokens = _tokens(attrs, INPUT_TOKENS, PROMPT_TOKENS, OI_PROMPT_TOKENS)
-    output_tokens = _tokens(attrs, OUTPUT_TOKENS, COMPLETION_TOKENS, OI_COMPLETION_TOKENS)
+        error = span.status_message or _text(get(ERROR_TYPE))
+    input_tokens = get(INPUT_TOKENS)
+    if type(input_tokens) is not int or input_tokens < 0:
+        input_tokens = _tokens(attrs, INPUT_TOKENS, PROMPT_TOKENS, OI_PROMPT_TOKENS)
+    output_tokens = get(OUTPUT_TOKENS)
+    if type(output_tokens) is not int or output_tokens < 0:
+        output_tokens = _tokens(attrs, OUTPUT_TOKENS, COMPLETION_TOKENS, OI_COMPLETION_TOKENS)
+    if input_tokens is not None and output_tokens is not None:
+        output_summary = f"{input_tokens} → {output_tokens} tokens"
+    else:
+        output_summary = _output_summary(attrs, input_tokens, output_tokens, error, success)
     source = mapping.source or service_name or "otlp"
-
+    staffer = get(mapping.staffer_attribute or STAFFER_ATTRIBUTES[0], "")
+    if type(staffer) is not str or not staffer:
+        staffer = _staffer(attrs, mapping.staffer_attribute)
+    sig_hash = get(SIG_HASH, "")
+    if type(sig_hash) is not str:
+        sig_hash = _text(sig_hash)
+    if not sig_hash and mapping.derive_sig_hash and not success:
+        error_type = _text(get(ERROR_TYPE))
+        if error_type:
+            sig_hash = derive_sig_hash(source, endpoint, error_type)
+    attributes = _attributes(attrs, request_model, input_tokens, output_tokens)
+    attributes["trace_id"] = trace_id
+    attributes["span_id"] = span_id
+    # One constructor call with every field: UNSET is what an omitted field is.
     op = Op(
-        timestamp=_timestamp(span.start_ns),
+        timestamp=_timestamp(start_ns),
         endpoint=endpoint,
         input_summary=span.name,
         success=success,
-        duration_ms=round((span.end_ns - span.start_ns) / 1e6, 3),
-        output_summary=_output_summary(attrs, input_tokens, output_tokens, error, success),
+        duration_ms=round((span.end_ns - start_ns) / 1e6, 3),
+        output_summary=output_summary,
+        error=error or UNSET,
         source=source,
-        id=trace_id + span_id,
+        staffer_id=staffer or UNSET,
+        sig_hash=sig_hash or UNSET,
+        id=ids,
+        attributes=attributes,
     )
-    if error:
-        op.error = error
-    staffer = _staffer(attrs, mapping.staffer_attribute)
-    if staffer:
-        op.staffer_id = staffer
-    sig_hash = _text(attrs.get(SIG_HASH))
-    if not sig_hash and mapping.derive_sig_hash and not success:
-        error_type = _text(attrs.get(ERROR_TYPE))
-        if error_type:
-            sig_hash = derive_sig_hash(source, endpoint, error_type)
-    if sig_hash:
-        op.sig_hash = sig_hash
-    op.attributes = _attributes(attrs, request_model, input_tokens, output_tokens)
-    op.attributes["trace_id"] = trace_id
-    op.attributes["span_id"] = span_id
     if check_sizes:
         _check_sizes(op, mapping.max_field_bytes)
     return op
@@ -190,13 +217,13 @@ def derive_sig_hash(source: str, endpoint: str, error_type: str) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
-def _check_ids(span: Span) -> tuple[str, str]:
+def _check_ids(span: Span) -> None:
+    """Raise :class:`Unmappable` naming the id that is not hex of its length, or zero."""
     trace_id, span_id = span.trace_id, span.span_id
     if len(trace_id) != 32 or not _HEX(trace_id) or trace_id == _ZERO_TRACE:
         raise Unmappable(f"trace_id {trace_id[:40]!r} is not 16 bytes of hex (not all zero)")
     if len(span_id) != 16 or not _HEX(span_id) or span_id == _ZERO_SPAN:
         raise Unmappable(f"span_id {span_id[:40]!r} is not 8 bytes of hex (not all zero)")
-    return trace_id, span_id
 
 
 def _text(value: SpanValue | None) -> str:
@@ -237,8 +264,6 @@ def _output_summary(
     error: str | None,
     success: bool,
 ) -> str:
-    if input_tokens is not None and output_tokens is not None:
-        return f"{input_tokens} → {output_tokens} tokens"
     if input_tokens is not None or output_tokens is not None:
         shown = ["?" if count is None else str(count) for count in (input_tokens, output_tokens)]
         return f"{shown[0]} → {shown[1]} tokens"
@@ -268,12 +293,20 @@ def _attributes(
 ) -> dict[str, str | int | float | bool]:
     """The op's attributes, under the current names only."""
     out: dict[str, str | int | float | bool] = {}
-    provider = _text(attrs.get(PROVIDER)) or _text(attrs.get(SYSTEM))
+    provider = attrs.get(PROVIDER, "")
+    if type(provider) is not str:
+        provider = _text(provider)
+    if not provider:
+        provider = attrs.get(SYSTEM, "")
+        if type(provider) is not str:
+            provider = _text(provider)
     if provider:
         out[PROVIDER] = provider
     if request_model:
         out[REQUEST_MODEL] = request_model
-    response_model = _text(attrs.get(RESPONSE_MODEL))
+    response_model = attrs.get(RESPONSE_MODEL, "")
+    if type(response_model) is not str:
+        response_model = _text(response_model)
     if response_model:
         out[RESPONSE_MODEL] = response_model
     if input_tokens is not None:

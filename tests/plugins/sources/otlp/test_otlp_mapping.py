@@ -123,6 +123,61 @@ def test_token_counts_are_whole_numbers() -> None:
             map_span(span(**base, **{"gen_ai.usage.output_tokens": bad}), None, Mapping())
 
 
+def test_values_that_are_not_plain_strings_or_counts_take_the_general_path() -> None:
+    """The mapping reads strings and whole numbers inline; every other value goes through
+    the rules for any value (numbers and bools as written, older names, fallbacks)."""
+    attributes: dict[str, SpanValue] = {
+        "gen_ai.operation.name": 7,
+        "gen_ai.request.model": "",
+        "llm.model_name": True,
+        "gen_ai.provider.name": 0,
+        "gen_ai.system": "ignored: the provider is set",
+        "gen_ai.response.model": 1.5,
+        "gen_ai.usage.prompt_tokens": "12",
+        "gen_ai.usage.output_tokens": 3.0,
+        "gen_ai.agent.name": "",
+        "gen_ai.agent.id": 42,
+        "observer.sig_hash": False,
+    }
+    op = map_span(span(**attributes), "svc", Mapping())
+    assert op is not None
+    assert (op.endpoint, op.output_summary, op.staffer_id, op.sig_hash) == (
+        "7 true",
+        "12 → 3 tokens",
+        "42",
+        "false",
+    )
+    assert op.attributes == {
+        "gen_ai.provider.name": "0",
+        "gen_ai.request.model": "true",
+        "gen_ai.response.model": "1.5",
+        "gen_ai.usage.input_tokens": 12,
+        "gen_ai.usage.output_tokens": 3,
+        **ids(),
+    }
+    override = map_span(
+        span(team=["a"], **{"gen_ai.system": "x"}), None, Mapping(staffer_attribute="team")
+    )
+    assert override is not None and override.staffer_id is UNSET
+
+
+@pytest.mark.parametrize(
+    ("trace_id", "span_id", "wrong"),
+    [
+        ("g" * 32, SPAN_ID, "trace_id"),
+        (TRACE_ID.upper(), SPAN_ID, "trace_id"),
+        (TRACE_ID, SPAN_ID[:15] + "z", "span_id"),
+        (TRACE_ID[:30], SPAN_ID + "ab", "trace_id"),  # 48 hex digits in all, split wrong
+        ("0" * 32, SPAN_ID, "trace_id"),
+        (TRACE_ID, "0" * 16, "span_id"),
+    ],
+)
+def test_a_bad_id_is_named(trace_id: str, span_id: str, wrong: str) -> None:
+    bad = Span("s", trace_id, span_id, START_NS, START_NS, 0, "", {"gen_ai.system": "x"})
+    with pytest.raises(Unmappable, match=f"^{wrong} "):
+        map_span(bad, None, Mapping())
+
+
 def ids() -> dict[str, str]:
     return {"trace_id": TRACE_ID, "span_id": SPAN_ID}
 
