@@ -1,10 +1,8 @@
 """The ``application/x-protobuf`` encoding, with the classes of ``opentelemetry-proto``.
 
 Imported only when an ``otlp`` source starts: the package comes with the ``[otlp]`` extra.
-The classes parse (and so check) every request. A request in the canonical encoding
-(what upb itself writes, as SDKs do) is then read by :mod:`.pbfast`, at a fraction of
-the cost of reading it through the classes' objects; any other is read through them
-(:func:`decode_classes`, the reference both are tested against).
+A request is read by :mod:`.pbfast`, at a fraction of the cost of reading it through
+the classes' objects, with the same result (:func:`decode_classes` is the reference).
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from . import pbfast
 from .mapping import Span, SpanValue
@@ -24,18 +21,7 @@ from .wire import Codec, InvalidBody, ResourceSpans, status_protobuf
 
 __all__ = ["CODEC", "decode", "decode_classes"]
 
-_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
 _PARSE = ExportTraceServiceRequest.FromString
-
-
-def _array(value: AnyValue) -> list[str | int | float | bool]:
-    """The scalars of an ``array_value`` (nested arrays, bytes and key-value lists skipped)."""
-    items = []
-    for item in value.array_value.values:
-        kind = item.WhichOneof("value")
-        if kind in _SCALARS:
-            items.append(getattr(item, kind))
-    return items
 
 
 def _parse(body: bytes) -> ExportTraceServiceRequest:
@@ -46,23 +32,20 @@ def _parse(body: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def _read(request: ExportTraceServiceRequest, wanted: Collection[str]) -> list[ResourceSpans]:
-    """The spans of a parsed request, read through the classes' objects."""
+def decode_classes(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
+    """An ``ExportTraceServiceRequest`` as neutral spans, read through the classes' objects
+    (the reference :func:`decode` is tested against)."""
     out: list[ResourceSpans] = []
-    for resource_spans in request.resource_spans:
+    for resource_spans in _parse(body).resource_spans:
         spans = []
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 attributes: dict[str, SpanValue] = {}
                 for pair in span.attributes:
-                    key = pair.key
-                    if key in wanted:
-                        value = pair.value
-                        kind = value.WhichOneof("value")
-                        if kind in _SCALARS:
-                            attributes[key] = getattr(value, kind)
-                        elif kind == "array_value":
-                            attributes[key] = _array(value)
+                    if pair.key in wanted:
+                        value = pbfast.wanted_value(pair.value)
+                        if value is not None:
+                            attributes[pair.key] = value
                 status = span.status
                 spans.append(
                     Span(
@@ -80,21 +63,14 @@ def _read(request: ExportTraceServiceRequest, wanted: Collection[str]) -> list[R
     return out
 
 
-def decode_classes(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
-    """An ``ExportTraceServiceRequest`` as neutral spans, read through the classes."""
-    return _read(_parse(body), wanted)
-
-
 def decode(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
-    """An ``ExportTraceServiceRequest`` as neutral spans (ids as hex): what
-    :func:`decode_classes` gives, by :func:`.pbfast.read` when the encoding allows."""
-    request = _parse(body)
-    if request.SerializeToString() == body:
-        keys = wanted if isinstance(wanted, frozenset) else frozenset(wanted)
-        spans = pbfast.read(body, keys)
-        if spans is not None:
-            return spans
-    return _read(request, wanted)
+    """An ``ExportTraceServiceRequest`` as neutral spans (ids as hex), as
+    :func:`decode_classes` gives them, read by :func:`.pbfast.read`."""
+    keys = wanted if isinstance(wanted, frozenset) else frozenset(wanted)
+    try:
+        return pbfast.read(pbfast.parse(body), keys)
+    except DecodeError:  # the classes say what is wrong first (this raises InvalidBody)
+        return decode_classes(body, wanted)
 
 
 _EMPTY_RESPONSE: bytes = ExportTraceServiceResponse().SerializeToString()
