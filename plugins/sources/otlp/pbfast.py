@@ -134,11 +134,11 @@ def read(request: Any, wanted: frozenset[str]) -> list[tuple[str | None, list[Sp
             for span in scope_spans.spans:
                 encoded = list(span.attributes)
                 pairs = list(map(known, encoded, missing))
-                if _MISSING in pairs:
-                    pairs = [
-                        _pair(data, wanted, cache) if pair is _MISSING else pair
-                        for data, pair in zip(encoded, pairs, strict=True)
-                    ]
+                misses = pairs.count(_MISSING)  # usually one at most (a response id)
+                at = 0
+                for _ in range(misses):
+                    at = pairs.index(_MISSING, at)
+                    pairs[at] = _pair(encoded[at], wanted, cache)
                 status = span.status
                 append(
                     Span(
