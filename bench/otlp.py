@@ -120,6 +120,8 @@ def drive(
                 conn.request("POST", path, payloads[sent % len(payloads)], headers)
                 response = conn.getresponse()
                 response.read()
+                if response.status == 503:  # a full queue: resend, as an exporter does
+                    continue
                 if response.status != 200:
                     failures.append(f"{path}: {response.status}")
                     return
