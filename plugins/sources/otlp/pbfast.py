@@ -132,13 +132,14 @@ def read(request: Any, wanted: frozenset[str]) -> list[tuple[str | None, list[Sp
         append = spans.append
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                encoded = list(span.attributes)
+                encoded = span.attributes
                 pairs = list(map(known, encoded, missing))
                 misses = pairs.count(_MISSING)  # usually one at most (a response id)
-                at = 0
-                for _ in range(misses):
-                    at = pairs.index(_MISSING, at)
-                    pairs[at] = _pair(encoded[at], wanted, cache)
+                if misses:
+                    at = 0
+                    for _ in range(misses):
+                        at = pairs.index(_MISSING, at)
+                        pairs[at] = _pair(encoded[at], wanted, cache)
                 status = span.status
                 append(
                     Span(

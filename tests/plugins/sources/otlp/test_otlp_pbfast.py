@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 import random
 import struct
-from dataclasses import astuple
 from typing import Any
 
 import pytest
+from msgspec.structs import astuple
 from observer_plugins.sources.otlp import pbfast, protobuf
 from observer_plugins.sources.otlp.mapping import Mapping
 from observer_plugins.sources.otlp.wire import InvalidBody
