@@ -101,6 +101,7 @@ _caches: dict[frozenset[str], dict[bytes, Pair]] = {}
 """What each encoded attribute is, by wanted keys; a list value is shared by the spans
 that have it (read-only: the mapping only reads)."""
 _MISSING: Any = object()
+"""What a cache lookup gives for bytes not seen yet (None and () are results)."""
 
 
 def _pair(encoded: bytes, wanted: frozenset[str], cache: dict[bytes, Pair]) -> Pair:
