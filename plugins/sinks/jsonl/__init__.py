@@ -6,6 +6,13 @@ Concurrent requests share one write: the engine hands over every op waiting
 at that moment as one batch (group commit). A write that fails (a full disk)
 leaves no partial line, refuses the batch, and marks the file unhealthy in
 ``/health`` checks until a write succeeds again.
+
+With ``fsync = "never"`` or ``"batch"`` the write(2) runs inline on the event loop
+(a copy into the page cache: no hand-off to the writer thread and back); fdatasync
+always runs on a thread. A write goes to the writer thread instead while the thread
+has work queued (order), while an fdatasync is in flight (as Redis postpones its AOF
+writes: a write may wait for the sync), and for a cool-down after an inline write took
+longer than ``inline_write_max_ms`` (see :mod:`.guard`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import contextlib
 import errno
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, cast
@@ -24,10 +32,13 @@ import msgspec
 from observer_core import Finding, Record, RegisterSink, Sink, SinkConfig, hookimpl, now_timestamp
 from observer_core.files import open_output, parse_file_mode
 
+from .guard import InlineGuard
 from .writer import WriterThread
 
 PROBE_FREE_BYTES = 64 << 10
 """What ``probe()`` wants free on the file's filesystem before it calls the sink writable."""
+FALLBACK_LOG_SECS = 60.0
+"""At most one warning this often that slow writes moved to the writer thread."""
 
 __all__ = ["JsonlSink"]
 
@@ -41,6 +52,11 @@ class JsonlConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     """never: write(2) before the ack; batch: also fdatasync every fsync_interval_ms;
     always: fdatasync before the ack."""
     fsync_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 1000
+    inline_write_max_ms: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 5.0
+    """never and batch: an inline write(2) slower than this sends writes to the writer
+    thread for ``inline_cooldown_ms``, then one write probes inline again."""
+    inline_cooldown_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 1000
+    """The first cool-down; doubled after each slow probe in a row (at most 32 times)."""
     file_mode: str | None = None
     """Mode of the file when this creates it, an octal string such as "0640";
     unset: the process's umask decides. An existing file keeps its mode."""
@@ -91,6 +107,19 @@ class JsonlSink(Sink):
         self._writer: WriterThread | None = None
         self._failing = False
         """The last write failed: /health shows the file unhealthy until one succeeds."""
+        self._inline = config.fsync != "always"
+        self._syncing = False
+        """An fdatasync is in flight (set by the syncer under ``_io``): writes go to the thread."""
+        self._guard = InlineGuard(
+            config.inline_write_max_ms / 1000, config.inline_cooldown_ms / 1000
+        )
+        self._fallbacks = self.ctx.metrics.counter(
+            "observer_sink_inline_fallbacks_total",
+            "Inline write(2)s slower than inline_write_max_ms, each sending writes to the "
+            "writer thread for a cool-down.",
+        )
+        self._logged_fallbacks = 0
+        self._next_fallback_log = 0.0
 
     async def open(self) -> None:
         self._writer = WriterThread(asyncio.get_running_loop())
@@ -145,19 +174,69 @@ class JsonlSink(Sink):
 
     def _append(self, data: bytes) -> None:
         with self._io:
-            start = self._size
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(self._fd, view) :]
-                if self.config.fsync == "always":
-                    os.fdatasync(self._fd)
-            except OSError:
-                with contextlib.suppress(OSError):  # no partial line for the next write
-                    os.ftruncate(self._fd, start)
-                raise
-            self._size = start + len(data)
-            self._dirty = self.config.fsync == "batch"
+            self._append_locked(data)
+
+    def _append_locked(self, data: bytes) -> None:
+        """Write all of ``data`` (short writes continue), fdatasync when "always"; on failure
+        cut the file back so no partial line is left. The caller holds ``_io``."""
+        start = self._size
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+            if self.config.fsync == "always":
+                os.fdatasync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):  # no partial line for the next write
+                os.ftruncate(self._fd, start)
+            raise
+        self._size = start + len(data)
+        self._dirty = self.config.fsync == "batch"
+
+    def _append_inline(self, data: bytes) -> bool:
+        """Write ``data`` on the event loop when nothing stands in the way; False: it was not
+        written (the thread is busy or has work queued, an fdatasync is in flight, or the
+        guard is cooling down), so the caller hands it to the thread."""
+        writer = self._writer
+        assert writer is not None, "write() before open()"
+        started = time.perf_counter()
+        if not writer.idle or not self._guard.inline(started):
+            return False
+        if not self._io.acquire(blocking=False):  # a sync taking its dup, a probe
+            return False
+        if self._syncing:  # read under the lock, which the syncer sets it under
+            self._io.release()
+            return False
+        try:
+            self._append_locked(data)
+        finally:
+            self._io.release()
+            ended = time.perf_counter()
+            cooldown = self._guard.timed(started, ended)
+            if cooldown is not None:
+                self._fell_back(ended - started, cooldown, ended)
+        return True
+
+    def _fell_back(self, took: float, cooldown: float, now: float) -> None:
+        """Count a slow inline write; warn, at most every ``FALLBACK_LOG_SECS``."""
+        self._fallbacks.inc(instance=self.ctx.instance)
+        if now < self._next_fallback_log:
+            return
+        self._next_fallback_log = now + FALLBACK_LOG_SECS
+        since, self._logged_fallbacks = (
+            self._guard.fallbacks - self._logged_fallbacks,
+            (self._guard.fallbacks),
+        )
+        self.ctx.logger.warning(
+            "%s: a write(2) took %.1f ms (inline_write_max_ms %g): writing on the writer "
+            "thread for %.1f s, then trying inline again (%d such switches since the last "
+            "warning; observer_sink_inline_fallbacks_total)",
+            self.path,
+            took * 1000,
+            self.config.inline_write_max_ms,
+            cooldown,
+            since,
+        )
 
     def sync_if_dirty(self) -> None:
         """fdatasync a duplicate of the fd outside the lock: writes never queue behind it."""
@@ -166,11 +245,13 @@ class JsonlSink(Sink):
                 return
             self._dirty = False
             fd = os.dup(self._fd)
+            self._syncing = True
         try:
             os.fdatasync(fd)
         except OSError as exc:
             self.ctx.error("fdatasync of %s failed: %s", self.path, exc)
         finally:
+            self._syncing = False
             os.close(fd)
 
     async def write(self, records: Sequence[Record]) -> None:
@@ -178,7 +259,8 @@ class JsonlSink(Sink):
         data = self._encode(records)
         assert self._writer is not None, "write() before open()"
         try:
-            await self._writer.run(self._append, data)
+            if not (self._inline and self._append_inline(data)):
+                await self._writer.run(self._append, data)
         except OSError as exc:
             if not self._failing:
                 self._failing = True

@@ -94,6 +94,12 @@ class WriterThread:
         self._thread = threading.Thread(target=self._work, name="jsonl-writer", daemon=True)
         self._thread.start()
 
+    @property
+    def idle(self) -> bool:
+        """No call is queued or running: the sink may touch the file on the loop without
+        overtaking one (the loop's view; only the loop queues calls)."""
+        return self._outstanding == 0
+
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the thread after every call queued before it."""
         future: asyncio.Future[Any] = self._loop.create_future()

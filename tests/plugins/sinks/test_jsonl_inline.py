@@ -1,0 +1,174 @@
+"""The jsonl sink's inline write(2): on the event loop for "never" and "batch", on the
+writer thread for "always", while an fdatasync is in flight, and after a slow write."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+
+import anyio
+import msgspec
+import pytest
+from observer_plugins.sinks.jsonl import JsonlConfig, JsonlSink
+from observer_plugins.sinks.jsonl.guard import MAX_COOLDOWN_FACTOR, InlineGuard
+
+from observer_core import Op
+from observer_core.testing import make_context
+
+FALLBACKS = "observer_sink_inline_fallbacks_total"
+
+
+def op(n: int) -> Op:
+    return Op(
+        timestamp="2026-01-01T00:00:00.000Z",
+        endpoint=f"/e{n}",
+        input_summary="i",
+        success=True,
+        duration_ms=n,
+        output_summary="o",
+        source="test",
+    )
+
+
+class _Writes:
+    """Records which thread made each write(2) of a line, and lets a test slow them down."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self.delay = 0.0
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Writes]:
+    seen = _Writes()
+    real = os.write
+    slow = threading.Event()  # never set: a bounded, real wait on the calling thread
+
+    def recording(fd: int, data: bytes | memoryview) -> int:
+        if bytes(data[:1]) == b"{":
+            seen.threads.append(threading.current_thread().name)
+            if seen.delay:
+                slow.wait(seen.delay)
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", recording)
+    yield seen
+
+
+async def _sink(tmp_path, **keys) -> JsonlSink:
+    sink = JsonlSink(JsonlConfig(path="ops.jsonl", **keys), make_context(tmp_path))
+    await sink.open()
+    return sink
+
+
+def _ids(path) -> list[int]:
+    return [json.loads(line)["duration_ms"] for line in path.read_text().splitlines()]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("fsync", "thread"),
+    [("never", "MainThread"), ("batch", "MainThread"), ("always", "jsonl-writer")],
+)
+async def test_never_and_batch_write_on_the_loop_always_on_the_thread(
+    tmp_path, writes, fsync, thread
+):
+    sink = await _sink(tmp_path, fsync=fsync, fsync_interval_ms=3_600_000)
+    for n in range(3):
+        await sink.write([op(n)])
+    await sink.aclose()
+    assert writes.threads == [thread] * 3
+    assert _ids(tmp_path / "ops.jsonl") == [0, 1, 2]
+
+
+@pytest.mark.anyio
+async def test_a_slow_write_sends_writes_to_the_thread_until_a_probe_is_fast(
+    tmp_path, writes, caplog
+):
+    sink = await _sink(tmp_path, fsync="never", inline_write_max_ms=20, inline_cooldown_ms=300)
+    writes.delay = 0.05
+    caplog.set_level(logging.WARNING)
+    await sink.write([op(0)])  # inline and slow: the guard trips
+    for n in range(1, 4):  # within the cool-down: on the thread, slow or not
+        await sink.write([op(n)])
+    assert writes.threads == ["MainThread"] + ["jsonl-writer"] * 3
+    assert sink.ctx.metrics.sample(FALLBACKS, instance="sinks.test") == 1
+    warnings = [r.getMessage() for r in caplog.records if "write(2) took" in r.getMessage()]
+    assert len(warnings) == 1 and "writing on the writer thread for 0.3 s" in warnings[0]
+
+    writes.delay = 0
+    with anyio.fail_after(5):  # after the cool-down one write probes inline, and stays there
+        while writes.threads[-1] != "MainThread":
+            await sink.write([op(len(writes.threads))])
+            await anyio.sleep(0.05)
+    await sink.write([op(len(writes.threads))])
+    assert writes.threads[-2:] == ["MainThread", "MainThread"]
+    assert sink.ctx.metrics.sample(FALLBACKS, instance="sinks.test") == 1
+    await sink.aclose()
+    assert _ids(tmp_path / "ops.jsonl") == list(range(len(writes.threads)))
+
+
+@pytest.mark.anyio
+async def test_writes_go_to_the_thread_while_an_fdatasync_is_in_flight(
+    tmp_path, writes, monkeypatch
+):
+    syncing, release = threading.Event(), threading.Event()
+    real = os.fdatasync
+
+    def slow_sync(fd: int) -> None:
+        syncing.set()
+        release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    sink = await _sink(tmp_path, fsync="batch", fsync_interval_ms=1)
+    try:
+        await sink.write([op(0)])  # inline; leaves the file dirty for the syncer
+        with anyio.fail_after(5):
+            while not syncing.is_set():
+                await anyio.sleep(0.005)
+        with anyio.fail_after(5):  # not held up by the sync in flight
+            await sink.write([op(1)])
+        assert writes.threads == ["MainThread", "jsonl-writer"]
+    finally:
+        release.set()
+    await sink.aclose()
+    assert _ids(tmp_path / "ops.jsonl") == [0, 1]
+
+
+@pytest.mark.anyio
+async def test_a_failed_inline_write_leaves_no_partial_line_and_raises(tmp_path):
+    sink = await _sink(tmp_path, fsync="never")
+    await sink.write([op(1)])
+    os.close(sink._fd)  # the next write fails like a broken disk would
+    sink._fd = os.open(os.devnull, os.O_RDONLY)
+    with pytest.raises(OSError):
+        await sink.write([op(2)])
+    await sink.aclose()
+    assert _ids(tmp_path / "ops.jsonl") == [1]
+
+
+def test_the_guard_doubles_its_cool_down_while_probes_stay_slow_and_resets_on_a_fast_one():
+    guard = InlineGuard(max_seconds=0.01, cooldown_seconds=1.0)
+    assert guard.timed(0.0, 0.005) is None and guard.inline(0.005)
+    now, cooldowns = 0.0, []
+    for _ in range(8):
+        cooldown = guard.timed(now, now + 0.02)
+        assert cooldown is not None
+        cooldowns.append(cooldown)
+        now += 0.02
+        assert not guard.inline(now + cooldown - 0.001) and guard.inline(now + cooldown)
+        now += cooldown
+    assert cooldowns == [1, 2, 4, 8, 16, 32, 32, 32] and MAX_COOLDOWN_FACTOR == 32
+    assert guard.fallbacks == 8
+    assert guard.timed(now, now) is None
+    assert guard.timed(now, now + 1) == 1.0
+
+
+@pytest.mark.parametrize(("key", "value"), [("inline_write_max_ms", 0), ("inline_cooldown_ms", 0)])
+def test_the_guard_keys_are_bounded(key, value):
+    with pytest.raises(msgspec.ValidationError, match=key):
+        msgspec.convert({"path": "x", key: value}, JsonlConfig)
