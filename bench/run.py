@@ -99,7 +99,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default=",".join(SERVERS),
-        help="contestants for POST /event (default: peer,core-never,core-batch)",
+        help="contestants for POST /event (default: peer,core-never,core-batch; also "
+        "core-thread: core-never writing on its writer thread)",
     )
     parser.add_argument(
         "--tail-size", type=_size, default=10**9, help="bytes of the tailed file (default 1G)"

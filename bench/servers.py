@@ -117,9 +117,15 @@ SERVERS = ("peer", "core-never", "core-batch")
 """The ingest comparison's contestants: the peer and observer-core with each fsync mode."""
 
 
+VARIANTS = {"core-thread": ("never", "inline_writes = false\n")}
+"""Contestants beyond SERVERS (``--servers``), as (fsync, extra sink keys): ``core-thread`` is
+``core-never`` with every write on the sink's writer thread, as before issue 24."""
+
+
 def start(name: str, workdir: Path, gateway_url: str) -> tuple[Server, Path]:
-    """Start one of SERVERS; return it and the JSONL file its acknowledged events go to."""
+    """Start one of SERVERS or VARIANTS; return it and the JSONL file its acknowledged events
+    go to."""
     if name == "peer":
         return start_peer(workdir, gateway_url), workdir / PEER_OPS
-    fsync = name.removeprefix("core-")
-    return start_core(workdir, fsync), workdir / CORE_OPS
+    fsync, extra = VARIANTS.get(name, (name.removeprefix("core-"), ""))
+    return start_core(workdir, fsync, extra=extra), workdir / CORE_OPS

@@ -52,6 +52,9 @@ class JsonlConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     """never: write(2) before the ack; batch: also fdatasync every fsync_interval_ms;
     always: fdatasync before the ack."""
     fsync_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 1000
+    inline_writes: bool = True
+    """never and batch: write(2) on the event loop, guarded; false: always on the writer
+    thread (as with "always")."""
     inline_write_max_ms: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 5.0
     """never and batch: an inline write(2) slower than this sends writes to the writer
     thread for ``inline_cooldown_ms``, then one write probes inline again."""
@@ -107,7 +110,7 @@ class JsonlSink(Sink):
         self._writer: WriterThread | None = None
         self._failing = False
         """The last write failed: /health shows the file unhealthy until one succeeds."""
-        self._inline = config.fsync != "always"
+        self._inline = config.inline_writes and config.fsync != "always"
         self._syncing = False
         """An fdatasync is in flight (set by the syncer under ``_io``): writes go to the thread."""
         self._guard = InlineGuard(

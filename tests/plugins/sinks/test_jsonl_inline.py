@@ -85,6 +85,16 @@ async def test_never_and_batch_write_on_the_loop_always_on_the_thread(
 
 
 @pytest.mark.anyio
+async def test_inline_writes_false_keeps_every_write_on_the_thread(tmp_path, writes):
+    sink = await _sink(tmp_path, fsync="never", inline_writes=False)
+    for n in range(3):
+        await sink.write([op(n)])
+    await sink.aclose()
+    assert writes.threads == ["jsonl-writer"] * 3
+    assert _ids(tmp_path / "ops.jsonl") == [0, 1, 2]
+
+
+@pytest.mark.anyio
 async def test_a_slow_write_sends_writes_to_the_thread_until_a_probe_is_fast(
     tmp_path, writes, caplog
 ):
