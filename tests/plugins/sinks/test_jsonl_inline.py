@@ -3,6 +3,7 @@ writer thread for "always", while an fdatasync is in flight, and after a slow wr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -147,6 +148,19 @@ async def test_writes_go_to_the_thread_while_an_fdatasync_is_in_flight(
         release.set()
     await sink.aclose()
     assert _ids(tmp_path / "ops.jsonl") == [0, 1]
+
+
+@pytest.mark.anyio
+async def test_a_write_after_a_queued_reopen_waits_for_it_on_the_thread(tmp_path, writes):
+    sink = await _sink(tmp_path, fsync="never")
+    await sink.write([op(0)])
+    (tmp_path / "ops.jsonl").rename(tmp_path / "ops.jsonl.1")  # logrotate moved it
+    await asyncio.gather(sink.reopen(), sink.write([op(1)]))  # the reopen is queued first
+    await sink.write([op(2)])  # the thread is idle again: inline, into the new file
+    await sink.aclose()
+    assert writes.threads == ["MainThread", "jsonl-writer", "MainThread"]
+    assert _ids(tmp_path / "ops.jsonl.1") == [0]
+    assert _ids(tmp_path / "ops.jsonl") == [1, 2]
 
 
 @pytest.mark.anyio
