@@ -98,6 +98,7 @@ def _percentile(values: list[float], share: float) -> float:
 
 def test_slow_writes_move_off_the_loop_and_health_stays_fast(observer_daemon, slow_mount):
     daemon = observer_daemon.start(CONFIG)
+    assert daemon.metric("observer_sink_inline_fallbacks_total", instance="sinks.ops") == 0
     stop = threading.Event()
     acked: list[str] = []
 

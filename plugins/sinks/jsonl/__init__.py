@@ -127,6 +127,8 @@ class JsonlSink(Sink):
     async def open(self) -> None:
         self._writer = WriterThread(asyncio.get_running_loop())
         await self._writer.run(self._open_file)
+        if self._inline:  # the series exists from the start, at 0
+            self._fallbacks.inc(0, instance=self.ctx.instance)
         if self.config.fsync == "batch":
             self._syncer = _SyncThread(self, self.config.fsync_interval_ms / 1000)
         self.ctx.status["path"] = str(self.path)
@@ -226,14 +228,12 @@ class JsonlSink(Sink):
         if now < self._next_fallback_log:
             return
         self._next_fallback_log = now + FALLBACK_LOG_SECS
-        since, self._logged_fallbacks = (
-            self._guard.fallbacks - self._logged_fallbacks,
-            (self._guard.fallbacks),
-        )
+        since = self._guard.fallbacks - self._logged_fallbacks
+        self._logged_fallbacks = self._guard.fallbacks
         self.ctx.logger.warning(
             "%s: a write(2) took %.1f ms (inline_write_max_ms %g): writing on the writer "
             "thread for %.1f s, then trying inline again (%d such switches since the last "
-            "warning; observer_sink_inline_fallbacks_total)",
+            "such warning, counted in observer_sink_inline_fallbacks_total)",
             self.path,
             took * 1000,
             self.config.inline_write_max_ms,

@@ -100,6 +100,7 @@ async def test_a_slow_write_sends_writes_to_the_thread_until_a_probe_is_fast(
     tmp_path, writes, caplog
 ):
     sink = await _sink(tmp_path, fsync="never", inline_write_max_ms=20, inline_cooldown_ms=300)
+    assert sink.ctx.metrics.sample(FALLBACKS, instance="sinks.test") == 0
     writes.delay = 0.05
     caplog.set_level(logging.WARNING)
     await sink.write([op(0)])  # inline and slow: the guard trips
