@@ -1,4 +1,4 @@
-"""The ``observer-core`` command: run, check, plugins, init, tap, top, replay, test."""
+"""The ``observer-core`` command: run, check, plugins, init, reload, tap, top, replay, test."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from .kinds import KINDS
 from .logs import setup_logging
 from .plugins import Registry, load_registry
 from .records import parse_timestamp
+from .reload_cli import COMMANDS as RELOAD_COMMANDS
+from .reload_cli import add_command as add_reload_command
 from .replay import ReplayOptions, replay
 from .state import StateDirLock, StateLocked
 from .watch import COMMANDS as WATCH_COMMANDS
@@ -93,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         "path", nargs="?", type=Path, default=Path("observer.toml"), help="default: ./observer.toml"
     )
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_reload_command(commands, config_help)
     add_watch_commands(commands, config_help)
     _add_offline_commands(commands, config_help)
     return parser
@@ -152,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _check,
         "plugins": _plugins,
         "init": _init,
+        **RELOAD_COMMANDS,
         **WATCH_COMMANDS,
         "replay": _replay,
         "test": _test,
