@@ -6,8 +6,10 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,9 @@ def _report_plugin_errors(registry: Registry) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Until the daemon watches for them, SIGHUP and SIGUSR1 must not end it (their default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     setup_logging(args.log_level, args.log_format)
     config, registry = _load(args)
     _report_plugin_errors(registry)
@@ -210,6 +215,7 @@ def _run(args: argparse.Namespace) -> int:
         config.settings.cycle_secs,
     )
     engine = Engine(config)
+    engine.config_loader = partial(load_config, config.path, registry)
     try:
         backend, options = _backend()
         if args.once:

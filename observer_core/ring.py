@@ -27,6 +27,17 @@ class Ring:
     def __iter__(self) -> Iterator[Op]:
         return iter(self._ops)
 
+    @property
+    def capacity(self) -> int:
+        """The most ops it holds (``ring_size``)."""
+        return self._ops.maxlen or 0
+
+    def resize(self, size: int) -> None:
+        """Hold at most ``size`` ops from now on, keeping the newest (a config reload);
+        sequence numbers continue."""
+        self._ops = deque(self._ops, maxlen=size)
+        self.size = self._ops.__len__
+
     def extend(self, ops: Sequence[Op]) -> None:
         self._ops.extend(ops)
         self.pushed += len(ops)

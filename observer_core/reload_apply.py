@@ -1,0 +1,172 @@
+"""Applying a reload to the running daemon (contract §12.1).
+
+:class:`Reloader` re-reads the config, compares it with the running one and, when it
+may, stops what was changed or removed and starts what was changed or added, leaving
+every other instance running untouched. A config that cannot be loaded, or that
+changes an ``[observer]`` key that needs a restart, changes nothing. An instance that
+fails to start rolls the reload back. Each outcome is logged on one line and recorded
+(:class:`~observer_core.reload_state.ReloadStatus`).
+
+What it needs of the engine is :class:`ReloadTarget`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Generic, Protocol, TypeVar
+
+import anyio
+
+from .components import Analyzer, Component, Sink, Source
+from .config import ConfigError, InstanceConfig, ObserverConfig
+from .reload_plan import ReloadPlan, plan_reload, snapshot
+from .reload_state import ReloadOutcome, ReloadStatus
+
+__all__ = ["ReloadFailed", "ReloadTarget", "Reloader", "start_order"]
+
+log = logging.getLogger("observer_core")
+
+
+class ReloadFailed(Exception):
+    """A reload that was not applied; ``str()`` is the one line of its outcome."""
+
+
+class RunningInstance(Protocol):
+    """What the reloader reads of a running instance."""
+
+    spec: InstanceConfig
+    component: Component
+
+
+_I = TypeVar("_I", bound=RunningInstance)
+
+
+class ReloadTarget(Protocol[_I]):
+    """The engine, as a reload sees it."""
+
+    config: ObserverConfig
+    instances: list[_I]
+
+    def paused_cycles(self) -> AbstractAsyncContextManager[None]:
+        """No cycle runs (polls, analyzers) inside this block."""
+
+    def paused_commits(self) -> AbstractAsyncContextManager[None]:
+        """No op is committed inside this block: ingest waits (bounded), so sinks can be
+        swapped without an op missing one or reaching one twice."""
+
+    async def start(self, spec: InstanceConfig) -> _I:
+        """Build, open and start the background tasks of one instance; raise
+        ``StartupError`` naming it when it cannot start (nothing of it left running)."""
+
+    async def stop(self, item: _I) -> None:
+        """Stop one instance as at shutdown: its tasks, its queue drained, flushed, closed."""
+
+    def install(self, instances: list[_I], config: ObserverConfig, down: Sequence[str]) -> None:
+        """Make ``instances`` the running pipeline and ``config`` its config (live
+        ``[observer]`` keys applied); ``down``: instances that could not be restarted."""
+
+
+def start_order(items: Sequence[_I]) -> list[_I]:
+    """Sinks, then analyzers, then sources (the order the engine opens them in)."""
+    rank = {Sink: 0, Analyzer: 1, Source: 2}
+    return sorted(
+        items,
+        key=lambda item: next(
+            (order for kind, order in rank.items() if isinstance(item.component, kind)), 3
+        ),
+    )
+
+
+def _spec_order(specs: Sequence[InstanceConfig]) -> list[InstanceConfig]:
+    rank = {"sinks": 0, "analyzers": 1, "sources": 2}
+    return sorted(specs, key=lambda spec: rank.get(spec.kind, 3))
+
+
+class Reloader(Generic[_I]):
+    """Reloads ``target`` from the file ``load()`` reads, one reload at a time."""
+
+    def __init__(
+        self,
+        target: ReloadTarget[_I],
+        load: Callable[[], ObserverConfig],
+        status: ReloadStatus,
+    ) -> None:
+        self.target = target
+        self.load = load
+        self.status = status
+        self._lock = anyio.Lock()
+
+    async def reload(self) -> ReloadOutcome:
+        """Re-read the config and apply it; the outcome is logged, counted and written."""
+        async with self._lock:
+            try:
+                new = await anyio.to_thread.run_sync(self.load)
+            except ConfigError as exc:
+                return await self._refused(f"config error: {exc}")
+            plan = plan_reload(self.target.config, new)
+            if plan.refusal is not None:
+                return await self._refused(plan.refusal)
+            try:
+                await self._apply(plan)
+            except ReloadFailed as exc:
+                return await self._refused(str(exc))
+            log.info("reload applied: %s", plan.diff.summary())
+            return await self.status.succeeded(snapshot(new))
+
+    async def _refused(self, error: str) -> ReloadOutcome:
+        log.error("reload refused: %s", error)
+        return await self.status.failed(error)
+
+    async def _apply(self, plan: ReloadPlan) -> None:
+        target = self.target
+        running = {item.spec.qualified: item for item in target.instances}
+        leaving = [running[spec.qualified] for spec in plan.removed]
+        leaving += [running[old.qualified] for old, _ in plan.changed]
+        coming = _spec_order([*(new for _, new in plan.changed), *plan.added])
+        kept = [item for item in target.instances if item not in leaving]
+        async with target.paused_cycles():
+            # Sources first, while commits flow: what they took in is answered.
+            sources = [item for item in leaving if isinstance(item.component, Source)]
+            for item in sources:
+                await target.stop(item)
+            async with target.paused_commits():
+                for item in reversed(start_order([i for i in leaving if i not in sources])):
+                    await target.stop(item)
+                started: list[_I] = []
+                try:
+                    for spec in coming:
+                        started.append(await target.start(spec))
+                except Exception as exc:
+                    name = coming[len(started)].qualified
+                    log.debug("reload: starting %s failed", name, exc_info=exc)
+                    reason = str(exc) or f"[{name}] cannot start: {exc!r}"
+                    for item in reversed(started):
+                        await target.stop(item)
+                    restored, down = await self._restore([item.spec for item in leaving])
+                    target.install(
+                        _in_order(target.config, [*kept, *restored]), target.config, down
+                    )
+                    stays_down = f"; {', '.join(down)} could not be restarted" if down else ""
+                    raise ReloadFailed(f"{reason}; rolled back{stays_down}") from exc
+                target.install(_in_order(plan.new, [*kept, *started]), plan.new, ())
+
+    async def _restore(self, specs: list[InstanceConfig]) -> tuple[list[_I], list[str]]:
+        """Start the old instances again with their old config; the names of those that
+        cannot start stay down."""
+        restored: list[_I] = []
+        down: list[str] = []
+        for spec in _spec_order(specs):
+            try:
+                restored.append(await self.target.start(spec))
+            except Exception as exc:
+                log.error("rollback: %s stays down: %s", spec.qualified, exc)
+                down.append(spec.qualified)
+        return restored, down
+
+
+def _in_order(config: ObserverConfig, items: list[_I]) -> list[_I]:
+    """``items`` in the order ``config`` lists them."""
+    place = {spec.qualified: index for index, spec in enumerate(config.instances)}
+    return sorted(items, key=lambda item: place.get(item.spec.qualified, len(place)))

@@ -1,0 +1,298 @@
+"""Reload without a restart (contract §12.1), each against the real daemon process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import httpx
+from operators_kit import event
+
+from observer_core.testing import Daemon, DaemonFactory, free_port, wait_for
+
+BASE = """
+[observer]
+cycle_secs = 60
+state_dir = "state"
+[sources.http]
+port = {port}
+[sinks.ops]
+plugin = "jsonl"
+path = "ops.jsonl"
+"""
+
+ALERTS = """
+[observer]
+cycle_secs = 0.2
+state_dir = "state"
+[sources.http]
+port = {port}
+[sinks.ops]
+plugin = "jsonl"
+path = "ops.jsonl"
+[sinks.alerts]
+plugin = "jsonl"
+path = "alerts.jsonl"
+accepts = ["alert"]
+[analyzers.alerts]
+enabled = {enabled}
+[[analyzers.alerts.rules]]
+name = "failing"
+when = "failure_rate"
+above = 0.5
+window_secs = 1
+min_ops = 1
+"""
+
+
+def outcome(daemon: Daemon) -> dict[str, Any]:
+    """``state_dir/reload.json``."""
+    data: dict[str, Any] = json.loads((daemon.directory / "state" / "reload.json").read_text())
+    return data
+
+
+def rewrite(daemon: Daemon, text: str) -> None:
+    """Replace the daemon's config file (``{port}`` is its port)."""
+    daemon.config_path.write_text(text.replace("{port}", str(daemon.port)))
+
+
+def sighup_and_wait(daemon: Daemon) -> dict[str, Any]:
+    """SIGHUP, then wait for the next outcome in ``reload.json``."""
+    before = outcome(daemon)["generation"]
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: outcome(daemon)["generation"] > before, 20, what="a reload outcome")
+    return outcome(daemon)
+
+
+def reload(factory: DaemonFactory, *args: str) -> Any:
+    return factory.run("reload", "--config", "observer.toml", *args)
+
+
+def health_config(daemon: Daemon) -> dict[str, Any]:
+    config: dict[str, Any] = httpx.get(f"{daemon.url}/health", timeout=10).json()["config"]
+    return config
+
+
+def keep_alive_request(sock: socket.socket, host: str) -> bytes:
+    """``GET /health`` on an open keep-alive connection; the whole answer."""
+    sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        ).split(b":")[1]
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def test_the_daemon_starts_at_generation_1_and_health_shows_it(observer_daemon):
+    daemon = observer_daemon.start(BASE)
+    written = outcome(daemon)
+    assert written["generation"] == 1 and written["result"] == "success"
+    assert written["error"] is None and written["at"].endswith("Z")
+    config = health_config(daemon)
+    assert config == {"generation": 1, "loaded_at": written["at"], "last_error": None}
+    assert daemon.metric("observer_config_last_reload_successful") == 1
+    assert daemon.metric("observer_config_reloads_total", result="failure") == 0
+    stamp = daemon.metric("observer_config_last_reload_success_timestamp_seconds")
+    assert stamp is not None and abs(stamp - time.time()) < 60
+
+
+def test_turning_an_analyzer_off_and_on_keeps_its_memory_and_the_listener(observer_daemon):
+    daemon = observer_daemon.start(ALERTS.replace("{enabled}", "true"))
+    host = f"127.0.0.1:{daemon.port}"
+    alerts = daemon.directory / "alerts.jsonl"
+    daemon.post_events([event(success=False, input_summary=f"f{n}") for n in range(5)])
+    wait_for(lambda: alerts.exists() and "firing" in alerts.read_text(), 20, what="the alert")
+
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as kept:
+        assert b" 200 " in keep_alive_request(kept, host)
+        rewrite(daemon, ALERTS.replace("{enabled}", "false"))
+        result = reload(observer_daemon)
+        assert result.returncode == 0, result.stderr
+        daemon.wait_log("removed [analyzers.alerts]")
+        assert "unchanged [sources.http, sinks.ops, sinks.alerts]" in daemon.logs()
+        stats = httpx.get(f"{daemon.url}/stats", timeout=10).json()
+        assert "analyzers.alerts" not in stats["analyzers"]
+
+        rewrite(daemon, ALERTS.replace("{enabled}", "true"))
+        result = reload(observer_daemon)
+        assert result.returncode == 0, result.stderr
+        daemon.wait_log("added [analyzers.alerts]")
+        # It remembers it already fired (its state was saved when it stopped).
+        daemon.wait_log("still firing from the last run: failing")
+        cycles = daemon.cycles()
+        wait_for(lambda: daemon.cycles() >= cycles + 3, 20, what="three more cycles")
+        stats = httpx.get(f"{daemon.url}/stats", timeout=10).json()
+        assert stats["analyzers"]["analyzers.alerts"]["last_run"] is not None
+        firing = [line for line in alerts.read_text().splitlines() if '"firing"' in line]
+        assert len(firing) == 1  # not fired again: its memory came back
+        # The http source was never touched: the connection opened before still serves.
+        assert b" 200 " in keep_alive_request(kept, host)
+    assert outcome(daemon)["generation"] == 3
+    assert daemon.metric("observer_config_reloads_total", result="success") == 2
+
+
+def test_a_sinks_path_changes_under_steady_load_without_losing_or_doubling_an_event(
+    observer_daemon,
+):
+    daemon = observer_daemon.start(BASE)
+    acked: list[str] = []
+    refused = 0
+    stop = threading.Event()
+
+    def post() -> None:
+        nonlocal refused
+        with httpx.Client(base_url=daemon.url, timeout=30) as client:
+            number = 0
+            while not stop.is_set():
+                name = f"e{number}"
+                number += 1
+                reply = client.post("/event", json=event(input_summary=name))
+                if reply.status_code == 200:
+                    acked.append(name)
+                else:
+                    assert reply.status_code == 503 and "retry-after" in reply.headers
+                    refused += 1
+                time.sleep(0.002)
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    try:
+        wait_for(lambda: len(acked) >= 100, 20, what="100 events before the reload")
+        rewrite(daemon, BASE.replace('path = "ops.jsonl"', 'path = "moved.jsonl"'))
+        result = reload(observer_daemon)
+        assert result.returncode == 0, result.stderr
+        at_reload = len(acked)
+        wait_for(lambda: len(acked) >= at_reload + 100, 20, what="100 events after it")
+    finally:
+        stop.set()
+        poster.join(30)
+    assert daemon.stop() == 0
+    written = [
+        json.loads(line)["input_summary"]
+        for name in ("ops.jsonl", "moved.jsonl")
+        for line in (daemon.directory / name).read_text().splitlines()
+    ]
+    assert len(written) == len(set(written)), "an event was written twice"
+    assert set(acked) <= set(written), "an acknowledged event is missing"
+    assert (daemon.directory / "moved.jsonl").stat().st_size > 0
+    assert "changed [sinks.ops]" in daemon.logs()
+    print(f"{len(acked)} acknowledged, {refused} refused with 503 during the swap")
+
+
+def test_a_new_port_that_is_taken_is_rolled_back_and_the_old_one_still_serves(
+    observer_daemon,
+):
+    daemon = observer_daemon.start(BASE)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        rewrite(daemon, BASE.replace("port = {port}", f"port = {busy}"))
+        result = reload(observer_daemon)
+    assert result.returncode == 1
+    assert "reload refused" in result.stderr and "[sources.http] cannot start" in result.stderr
+    assert "rolled back" in result.stderr
+    daemon.post_events([event(input_summary="after")])  # the old port serves
+    assert httpx.get(f"{daemon.url}/ready", timeout=10).status_code == 200
+    assert daemon.metric("observer_config_reloads_total", result="failure") == 1
+    assert daemon.metric("observer_config_last_reload_successful") == 0
+    config = health_config(daemon)
+    assert config["generation"] == 1 and "cannot start" in config["last_error"]
+
+
+def test_an_invalid_file_leaves_the_old_pipeline_untouched(observer_daemon):
+    daemon = observer_daemon.start(BASE)
+    daemon.post_events([event(input_summary="before")])
+    rewrite(daemon, BASE.replace("port = {port}", 'port = "x"'))
+
+    result = reload(observer_daemon)  # checked before the daemon is signalled
+    assert result.returncode == 2
+    assert "config error" in result.stderr and "[sources.http] port" in result.stderr
+    assert outcome(daemon)["generation"] == 1
+
+    written = sighup_and_wait(daemon)  # the daemon itself refuses it
+    assert written["result"] == "failure" and "[sources.http] port" in written["error"]
+    daemon.wait_log("reload refused: config error:")
+    daemon.post_events([event(input_summary="after")])
+    lines = (daemon.directory / "ops.jsonl").read_text().splitlines()
+    assert [json.loads(line)["input_summary"] for line in lines] == ["before", "after"]
+    assert daemon.metric("observer_config_reloads_total", result="failure") == 1
+    assert health_config(daemon)["last_error"] == written["error"]
+
+
+def test_reload_exits_1_with_the_reason_when_the_daemon_refuses_the_file(observer_daemon):
+    """Valid in the environment of `reload`, not in the daemon's: the daemon refuses it."""
+    daemon = observer_daemon.start(BASE)
+    rewrite(daemon, BASE.replace('path = "ops.jsonl"', 'path = "${ONLY_HERE}.jsonl"'))
+    result = observer_daemon.run(
+        "reload", "--config", "observer.toml", env={"ONLY_HERE": "elsewhere"}
+    )
+    assert result.returncode == 1
+    assert "reload refused" in result.stderr and "ONLY_HERE is not set" in result.stderr
+    daemon.post_events([event(input_summary="still")])
+
+
+def test_a_state_dir_change_is_refused_naming_the_key(observer_daemon):
+    daemon = observer_daemon.start(BASE)
+    changed = BASE.replace('state_dir = "state"', 'state_dir = "other"').replace(
+        'path = "ops.jsonl"', 'path = "moved.jsonl"'
+    )
+    rewrite(daemon, changed)
+    written = sighup_and_wait(daemon)
+    assert written["result"] == "failure"
+    assert "[observer] state_dir" in written["error"] and "restart" in written["error"]
+    daemon.post_events([event(input_summary="kept")])
+    assert not (daemon.directory / "moved.jsonl").exists()  # nothing else was applied
+    assert "kept" in (daemon.directory / "ops.jsonl").read_text()
+
+
+def test_dry_run_prints_what_would_change_and_changes_nothing(observer_daemon):
+    daemon = observer_daemon.start(BASE + '[sinks.old]\nplugin = "console"\n')
+    rewrite(
+        daemon,
+        BASE.replace('path = "ops.jsonl"', 'path = "moved.jsonl"').replace(
+            "cycle_secs = 60", "cycle_secs = 30"
+        )
+        + '[sinks.new]\nplugin = "console"\n',
+    )
+    result = reload(observer_daemon, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert lines == [
+        ["added", "sinks.new"],
+        ["changed", "sinks.ops"],
+        ["removed", "sinks.old"],
+        ["kept", "sources.http"],
+        ["changed", "[observer]", "cycle_secs"],
+    ]
+    assert outcome(daemon)["generation"] == 1
+
+
+def test_reload_without_a_daemon_exits_3(observer_daemon):
+    observer_daemon.write_config(BASE.replace("{port}", str(free_port())))
+    result = reload(observer_daemon)
+    assert result.returncode == 3
+    assert "no daemon holds state_dir" in result.stderr
+
+
+def test_ring_size_shrinks_live_keeping_the_newest_ops(observer_daemon):
+    daemon = observer_daemon.start(BASE)
+    daemon.post_events([event(input_summary=f"o{n}") for n in range(10)])
+    rewrite(daemon, BASE.replace("cycle_secs = 60", "cycle_secs = 60\nring_size = 4"))
+    assert reload(observer_daemon).returncode == 0
+    stats = httpx.get(f"{daemon.url}/stats", timeout=10).json()
+    assert stats["ring_size"] == 4 and stats["total"] == 4
+    daemon.post_events([event(input_summary="next")])
+    assert httpx.get(f"{daemon.url}/stats", timeout=10).json()["total"] == 4
+    assert health_config(daemon)["generation"] == 2
