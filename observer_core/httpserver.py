@@ -28,7 +28,9 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import re
+import socket
 import sys
 import time
 from collections import deque
@@ -1508,18 +1510,28 @@ class HttpServer:
         self._closing = False
         self._all_closed: asyncio.Event | None = None
 
-    async def start(self) -> None:
-        """Bind and listen; raises OSError if the address is taken."""
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind and listen; raises OSError if the address is taken. With ``sock`` (a bound
+        listening socket, from :meth:`listening_socket` of a server it succeeds), serve on
+        it instead: the port never closes, and connections waiting in its backlog are
+        served by this server."""
         if self._server is not None:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self, loop),
-            self._host,
-            self._port,
-            reuse_address=True,
-            backlog=min(max(self._max_connections, 128), 4096),
-            start_serving=False,  # not before the guard, which needs the bound port
+        backlog = min(max(self._max_connections, 128), 4096)
+        self._server = await (
+            loop.create_server(
+                lambda: _Connection(self, loop),
+                self._host,
+                self._port,
+                reuse_address=True,
+                backlog=backlog,
+                start_serving=False,  # not before the guard, which needs the bound port
+            )
+            if sock is None
+            else loop.create_server(
+                lambda: _Connection(self, loop), sock=sock, backlog=backlog, start_serving=False
+            )
         )
         self._guard = BrowserGuard(self._host, self.port, self._allowed_hosts)
         await self._server.start_serving()
@@ -1530,6 +1542,13 @@ class HttpServer:
         if self._server is None or not self._server.sockets:
             raise RuntimeError("server not started")
         return int(self._server.sockets[0].getsockname()[1])
+
+    def listening_socket(self) -> socket.socket | None:
+        """A duplicate of the bound listening socket, for a successor's :meth:`start`: it
+        stays open after this server stops. None unless exactly one socket is bound."""
+        if self._server is None or len(self._server.sockets) != 1:
+            return None
+        return socket.socket(fileno=os.dup(self._server.sockets[0].fileno()))
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, close idle connections now, give in-flight requests up to

@@ -9,6 +9,8 @@ ingests subclasses the three: its routes add paths and take ``serve(emit)``.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ClassVar
 
@@ -36,6 +38,7 @@ from .httpserver import (
 from .operator_routes import MAX_TAPS, TAP_QUEUE_MAX, OperatorRoutes
 
 __all__ = [
+    "HandedSocket",
     "ListenerConfig",
     "ListenerSource",
     "Port",
@@ -95,6 +98,20 @@ class ListenerConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         normalize_allowed_hosts(self.allowed_hosts)  # ValueError naming the key and the entry
+
+
+class HandedSocket:
+    """A listening socket handed from a listener to its successor at a config reload."""
+
+    __slots__ = ("host", "port", "sock")
+
+    def __init__(self, host: str, port: int, sock: socket.socket) -> None:
+        self.host, self.port, self.sock = host, port, sock
+
+    def close(self) -> None:
+        """Close it (nobody took it over)."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 def bearer_token(authorization: bytes) -> bytes:
@@ -206,6 +223,27 @@ class ListenerSource(Source):
         super().__init__(config, ctx)
         self._server: HttpServer | None = None
         self._served: ReadRoutes | None = None
+        self._inherited: socket.socket | None = None
+        """The socket of the instance this one replaces (a reload), when it bound the same
+        host and port: served on instead of binding again."""
+
+    def handover(self) -> HandedSocket | None:
+        """What the instance replacing this one at a config reload may take over (before
+        this one stops): its bound socket (see :meth:`take_over`)."""
+        sock = self._server.listening_socket() if self._server is not None else None
+        return None if sock is None else HandedSocket(self.config.host, self.config.port, sock)
+
+    def take_over(self, handed: object) -> bool:
+        """Before ``open()``: serve on a socket :meth:`handover` gave, if it was bound for
+        this config's host and port (a token rotation then refuses nobody, and connections
+        waiting to be accepted are served). False when it was not taken: whoever handed it
+        closes it."""
+        if not isinstance(handed, HandedSocket) or self.config.port == 0:
+            return False
+        if (handed.host, handed.port) != (self.config.host, self.config.port):
+            return False
+        self._inherited = handed.sock
+        return True
 
     def reject(self, status: int) -> None:
         """Count a rejected request (``observer_requests_rejected_total``) by its status."""
@@ -223,8 +261,15 @@ class ListenerSource(Source):
             on_reject=self.reject,
             logger=self.ctx.logger,
         )
-        await self._server.start()
-        self.ctx.logger.info("listening on http://%s:%d", self.config.host, self._server.port)
+        sock, self._inherited = self._inherited, None
+        try:
+            await self._server.start(sock)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        how = "still listening" if sock is not None else "listening"
+        self.ctx.logger.info("%s on http://%s:%d", how, self.config.host, self._server.port)
 
     def routes(self) -> ReadRoutes:
         """What the server answers: called once, by ``open()``."""
@@ -249,6 +294,10 @@ class ListenerSource(Source):
     async def aclose(self) -> None:
         """Stop listening: taps end at once, requests in flight get 5 seconds."""
         server, self._server = self._server, None
+        sock, self._inherited = self._inherited, None
+        if sock is not None:  # taken over, never served on
+            with contextlib.suppress(OSError):
+                sock.close()
         if self._served is not None:
             self._served.operator.close()  # taps end now: they would hold the grace period
         if server is not None:

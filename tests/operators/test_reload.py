@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -92,6 +93,16 @@ def keep_alive_request(sock: socket.socket, host: str) -> bytes:
     while len(body) < length:
         body += sock.recv(65536)
     return head
+
+
+def listening_inode(port: int) -> str:
+    """The inode of the socket listening on ``port`` (Linux's /proc/net/tcp): the same
+    after a reload only when the daemon kept that socket."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on port {port}")
 
 
 def test_the_daemon_starts_at_generation_1_and_health_shows_it(observer_daemon):
@@ -296,3 +307,43 @@ def test_ring_size_shrinks_live_keeping_the_newest_ops(observer_daemon):
     daemon.post_events([event(input_summary="next")])
     assert httpx.get(f"{daemon.url}/stats", timeout=10).json()["total"] == 4
     assert health_config(daemon)["generation"] == 2
+
+
+def test_a_token_rotation_keeps_the_listening_socket_and_refuses_nobody(observer_daemon):
+    tokened = BASE.replace("port = {port}", 'port = {port}\ntoken = "old"')
+    daemon = observer_daemon.start(tokened)
+    answers: list[int | str] = []
+    stop = threading.Event()
+
+    def post() -> None:  # a new connection each time: a closed port would refuse one
+        while not stop.is_set():
+            try:
+                reply = httpx.post(
+                    f"{daemon.url}/event",
+                    json=event(),
+                    headers={"Authorization": "Bearer old", "Connection": "close"},
+                    timeout=10,
+                )
+                answers.append(reply.status_code)
+            except httpx.TransportError as exc:
+                answers.append(repr(exc))
+
+    before = listening_inode(daemon.port)
+    poster = threading.Thread(target=post)
+    poster.start()
+    try:
+        wait_for(lambda: len(answers) >= 20, 20, what="20 answers before the reload")
+        rewrite(daemon, tokened.replace('token = "old"', 'token = ["new", "old"]'))
+        result = reload(observer_daemon)
+        assert result.returncode == 0, result.stderr
+        at_reload = len(answers)
+        wait_for(lambda: len(answers) >= at_reload + 20, 20, what="20 answers after it")
+    finally:
+        stop.set()
+        poster.join(30)
+    assert set(answers) == {200}, [answer for answer in answers if answer != 200][:5]
+    assert listening_inode(daemon.port) == before  # never closed, never bound again
+    daemon.wait_log("changed [sources.http]")
+    daemon.wait_log("still listening on")
+    reply = httpx.get(f"{daemon.url}/stats", headers={"Authorization": "Bearer new"}, timeout=10)
+    assert reply.status_code == 200

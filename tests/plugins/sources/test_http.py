@@ -171,10 +171,13 @@ class TestEvents:
 class TestReadEndpoints:
     def test_health(self, daemon):
         post(daemon, "/event", "{}")
-        assert httpx.get(f"{daemon.url}/health").json() == {
+        health = httpx.get(f"{daemon.url}/health").json()
+        loaded_at = health["config"]["loaded_at"]
+        assert health == {
             "status": "ok",
             "ops_in_ring": 1,
             "checks": {},
+            "config": {"generation": 1, "loaded_at": loaded_at, "last_error": None},
         }
 
     def test_stats_counts_the_ring_and_lists_last_ten_scenario_ops(self, daemon):
