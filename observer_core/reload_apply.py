@@ -122,9 +122,14 @@ class Reloader(Generic[_I]):
     async def _apply(self, plan: ReloadPlan) -> None:
         target = self.target
         running = {item.spec.qualified: item for item in target.instances}
-        leaving = [running[spec.qualified] for spec in plan.removed]
-        leaving += [running[old.qualified] for old, _ in plan.changed]
-        coming = _spec_order([*(new for _, new in plan.changed), *plan.added])
+        going = [*plan.removed, *(old for old, _ in plan.changed)]
+        leaving = [running[spec.qualified] for spec in going if spec.qualified in running]
+        # An instance down since a failed rollback is started again, changed or not.
+        wanted = {spec.qualified: spec for spec in plan.new.instances if spec.enabled}
+        revived = [
+            wanted[spec.qualified] for spec in plan.unchanged if spec.qualified not in running
+        ]
+        coming = _spec_order([*(new for _, new in plan.changed), *plan.added, *revived])
         kept = [item for item in target.instances if item not in leaving]
         async with target.paused_cycles():
             # Sources first, while commits flow: what they took in is answered.

@@ -347,3 +347,39 @@ def test_a_token_rotation_keeps_the_listening_socket_and_refuses_nobody(observer
     daemon.wait_log("still listening on")
     reply = httpx.get(f"{daemon.url}/stats", headers={"Authorization": "Bearer new"}, timeout=10)
     assert reply.status_code == 200
+
+
+def test_an_instance_the_rollback_cannot_restart_stays_down_and_ready_names_it(
+    observer_daemon,
+):
+    logged = BASE.replace('path = "ops.jsonl"', 'path = "logs/ops.jsonl"')
+    daemon = observer_daemon.start(logged)
+    daemon.post_events([event(input_summary="before")])
+    logs = daemon.directory / "logs"
+    logs.rename(daemon.directory / "logs.old")
+    logs.write_text("a file where the sink's folder was\n")  # the old sink cannot reopen
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        rewrite(
+            daemon,
+            BASE.replace('path = "ops.jsonl"', 'path = "moved.jsonl"')
+            + f'[sources.extra]\nplugin = "status"\nport = {busy}\n',
+        )
+        result = reload(observer_daemon)
+    assert result.returncode == 1
+    assert "[sources.extra] cannot start" in result.stderr
+    assert "rolled back; sinks.ops could not be restarted" in result.stderr
+    ready = httpx.get(f"{daemon.url}/ready", timeout=10)
+    assert ready.status_code == 503 and ready.json()["waiting_for"] == ["sinks.ops"]
+    reply = httpx.post(f"{daemon.url}/event", json=event(input_summary="lost?"), timeout=10)
+    assert reply.status_code == 503  # nothing is acknowledged that no sink wrote
+
+    logs.unlink()  # the operator repairs it and reloads the same file again
+    rewrite(daemon, logged)
+    result = reload(observer_daemon)
+    assert result.returncode == 0, result.stderr
+    assert httpx.get(f"{daemon.url}/ready", timeout=10).status_code == 200
+    daemon.post_events([event(input_summary="after")])
+    assert "after" in (logs / "ops.jsonl").read_text()
