@@ -13,8 +13,12 @@ What it needs of the engine is :class:`ReloadTarget`.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 import anyio
@@ -62,6 +66,9 @@ class ReloadTarget(Protocol[_I]):
 
     async def stop(self, item: _I) -> None:
         """Stop one instance as at shutdown: its tasks, its queue drained, flushed, closed."""
+
+    def state_folder(self, spec: InstanceConfig) -> Path:
+        """Where an instance keeps its state (``state_dir/KIND.NAME``)."""
 
     def install(self, instances: list[_I], config: ObserverConfig, down: Sequence[str]) -> None:
         """Make ``instances`` the running pipeline and ``config`` its config (live
@@ -112,6 +119,9 @@ class Reloader(Generic[_I]):
                 await self._apply(plan)
             except ReloadFailed as exc:
                 return await self._refused(str(exc))
+            except Exception as exc:  # a bug, or the disk: the daemon must live on
+                log.exception("reload failed")
+                return await self._refused(f"reload failed: {exc!r}")
             log.info("reload applied: %s", plan.diff.summary())
             return await self.status.succeeded(snapshot(new))
 
@@ -139,6 +149,7 @@ class Reloader(Generic[_I]):
             async with target.paused_commits():
                 for item in reversed(start_order([i for i in leaving if i not in sources])):
                     await target.stop(item)
+                set_aside = await self._set_aside(plan)
                 started: list[_I] = []
                 try:
                     for spec in coming:
@@ -149,6 +160,7 @@ class Reloader(Generic[_I]):
                     reason = str(exc) or f"[{name}] cannot start: {exc!r}"
                     for item in reversed(started):
                         await target.stop(item)
+                    await anyio.to_thread.run_sync(_put_back, set_aside)
                     restored, down = await self._restore([item.spec for item in leaving])
                     target.install(
                         _in_order(target.config, [*kept, *restored]), target.config, down
@@ -156,6 +168,32 @@ class Reloader(Generic[_I]):
                     stays_down = f"; {', '.join(down)} could not be restarted" if down else ""
                     raise ReloadFailed(f"{reason}; rolled back{stays_down}") from exc
                 target.install(_in_order(plan.new, [*kept, *started]), plan.new, ())
+
+    async def _set_aside(self, plan: ReloadPlan) -> list[tuple[Path, Path]]:
+        """Move the state folder of each instance whose plugin changed aside (to
+        ``KIND.NAME.PLUGIN-TIME``): the new plugin starts without the old one's state.
+        Returns ``(folder, aside)`` pairs, for a rollback to put back."""
+        moved: list[tuple[Path, Path]] = []
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        for old, new in plan.changed:
+            folder = self.target.state_folder(old)
+            if old.plugin.name == new.plugin.name or not folder.exists():
+                continue
+            aside = folder.with_name(f"{folder.name}.{old.plugin.name}-{stamp}")
+            for number in range(1, 1000):
+                if not os.path.lexists(aside):
+                    break
+                aside = folder.with_name(f"{folder.name}.{old.plugin.name}-{stamp}-{number}")
+            await anyio.to_thread.run_sync(os.rename, folder, aside)
+            log.info(
+                "%s: plugin %s replaced by %s: its state moved to %s",
+                old.qualified,
+                old.plugin.name,
+                new.plugin.name,
+                aside,
+            )
+            moved.append((folder, aside))
+        return moved
 
     async def _restore(self, specs: list[InstanceConfig]) -> tuple[list[_I], list[str]]:
         """Start the old instances again with their old config; the names of those that
@@ -169,6 +207,13 @@ class Reloader(Generic[_I]):
                 log.error("rollback: %s stays down: %s", spec.qualified, exc)
                 down.append(spec.qualified)
         return restored, down
+
+
+def _put_back(moved: list[tuple[Path, Path]]) -> None:
+    """Undo :meth:`Reloader._set_aside`: the new plugin's state goes, the old one's returns."""
+    for folder, aside in moved:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.rename(aside, folder)
 
 
 def _in_order(config: ObserverConfig, items: list[_I]) -> list[_I]:

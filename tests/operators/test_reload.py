@@ -383,3 +383,29 @@ def test_an_instance_the_rollback_cannot_restart_stays_down_and_ready_names_it(
     assert httpx.get(f"{daemon.url}/ready", timeout=10).status_code == 200
     daemon.post_events([event(input_summary="after")])
     assert "after" in (logs / "ops.jsonl").read_text()
+
+
+def test_an_instance_whose_plugin_changed_starts_without_the_old_ones_state(observer_daemon):
+    memory = ALERTS.replace("{enabled}", "true").replace("[analyzers.alerts]", "[analyzers.a]")
+    memory = memory.replace("[[analyzers.alerts.rules]]", "[[analyzers.a.rules]]")
+    memory = memory.replace("[analyzers.a]\n", '[analyzers.a]\nplugin = "alerts"\n')
+    daemon = observer_daemon.start(memory)
+    alerts = daemon.directory / "alerts.jsonl"
+
+    def firings() -> int:
+        text = alerts.read_text() if alerts.exists() else ""
+        return sum('"firing"' in line for line in text.splitlines())
+
+    daemon.post_events([event(success=False, input_summary=f"f{n}") for n in range(5)])
+    wait_for(lambda: firings() == 1, 20, what="the alert")
+    playbook = memory.split("[analyzers.a]")[0] + '[analyzers.a]\nplugin = "playbook"\n'
+    rewrite(daemon, playbook)
+    assert reload(observer_daemon).returncode == 0
+    daemon.wait_log("plugin alerts replaced by playbook")
+    assert list((daemon.directory / "state").glob("analyzers.a.alerts-*"))
+
+    rewrite(daemon, memory)  # back to alerts: a new start, not the old memory
+    assert reload(observer_daemon).returncode == 0
+    daemon.post_events([event(success=False, input_summary=f"g{n}") for n in range(5)])
+    wait_for(lambda: firings() == 2, 20, what="the alert firing again")
+    assert "still firing from the last run" not in daemon.logs()
