@@ -1,6 +1,8 @@
 """``observer-core reload``: apply a changed config to the running daemon (contract §12.1).
 
-The file is validated first (exit 2 on a config error, the daemon untouched). With
+The file is validated first (exit 2 on a config error, the daemon untouched), in the
+environment the daemon started with when that can be read (``/proc/PID/environ``: the
+same user, or root), else in this command's own. With
 ``--dry-run`` it prints what would be added, changed, removed and kept, compared with
 the config the daemon runs (kept in ``state_dir/reload.json``). Otherwise it sends
 SIGHUP to the daemon holding the ``state_dir`` lock and waits for the outcome.
@@ -19,7 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import ObserverConfig, default_config_path, load_config
+import msgspec
+
+from .config import (
+    ConfigError,
+    ObserverConfig,
+    ObserverSettings,
+    default_config_path,
+    load_config,
+    parse_toml,
+)
 from .files import open_private
 from .plugins import load_registry
 from .reload_plan import diff, snapshot
@@ -75,8 +86,15 @@ def daemon_pid(state_dir: Path) -> int | None:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    config = load_config(args.config or default_config_path(), load_registry())
-    pid = daemon_pid(config.state_dir)
+    path: Path = args.config or default_config_path()
+    # Validate in the daemon's environment when it can be read (the daemon re-reads the
+    # file in it), else in ours: find the daemon first, by a lenient look at state_dir.
+    state_dir = _state_dir_of(path)
+    pid = daemon_pid(state_dir) if state_dir is not None else None
+    environ = _environ_of(pid) if pid is not None else None
+    config = load_config(path, load_registry(), environ)
+    if config.state_dir != state_dir:
+        pid = daemon_pid(config.state_dir)
     if pid is None:
         return _no_daemon(config)
     deadline = time.monotonic() + WAIT_SECS
@@ -136,6 +154,35 @@ def _dry_run(config: ObserverConfig, running: ReloadOutcome) -> int:
     if refusal:
         print(f"  refused  {refusal}")
     return EXIT_OK
+
+
+class _Lenient(dict[str, str]):
+    """An environment in which every variable is set (to ``0`` when it is not): enough
+    to read ``state_dir`` from a file whose other values need variables we lack."""
+
+    def get(self, key: str, default: object = None) -> str:
+        return super().get(key) or "0"
+
+
+def _state_dir_of(path: Path) -> Path | None:
+    """The ``state_dir`` the file names, read leniently (None when it cannot be)."""
+    try:
+        document = parse_toml(path.read_text(encoding="utf-8"), _Lenient(os.environ))
+        settings = msgspec.convert(document.get("observer", {}), ObserverSettings)
+    except (OSError, UnicodeDecodeError, ConfigError, msgspec.ValidationError):
+        return None
+    return ObserverConfig(path=path.resolve(), settings=settings).state_dir
+
+
+def _environ_of(pid: int) -> dict[str, str] | None:
+    """The environment process ``pid`` started with (Linux's ``/proc``); None when it
+    cannot be read (another user's process, another system)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (entry.partition(b"=") for entry in raw.split(b"\0") if b"=" in entry)
+    return {os.fsdecode(key): os.fsdecode(value) for key, _, value in pairs}
 
 
 def _outcome_of(config: ObserverConfig, pid: int) -> ReloadOutcome | None:

@@ -242,15 +242,31 @@ def test_an_invalid_file_leaves_the_old_pipeline_untouched(observer_daemon):
     assert health_config(daemon)["last_error"] == written["error"]
 
 
+def test_reload_validates_in_the_daemons_environment_not_its_own(observer_daemon):
+    daemon = observer_daemon.start(BASE, env={"DAEMON_ONLY": "daemon"})
+    # Valid here, not where the daemon runs: refused before the daemon is signalled.
+    rewrite(daemon, BASE.replace('path = "ops.jsonl"', 'path = "${CLI_ONLY}.jsonl"'))
+    result = observer_daemon.run("reload", "--config", "observer.toml", env={"CLI_ONLY": "x"})
+    assert result.returncode == 2
+    assert "CLI_ONLY is not set" in result.stderr
+    assert outcome(daemon)["generation"] == 1
+    # Unset here, set where the daemon runs: valid, and applied.
+    rewrite(daemon, BASE.replace('path = "ops.jsonl"', 'path = "${DAEMON_ONLY}.jsonl"'))
+    result = reload(observer_daemon)
+    assert result.returncode == 0, result.stderr
+    daemon.post_events([event(input_summary="there")])
+    assert "there" in (daemon.directory / "daemon.jsonl").read_text()
+
+
 def test_reload_exits_1_with_the_reason_when_the_daemon_refuses_the_file(observer_daemon):
-    """Valid in the environment of `reload`, not in the daemon's: the daemon refuses it."""
     daemon = observer_daemon.start(BASE)
-    rewrite(daemon, BASE.replace('path = "ops.jsonl"', 'path = "${ONLY_HERE}.jsonl"'))
-    result = observer_daemon.run(
-        "reload", "--config", "observer.toml", env={"ONLY_HERE": "elsewhere"}
-    )
+    rewrite(daemon, BASE.replace("cycle_secs = 60", "cycle_secs = 60\nrequire_token = true"))
+    result = reload(observer_daemon)
     assert result.returncode == 1
-    assert "reload refused" in result.stderr and "ONLY_HERE is not set" in result.stderr
+    assert result.stderr == (
+        "observer-core: reload refused: observer.toml: [observer] require_token: cannot "
+        "change while the daemon runs (restart it to apply)\n"
+    )
     daemon.post_events([event(input_summary="still")])
 
 
