@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -91,6 +92,18 @@ def _spec_order(specs: Sequence[InstanceConfig]) -> list[InstanceConfig]:
     return sorted(specs, key=lambda spec: rank.get(spec.kind, 3))
 
 
+@dataclass
+class _Undo(Generic[_I]):
+    """What a reload did so far, for a rollback to undo."""
+
+    kept: list[_I]
+    stopped: list[_I] = field(default_factory=list)
+    started: list[_I] = field(default_factory=list)
+    set_aside: list[tuple[Path, Path]] = field(default_factory=list)
+    starting: str | None = None
+    """The instance being started when it failed."""
+
+
 class Reloader(Generic[_I]):
     """Reloads ``target`` from the file ``load()`` reads, one reload at a time."""
 
@@ -141,33 +154,45 @@ class Reloader(Generic[_I]):
         ]
         coming = _spec_order([*(new for _, new in plan.changed), *plan.added, *revived])
         kept = [item for item in target.instances if item not in leaving]
+        undo = _Undo(kept)
         async with target.paused_cycles():
-            # Sources first, while commits flow: what they took in is answered.
-            sources = [item for item in leaving if isinstance(item.component, Source)]
-            for item in sources:
-                await target.stop(item)
-            async with target.paused_commits():
-                for item in reversed(start_order([i for i in leaving if i not in sources])):
+            try:
+                # Sources first, while commits flow: what they took in is answered.
+                sources = [item for item in leaving if isinstance(item.component, Source)]
+                for item in sources:
+                    undo.stopped.append(item)
                     await target.stop(item)
-                set_aside = await self._set_aside(plan)
-                started: list[_I] = []
-                try:
-                    for spec in coming:
-                        started.append(await target.start(spec))
-                except Exception as exc:
-                    name = coming[len(started)].qualified
-                    log.debug("reload: starting %s failed", name, exc_info=exc)
-                    reason = str(exc) or f"[{name}] cannot start: {exc!r}"
-                    for item in reversed(started):
-                        await target.stop(item)
-                    await anyio.to_thread.run_sync(_put_back, set_aside)
-                    restored, down = await self._restore([item.spec for item in leaving])
-                    target.install(
-                        _in_order(target.config, [*kept, *restored]), target.config, down
-                    )
-                    stays_down = f"; {', '.join(down)} could not be restarted" if down else ""
-                    raise ReloadFailed(f"{reason}; rolled back{stays_down}") from exc
-                target.install(_in_order(plan.new, [*kept, *started]), plan.new, ())
+                async with target.paused_commits():
+                    try:
+                        for item in reversed(start_order([i for i in leaving if i not in sources])):
+                            undo.stopped.append(item)
+                            await target.stop(item)
+                        undo.set_aside = await self._set_aside(plan)
+                        for spec in coming:
+                            undo.starting = spec.qualified
+                            undo.started.append(await target.start(spec))
+                    except Exception as exc:
+                        raise await self._roll_back(undo, exc) from exc
+                    target.install(_in_order(plan.new, [*kept, *undo.started]), plan.new, ())
+            except ReloadFailed:
+                raise
+            except Exception as exc:  # ingest could not be paused: sources come back
+                raise await self._roll_back(undo, exc) from exc
+
+    async def _roll_back(self, undo: _Undo[_I], exc: Exception) -> ReloadFailed:
+        """Stop what this reload started, start again what it stopped (with the old
+        config); the failure to report, naming what stays down."""
+        if undo.starting is not None:
+            log.debug("reload: starting %s failed", undo.starting, exc_info=exc)
+        reason = str(exc) or f"[{undo.starting or 'reload'}] {exc!r}"
+        for item in reversed(undo.started):
+            await self.target.stop(item)
+        await anyio.to_thread.run_sync(_put_back, undo.set_aside)
+        restored, down = await self._restore([item.spec for item in undo.stopped])
+        config = self.target.config
+        self.target.install(_in_order(config, [*undo.kept, *restored]), config, down)
+        stays_down = f"; {', '.join(down)} could not be restarted" if down else ""
+        return ReloadFailed(f"{reason}; rolled back{stays_down}")
 
     async def _set_aside(self, plan: ReloadPlan) -> list[tuple[Path, Path]]:
         """Move the state folder of each instance whose plugin changed aside (to
