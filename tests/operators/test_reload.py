@@ -425,3 +425,11 @@ def test_an_instance_whose_plugin_changed_starts_without_the_old_ones_state(obse
     daemon.post_events([event(success=False, input_summary=f"g{n}") for n in range(5)])
     wait_for(lambda: firings() == 2, 20, what="the alert firing again")
     assert "still firing from the last run" not in daemon.logs()
+
+
+def test_reload_help_names_its_exit_statuses(observer_daemon):
+    result = observer_daemon.run("reload", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--dry-run" in text and "Exit 0 when it was applied, 1 when the daemon refused" in text
+    assert "3 when no daemon holds the state_dir" in text
