@@ -51,8 +51,13 @@ _I = TypeVar("_I", bound=RunningInstance)
 class ReloadTarget(Protocol[_I]):
     """The engine, as a reload sees it."""
 
-    config: ObserverConfig
-    instances: list[_I]
+    @property
+    def config(self) -> ObserverConfig:
+        """The running config."""
+
+    @property
+    def instances(self) -> Sequence[_I]:
+        """The running instances."""
 
     def paused_cycles(self) -> AbstractAsyncContextManager[None]:
         """No cycle runs (polls, analyzers) inside this block."""

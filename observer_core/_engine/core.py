@@ -11,6 +11,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -30,13 +31,17 @@ from ..components import (
 from ..config import InstanceConfig, ObserverConfig
 from ..metrics import Metrics
 from ..records import Finding, Op, now_timestamp
+from ..reload_apply import Reloader
+from ..reload_plan import snapshot
+from ..reload_state import ReloadStatus
 from ..ring import Ring
 from ..state import StateStore
 from ..tap import TapHub
 from .cycles import Cycles, Publisher
 from .dispatch import Dispatcher
-from .instance import Instance, fail, guard, quietly
+from .instance import Instance, StartupError, cannot_start, fail, guard, quietly
 from .introspect import Introspection
+from .swap import Swapper
 
 if TYPE_CHECKING:
     import httpx
@@ -49,10 +54,6 @@ LAG_PROBE_SECS = 0.1
 """How often the event loop's lag is measured (a sleep of this long, and how late it wakes)."""
 IDLE_POLL_SECS = 0.005
 """How often :meth:`Engine.idle` looks again while work is in progress."""
-
-
-class StartupError(Exception):
-    """An enabled instance could not start; the message names it."""
 
 
 class Engine:
@@ -85,8 +86,14 @@ class Engine:
         self.ring = Ring(self.settings.ring_size)
         self.started_at = now_timestamp()
         self._background: anyio.abc.TaskGroup | None = None
+        self._daemon: anyio.abc.TaskGroup | None = None
+        self._sink_group: anyio.abc.TaskGroup | None = None
         self._sink_runners: anyio.CancelScope | None = None
         self._sink_runners_done = anyio.Event()
+        self.reload_status = ReloadStatus(config.state_dir, self.metrics, snapshot(config))
+        """Config generations: ``reload.json``, the reload metrics, ``/health``'s config."""
+        self.config_loader: Callable[[], ObserverConfig] | None = None
+        """How SIGHUP re-reads the config (the daemon sets it); None: SIGHUP only reopens."""
         tap_dropped = self.metrics.counter(
             "observer_tap_dropped_total", "Records a slow tap reader missed."
         )
@@ -97,6 +104,7 @@ class Engine:
         ]
         self.dispatcher = Dispatcher(self.instances, self.metrics, self.ring, self.tap)
         """The ingest path: group commit to the op sinks and the ring."""
+        self.dispatcher.hold_secs = float(self.settings.shutdown_timeout_secs)
         self.emit = self.dispatcher.emit
         self.submit = self.dispatcher.submit
         self.emitter = Emitter(self.dispatcher.emit, self.dispatcher.submit)
@@ -121,15 +129,45 @@ class Engine:
             analyzer_runs=self.cycles.analyzer_runs,
             cycle=lambda: self.cycles.cycle,
             started_at=self.started_at,
+            config=self.reload_status.health,
         )
         """What ``/health``, ``/stats``, ``/ready`` and ``/metrics`` show."""
+        self._sinks: list[Instance] = []
+        self.tap_kinds: frozenset[str] = frozenset()
+        """The record kinds a tap may ask for."""
+        self._note_sinks()
+        self._register_gauges()
+
+    def _note_sinks(self) -> None:
         sinks = [item for item in self.instances if isinstance(item.component, Sink)]
         self._sinks = sinks
         self.tap_kinds = frozenset(
-            ["op", *config.finding_kinds, *(kind for item in sinks for kind in item.spec.accepts)]
+            [
+                "op",
+                *self.config.finding_kinds,
+                *(kind for item in sinks for kind in item.spec.accepts),
+            ]
         )
-        """The record kinds a tap may ask for."""
-        self._register_gauges()
+
+    def assign(self, instances: list[Instance], config: ObserverConfig) -> None:
+        """Make ``instances`` the pipeline and ``config`` the running config (a reload):
+        every part takes them, a sink kept keeps its queue, the live ``[observer]`` keys
+        take effect (the ring is resized keeping the newest ops)."""
+        self.config, self.settings = config, config.settings
+        self.instances[:] = instances  # in place: the parts read the same list
+        for pump in self.dispatcher.assign(instances):
+            if self._daemon is not None:
+                self._daemon.start_soon(pump.run)
+        self.dispatcher.hold_secs = float(config.settings.shutdown_timeout_secs)
+        self.publisher.assign(instances)
+        self.cycles.assign(instances)
+        self.cycles.cycle_secs = float(config.settings.cycle_secs)
+        self.introspection.reconfigure(config.settings)
+        if self.ring.capacity != config.settings.ring_size:
+            self.ring.resize(config.settings.ring_size)
+        for item in instances:
+            item.ctx.max_field_bytes = config.settings.max_field_bytes
+        self._note_sinks()
 
     def _register_gauges(self) -> None:
         self.metrics.gauge(
@@ -154,6 +192,10 @@ class Engine:
 
     # -- building -------------------------------------------------------
 
+    def build(self, spec: InstanceConfig) -> Instance:
+        """The instance of ``spec``, built (not opened)."""
+        return self._build(spec)
+
     def _build(self, spec: InstanceConfig) -> Instance:
         ctx = Context(
             instance=spec.qualified,
@@ -174,7 +216,11 @@ class Engine:
 
     def _state_store(self, spec: InstanceConfig) -> StateStore:
         """Where an instance keeps its state: its folder under ``state_dir``."""
-        return StateStore(self.config.state_dir / spec.qualified)
+        return StateStore(self.state_folder(spec))
+
+    def state_folder(self, spec: InstanceConfig) -> Path:
+        """An instance's folder under ``state_dir`` (``KIND.NAME``)."""
+        return self.config.state_dir / spec.qualified
 
     def _transport(self, spec: InstanceConfig) -> httpx.AsyncBaseTransport | None:
         """What an instance's ``ctx.http_client()`` sends through; None: the network."""
@@ -215,7 +261,9 @@ class Engine:
         await self.cycles.publish_from(instance, findings)
 
     async def publish(self, findings: Sequence[Finding]) -> None:
-        """Hand findings to every sink that accepts their kind (each write under a timeout)."""
+        """Hand findings to every sink that accepts their kind (each write under a timeout);
+        while a reload swaps sinks, to the new ones (bounded by ``shutdown_timeout_secs``)."""
+        await self.dispatcher.unpaused()
         await self.publisher.publish(findings)
 
     @property
@@ -324,7 +372,7 @@ class Engine:
                     with anyio.CancelScope(shield=True):
                         await quietly(done.component.aclose())
                         await quietly(done.ctx.aclose_clients())
-                raise StartupError(f"[{item.spec.qualified}] cannot start: {_reason(exc)}") from exc
+                raise cannot_start(item.spec.qualified, exc) from exc
             opened.append(item)
             self.introspection.opened.add(item.spec.qualified)
             log.info(
@@ -346,6 +394,7 @@ class Engine:
         await self.open()
         dispatcher = self.dispatcher
         async with anyio.create_task_group() as daemon:
+            self._daemon = daemon
             daemon.start_soon(dispatcher.run)
             daemon.start_soon(self._probe_loop_lag)
             if dispatcher.ack_sinks:
@@ -361,10 +410,12 @@ class Engine:
                 self._background = None
                 await self.shutdown()
                 daemon.cancel_scope.cancel()
+                self._daemon = None
 
     async def serve(self) -> None:
         """Run until SIGINT/SIGTERM, then shut down cleanly."""
         async with self.running() as inputs:
+            await self.reload_status.started()
             inputs.start_soon(self._watch_signals, inputs.cancel_scope)
             self.start_push_sources(inputs)
             inputs.start_soon(self._cycle_loop)
@@ -381,9 +432,14 @@ class Engine:
             source = item.component
             assert isinstance(source, Source)
             if source.is_push():
-                group.start_soon(
-                    _run_until_error, item, "stopped with an error", source.run, self.emitter
-                )
+                self.start_push(item, group)
+
+    def start_push(self, item: Instance, group: anyio.abc.TaskGroup) -> None:
+        """Start a push source's ``run(emit)`` under the instance's own cancel scope."""
+        source = item.component
+        assert isinstance(source, Source)
+        run = partial(_run_until_error, item, "stopped with an error", source.run, self.emitter)
+        item.start_task(group, run)
 
     async def run_once(self) -> int:
         """Poll, run the ``every = 1`` analyzers to completion, flush, exit.
@@ -408,19 +464,28 @@ class Engine:
         try:
             async with anyio.create_task_group() as group:
                 self._sink_runners = group.cancel_scope
+                self._sink_group = group
                 task_status.started()
                 for item in self._sinks:
-                    sink = item.component
-                    assert isinstance(sink, Sink)
-                    if sink.has_run():
-                        group.start_soon(
-                            _run_until_error,
-                            item,
-                            "background task stopped with an error",
-                            sink.run,
-                        )
+                    self.start_sink_run(item)
         finally:
+            self._sink_group = None
             self._sink_runners_done.set()
+
+    def start_tasks(self, item: Instance) -> None:
+        """Start the background tasks of an instance a reload started (a push source's
+        ``run``, a sink's ``run``)."""
+        component = item.component
+        if isinstance(component, Source) and component.is_push() and self._background:
+            self.start_push(item, self._background)
+        self.start_sink_run(item)
+
+    def start_sink_run(self, item: Instance) -> None:
+        """Start a sink's background ``run()`` (if it has one) under its own cancel scope."""
+        sink = item.component
+        if isinstance(sink, Sink) and sink.has_run() and self._sink_group is not None:
+            what = "background task stopped with an error"
+            item.start_task(self._sink_group, partial(_run_until_error, item, what, sink.run))
 
     async def _stop_sink_runners(self) -> None:
         if self._sink_runners is not None:
@@ -428,14 +493,16 @@ class Engine:
             await self._sink_runners_done.wait()
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
-        # SIGUSR1 reopens the sinks' files (what logrotate sends, contract §12.1); SIGHUP
-        # does too until it also re-reads the config.
+        # SIGUSR1 reopens the sinks' files (what logrotate sends); SIGHUP does too, and
+        # re-reads the config (contract §12.1).
         reopen = (signal.SIGHUP, signal.SIGUSR1)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, *reopen) as signals:
             async for signum in signals:
                 if signum in reopen:
                     log.info("%s: reopening sink files", signal.Signals(signum).name)
                     await self.reopen_sinks()
+                    if signum == signal.SIGHUP:
+                        await self.reload()
                     continue
                 log.info("%s: shutting down", signal.Signals(signum).name)
                 scope.cancel()
@@ -450,6 +517,17 @@ class Engine:
                 await sink.reopen()
             except Exception as exc:
                 fail(item.ctx, f"reopen failed: {exc}")
+
+    async def reload(self) -> None:
+        """Re-read the config file and apply what changed (contract §12.1: the steps are
+        :class:`~observer_core.reload_apply.Reloader`'s, the engine's side :class:`Swapper`)."""
+        if self.config_loader is None:
+            log.warning("SIGHUP: this daemon cannot re-read its config")
+            return
+        try:
+            await Reloader(Swapper(self), self.config_loader, self.reload_status).reload()
+        except OSError as exc:  # reload.json could not be written: the daemon lives on
+            log.error("reload: cannot record the outcome: %s", exc)
 
     async def shutdown(self) -> None:
         """Stop taking input, drain, flush every sink, close everything (bounded in time)."""
@@ -482,10 +560,3 @@ async def _run_until_error(
         await run(*args)
     except Exception as exc:
         fail(item.ctx, what, exc)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    return str(exc) or type(exc).__name__

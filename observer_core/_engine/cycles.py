@@ -33,11 +33,16 @@ class Publisher:
     newest for ``/stats``."""
 
     def __init__(self, instances: Sequence[Instance], metrics: Metrics, tap: TapHub) -> None:
-        self._sinks = [item for item in instances if isinstance(item.component, Sink)]
+        self._sinks: list[Instance] = []
+        self.assign(instances)
         self._tap = tap
         self._sink_records = metrics.counter(SINK_RECORDS, SINK_RECORDS_HELP)
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_MAX)
         """The newest findings (previewed), oldest first."""
+
+    def assign(self, instances: Sequence[Instance]) -> None:
+        """Take the sinks of ``instances`` as where findings go (a reload)."""
+        self._sinks = [item for item in instances if isinstance(item.component, Sink)]
 
     async def publish(self, findings: Sequence[Finding]) -> None:
         """Hand findings to every sink that accepts their kind (each write under a timeout)."""
@@ -86,15 +91,27 @@ class Cycles:
         self._emitter = emitter
         self._publish = publish
         self._step_timeout = step_timeout
-        self._cycle_secs = cycle_secs
+        self.cycle_secs = cycle_secs
+        """The period; a change (a reload) takes effect after the next cycle."""
         self.cycle = 0
         """Cycles run so far."""
-        self.analyzer_runs: dict[str, dict[str, Any]] = {
-            item.spec.qualified: {"last_run": None, "duration_ms": None, "findings": 0, "errors": 0}
+        self.lock = anyio.Lock()
+        """Held while a cycle runs: a reload holds it to change instances between cycles."""
+        self.analyzer_runs: dict[str, dict[str, Any]] = {}
+        """Per analyzer: its last run, how long it took, findings and errors so far."""
+        self.assign(instances)
+
+    def assign(self, instances: Sequence[Instance]) -> None:
+        """Note the analyzers of ``instances`` (a reload): one kept keeps its run notes.
+        (The instances themselves are the engine's list, changed in place.)"""
+        runs = {
+            item.spec.qualified: self.analyzer_runs.get(item.spec.qualified)
+            or {"last_run": None, "duration_ms": None, "findings": 0, "errors": 0}
             for item in instances
             if isinstance(item.component, Analyzer)
         }
-        """Per analyzer: its last run, how long it took, findings and errors so far."""
+        self.analyzer_runs.clear()  # in place: Introspection reads the same dict
+        self.analyzer_runs.update(runs)
 
     async def publish_from(self, instance: str, findings: Sequence[Finding]) -> None:
         """``ctx.publish`` of ``instance``: counted as its findings in ``/stats``, then
@@ -162,11 +179,14 @@ class Cycles:
 
     async def run_forever(self) -> None:
         """Run a cycle every ``cycle_secs``; a cycle that runs long skips the ticks it missed."""
-        period = self._cycle_secs
+        period = self.cycle_secs
         next_tick = anyio.current_time() + period
         while True:
             await anyio.sleep_until(next_tick)
-            await self.run_cycle()
+            async with self.lock:
+                await self.run_cycle()
+            if period != self.cycle_secs:  # a reload changed it
+                period, next_tick = self.cycle_secs, anyio.current_time()
             next_tick += period
             late = anyio.current_time() - next_tick
             if late >= 0:

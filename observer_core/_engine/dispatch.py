@@ -14,7 +14,8 @@ import asyncio
 import logging
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from operator import attrgetter
 
@@ -109,21 +110,22 @@ class Dispatcher:
         self.metrics = metrics
         self.ring = ring
         self.tap = tap
-        op_sinks = [
-            item
-            for item in instances
-            if isinstance(item.component, Sink) and "op" in item.spec.accepts
-        ]
-        self.ack_sinks = [item for item in op_sinks if holds_ack(item)]
-        self.pumps = [SinkPump(item, metrics) for item in op_sinks if not holds_ack(item)]
-        self._observers = [
-            item
-            for item in instances
-            if isinstance(item.component, Analyzer) and item.component.observes()
-        ]
+        self.ack_sinks: list[Instance] = []
+        self.pumps: list[SinkPump] = []
+        self._observers: list[Instance] = []
         """Analyzers that see each committed batch (``Analyzer.observe``)."""
+        self._ack_record_keys: list[tuple[tuple[str, str], ...]] = []
+        self.assign(instances)
         self.sink_records = metrics.counter(SINK_RECORDS, SINK_RECORDS_HELP)
-        self._ack_record_keys = [(("instance", item.spec.qualified),) for item in self.ack_sinks]
+        self.hold: asyncio.Future[None] | None = None
+        """While set (:meth:`paused`), nothing is committed; it resolves when that ends."""
+        self.hold_secs = 10.0
+        """How long ops may wait for a pause to end before they are refused (503)."""
+        self._committing = False
+        """Between taking a batch and answering it."""
+        self.ack_down: str | None = None
+        """An ack-holding op sink that is down (a reload could not restart it): every op is
+        refused, none acknowledged without being written."""
         self.ack_failing: dict[str, Instance] = {}
         """Ack-holding sinks whose last write failed, by name: not ready until one succeeds."""
         self.closing = False
@@ -139,6 +141,59 @@ class Dispatcher:
         """How many submissions the last commit carried."""
         self._drained: asyncio.Future[None] | None = None
         """What :meth:`drain` awaits: resolved when the dispatcher next finds nothing to do."""
+
+    def assign(self, instances: Sequence[Instance]) -> list[SinkPump]:
+        """Take ``instances`` as the op sinks and observers; a sink kept (a reload) keeps
+        its queue. Returns the pumps that are new, for the caller to run."""
+        op_sinks = [
+            item
+            for item in instances
+            if isinstance(item.component, Sink) and "op" in item.spec.accepts
+        ]
+        self.ack_sinks = [item for item in op_sinks if holds_ack(item)]
+        self._ack_record_keys = [(("instance", item.spec.qualified),) for item in self.ack_sinks]
+        kept = {pump.instance: pump for pump in self.pumps}
+        self.pumps = [
+            kept.get(item) or SinkPump(item, self.metrics)
+            for item in op_sinks
+            if not holds_ack(item)
+        ]
+        self._observers = [
+            item
+            for item in instances
+            if isinstance(item.component, Analyzer) and item.component.observes()
+        ]
+        return [pump for pump in self.pumps if pump.instance not in kept]
+
+    async def remove_pump(self, item: Instance) -> None:
+        """Stop feeding ``item`` and wait until its queue is written (it is being stopped)."""
+        for pump in self.pumps:
+            if pump.instance is item:
+                self.pumps.remove(pump)
+                pump.queue.close()
+                await pump.stopped.wait()
+                return
+
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Commit nothing inside this block (sinks are being swapped): ops wait, at most
+        :attr:`hold_secs`, then get 503. The commit under way finishes first (bounded by
+        :attr:`hold_secs` too: TimeoutError)."""
+        hold = self.hold = asyncio.get_running_loop().create_future()
+        try:
+            with anyio.fail_after(self.hold_secs):
+                while self._committing:
+                    await anyio.sleep(0.005)
+            yield
+        finally:
+            self.hold = None
+            hold.set_result(None)
+
+    async def unpaused(self) -> None:
+        """Return once no pause is on (at most :attr:`hold_secs` from now)."""
+        if (hold := self.hold) is not None:
+            with anyio.move_on_after(self.hold_secs):
+                await asyncio.shield(hold)
 
     def emit(self, ops: Sequence[Op]) -> asyncio.Future[None]:
         """Accept ops: the future resolves once every ack-holding op sink has them and they
@@ -204,6 +259,9 @@ class Dispatcher:
                 # fewer hand-offs to a sink's writer thread (context switches); alone, a
                 # request is committed at once.
                 await asyncio.sleep(0)
+            if self.hold is not None and not await self._held():
+                continue
+            self._committing = True
             batch = list(self._pending)
             self._pending.clear()
             self._pending_ops = 0
@@ -217,8 +275,32 @@ class Dispatcher:
                     on_accepted(error)
                 except Exception:
                     log.exception("a source failed to take its answer")
+            self._committing = False
+
+    async def _held(self) -> bool:
+        """Wait while :meth:`paused`: True once it ended. After :attr:`hold_secs` the ops
+        waiting are refused (503 with Retry-After) and False is returned."""
+        hold = self.hold
+        assert hold is not None
+        with anyio.move_on_after(self.hold_secs):
+            await asyncio.shield(hold)
+            return True
+        batch = list(self._pending)
+        self._pending.clear()
+        self._pending_ops = 0
+        self.metrics.input_rejected.inc(sum(len(ops) for ops, _ in batch), reason="reloading")
+        refusal = NotAccepted("the config is being reloaded; retry shortly", retry_after=1)
+        for _, on_accepted in batch:
+            try:
+                on_accepted(refusal)
+            except Exception:
+                log.exception("a source failed to take its answer")
+        return False
 
     async def _write_acked(self, ops: Sequence[Op]) -> NotAccepted | None:
+        if self.ack_down is not None:
+            self.metrics.input_rejected.inc(len(ops), reason="sink_failed")
+            return NotAccepted(f"sink {self.ack_down} is down", retry_after=5)
         for item in self.ack_sinks:
             sink = item.component
             assert isinstance(sink, Sink)

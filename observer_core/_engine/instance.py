@@ -8,11 +8,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from ..components import Component, Context, NotAccepted, Sink
 from ..config import InstanceConfig
 
-__all__ = ["WRITE_TIMEOUT", "Instance", "fail", "guard", "holds_ack", "quietly"]
+__all__ = [
+    "WRITE_TIMEOUT",
+    "Instance",
+    "StartupError",
+    "cannot_start",
+    "fail",
+    "guard",
+    "holds_ack",
+    "quietly",
+]
 
 log = logging.getLogger("observer_core")
 
@@ -20,15 +30,57 @@ WRITE_TIMEOUT = 30.0
 """Seconds a finding write or a sink's probe may take."""
 
 
-class Instance:
-    """A running component with its config and context."""
+class StartupError(Exception):
+    """An enabled instance could not start; the message names it."""
 
-    __slots__ = ("component", "ctx", "spec")
+
+def cannot_start(name: str, exc: BaseException) -> StartupError:
+    """``[sources.http] cannot start: Address already in use``: the error for instance
+    ``name`` whose ``open()`` raised ``exc``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        reason = f"{exc.strerror}{where}"
+    else:
+        reason = str(exc) or type(exc).__name__
+    return StartupError(f"[{name}] cannot start: {reason}")
+
+
+class Instance:
+    """A running component with its config and context, and the cancel scopes of its
+    background tasks (a push source's ``run``, a sink's ``run``): one instance can be
+    stopped (a config reload) without the daemon's task groups ending."""
+
+    __slots__ = ("component", "ctx", "scopes", "spec", "tasks_done")
 
     def __init__(self, spec: InstanceConfig, component: Component, ctx: Context) -> None:
         self.spec = spec
         self.component = component
         self.ctx = ctx
+        self.scopes: set[anyio.CancelScope] = set()
+        self.tasks_done = anyio.Event()
+
+    def start_task(self, group: anyio.abc.TaskGroup, work: Callable[[], Awaitable[Any]]) -> None:
+        """Start one background task of this instance in ``group``, under its own scope
+        (registered now, so :meth:`stop_tasks` sees a task that has not begun yet)."""
+        scope = anyio.CancelScope()
+        self.scopes.add(scope)
+        group.start_soon(self._scoped, scope, work)
+
+    async def _scoped(self, scope: anyio.CancelScope, work: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            with scope:
+                await work()
+        finally:
+            self.scopes.discard(scope)
+            if not self.scopes:
+                self.tasks_done.set()
+
+    async def stop_tasks(self) -> None:
+        """Cancel this instance's background tasks and wait until they have ended."""
+        if self.scopes:
+            for scope in list(self.scopes):
+                scope.cancel()
+            await self.tasks_done.wait()
 
 
 def fail(ctx: Context, what: str, exc: BaseException | None = None) -> None:

@@ -53,6 +53,7 @@ class Introspection:
         analyzer_runs: dict[str, dict[str, Any]],
         cycle: Callable[[], int],
         started_at: str,
+        config: Callable[[], dict[str, Any]],
     ) -> None:
         self._instances = instances
         self._metrics = metrics
@@ -63,14 +64,26 @@ class Introspection:
         self._analyzer_runs = analyzer_runs
         self._cycle = cycle
         self._started_at = started_at
+        self._config = config
         self.opened: set[str] = set()
         """Instances that have started (``/ready`` waits for every one)."""
+        self.down: set[str] = set()
+        """Instances a reload could neither start nor restore (``/ready`` names them)."""
+
+    def reconfigure(self, settings: ObserverSettings) -> None:
+        """The ``[observer]`` settings a reload applied."""
+        self._settings = settings
 
     def health(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}
         for item in self._instances:
             checks.update(item.ctx.status.get("checks", {}))
-        return {"status": "ok", "ops_in_ring": len(self._ring), "checks": redact_config(checks)}
+        return {
+            "status": "ok",
+            "ops_in_ring": len(self._ring),
+            "checks": redact_config(checks),
+            "config": self._config(),
+        }
 
     def stats(self) -> dict[str, Any]:
         ring = self._ring
@@ -108,6 +121,7 @@ class Introspection:
             if item.spec.qualified not in self.opened
         ]
         waiting.extend(name for name in self._dispatcher.ack_failing if name not in waiting)
+        waiting.extend(name for name in sorted(self.down) if name not in waiting)
         return waiting
 
     def operator_stats(self) -> dict[str, Any]:

@@ -113,7 +113,7 @@ async def test_ingest_waits_while_commits_are_paused_then_gets_503_with_retry_af
             answers.append((await client.post("/event", json=event)).status_code)
 
         # Released in time: the post waits, then 200.
-        async with anyio.create_task_group() as group, engine.paused_commits():
+        async with anyio.create_task_group() as group, engine.dispatcher.paused():
             group.start_soon(post)
             with anyio.fail_after(5):
                 while not engine.pending_work()["emits_pending"]:
@@ -121,7 +121,7 @@ async def test_ingest_waits_while_commits_are_paused_then_gets_503_with_retry_af
             assert answers == []
         assert answers == [200]
 
-        async with engine.paused_commits():  # held too long: 503 after shutdown_timeout_secs
+        async with engine.dispatcher.paused():  # held too long: 503 after shutdown_timeout_secs
             began = anyio.current_time()
             reply = await client.post("/event", json=event)
             waited = anyio.current_time() - began
