@@ -24,12 +24,12 @@ from typing import Generic, Protocol, TypeVar
 
 import anyio
 
-from .components import Analyzer, Component, Sink, Source
+from .components import Component, Source
 from .config import ConfigError, InstanceConfig, ObserverConfig
 from .reload_plan import ReloadPlan, plan_reload, snapshot
 from .reload_state import ReloadOutcome, ReloadStatus
 
-__all__ = ["ReloadFailed", "ReloadTarget", "Reloader", "start_order"]
+__all__ = ["ReloadFailed", "ReloadTarget", "Reloader"]
 
 log = logging.getLogger("observer_core")
 
@@ -81,20 +81,13 @@ class ReloadTarget(Protocol[_I]):
         ``[observer]`` keys applied); ``down``: instances that could not be restarted."""
 
 
-def start_order(items: Sequence[_I]) -> list[_I]:
-    """Sinks, then analyzers, then sources (the order the engine opens them in)."""
-    rank = {Sink: 0, Analyzer: 1, Source: 2}
-    return sorted(
-        items,
-        key=lambda item: next(
-            (order for kind, order in rank.items() if isinstance(item.component, kind)), 3
-        ),
-    )
+_OPEN_ORDER = {"sinks": 0, "analyzers": 1, "sources": 2}
+"""The order the engine opens instances in (and closes them in reverse)."""
 
 
 def _spec_order(specs: Sequence[InstanceConfig]) -> list[InstanceConfig]:
-    rank = {"sinks": 0, "analyzers": 1, "sources": 2}
-    return sorted(specs, key=lambda spec: rank.get(spec.kind, 3))
+    """Sinks, then analyzers, then sources, each in config order."""
+    return sorted(specs, key=lambda spec: _OPEN_ORDER.get(spec.kind, 3))
 
 
 @dataclass
@@ -169,7 +162,9 @@ class Reloader(Generic[_I]):
                     await target.stop(item)
                 async with target.paused_commits():
                     try:
-                        for item in reversed(start_order([i for i in leaving if i not in sources])):
+                        rest = [item for item in leaving if item not in sources]
+                        rest.sort(key=lambda item: _OPEN_ORDER.get(item.spec.kind, 3))
+                        for item in reversed(rest):
                             undo.stopped.append(item)
                             await target.stop(item)
                         undo.set_aside = await self._set_aside(plan)
