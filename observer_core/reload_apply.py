@@ -66,8 +66,9 @@ class ReloadTarget(Protocol[_I]):
         """No op is committed inside this block: ingest waits (bounded), so sinks can be
         swapped without an op missing one or reaching one twice."""
 
-    async def start(self, spec: InstanceConfig) -> _I:
-        """Build, open and start the background tasks of one instance; raise
+    async def start(self, spec: InstanceConfig, config: ObserverConfig) -> _I:
+        """Build (with ``config``, whose table ``spec`` is), open and start the background
+        tasks of one instance; raise
         ``StartupError`` naming it when it cannot start (nothing of it left running)."""
 
     async def stop(self, item: _I) -> None:
@@ -170,7 +171,7 @@ class Reloader(Generic[_I]):
                         undo.set_aside = await self._set_aside(plan)
                         for spec in coming:
                             undo.starting = spec.qualified
-                            undo.started.append(await target.start(spec))
+                            undo.started.append(await target.start(spec, plan.new))
                     except Exception as exc:
                         raise await self._roll_back(undo, exc) from exc
                     target.install(_in_order(plan.new, [*kept, *undo.started]), plan.new, ())
@@ -227,7 +228,7 @@ class Reloader(Generic[_I]):
         down: list[str] = []
         for spec in _spec_order(specs):
             try:
-                restored.append(await self.target.start(spec))
+                restored.append(await self.target.start(spec, self.target.config))
             except Exception as exc:
                 log.error("rollback: %s stays down: %s", spec.qualified, exc)
                 down.append(spec.qualified)

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from .config import InstanceConfig, ObserverConfig, ObserverSettings
+from .kinds import SOURCES
 
 __all__ = [
     "LIVE_SETTINGS",
@@ -28,7 +29,8 @@ __all__ = [
 ]
 
 LIVE_SETTINGS = frozenset({"cycle_secs", "ring_size", "max_field_bytes", "shutdown_timeout_secs"})
-"""``[observer]`` keys a reload applies; any other needs a restart."""
+"""``[observer]`` keys a reload applies; any other needs a restart. A change of
+``max_field_bytes`` restarts every source (they take it when built)."""
 
 
 class ConfigSnapshot(msgspec.Struct, kw_only=True):
@@ -100,6 +102,11 @@ def diff(old: ConfigSnapshot, new: ConfigSnapshot) -> Diff:
         if old.settings.get(key) != value:
             live = key in LIVE_SETTINGS
             (result.live_settings if live else result.refused_settings).append(key)
+    if "max_field_bytes" in result.live_settings:
+        # Sources take the bound when they are built: each starts again with the new one.
+        restarted = [name for name in result.unchanged if name.startswith(f"{SOURCES.kind}.")]
+        result.unchanged = [name for name in result.unchanged if name not in restarted]
+        result.changed += restarted
     return result
 
 

@@ -192,23 +192,24 @@ class Engine:
 
     # -- building -------------------------------------------------------
 
-    def build(self, spec: InstanceConfig) -> Instance:
-        """The instance of ``spec``, built (not opened)."""
-        return self._build(spec)
+    def build(self, spec: InstanceConfig, config: ObserverConfig) -> Instance:
+        """The instance of ``spec``, a table of ``config``, built (not opened): a reload."""
+        return self._build(spec, config)
 
-    def _build(self, spec: InstanceConfig) -> Instance:
+    def _build(self, spec: InstanceConfig, config: ObserverConfig | None = None) -> Instance:
+        config = config or self.config
         ctx = Context(
             instance=spec.qualified,
             kind=spec.kind,
-            config_dir=self.config.config_dir,
+            config_dir=config.config_dir,
             logger=logging.getLogger(f"observer.{spec.qualified}"),
             metrics=self.metrics,
             state=self._state_store(spec),
-            max_field_bytes=self.settings.max_field_bytes,
+            max_field_bytes=config.settings.max_field_bytes,
             observer=self,
             spawn=lambda fn, *args, timeout=None: self._spawn(ctx, fn, args, timeout),
             publish=partial(self._publish_from, spec.qualified),
-            row_formats=self.config.row_formats,
+            row_formats=config.row_formats,
             clock=self.clock,
             transport=self._transport(spec),
         )

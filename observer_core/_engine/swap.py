@@ -34,7 +34,7 @@ class Engine(Protocol):
     cycles: Cycles
     introspection: Introspection
 
-    def build(self, spec: InstanceConfig) -> Instance: ...
+    def build(self, spec: InstanceConfig, config: ObserverConfig) -> Instance: ...
     def state_folder(self, spec: InstanceConfig) -> Path: ...
     def start_tasks(self, item: Instance) -> None: ...
     def assign(self, instances: list[Instance], config: ObserverConfig) -> None: ...
@@ -70,10 +70,11 @@ class Swapper:
     def state_folder(self, spec: InstanceConfig) -> Path:
         return self._engine.state_folder(spec)
 
-    async def start(self, spec: InstanceConfig) -> Instance:
-        """Build, open and start one instance; ``StartupError`` naming it if it cannot."""
+    async def start(self, spec: InstanceConfig, config: ObserverConfig) -> Instance:
+        """Build (with ``config``, whose table ``spec`` is), open and start one instance;
+        ``StartupError`` naming it if it cannot."""
         engine = self._engine
-        item = engine.build(spec)
+        item = engine.build(spec, config)
         handed = self._handed.get(spec.qualified)
         take_over = getattr(item.component, "take_over", None)
         if handed is not None and take_over is not None and take_over(handed):

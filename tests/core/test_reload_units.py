@@ -128,3 +128,11 @@ async def test_ingest_waits_while_commits_are_paused_then_gets_503_with_retry_af
         assert reply.status_code == 503 and reply.headers["retry-after"] == "1"
         assert 0.4 <= waited < 3
         assert len(running.ring) == 1
+
+
+def test_a_new_max_field_bytes_restarts_every_source(tmp_path):
+    old = load(tmp_path, BASE)
+    new = load(tmp_path, BASE.replace("cycle_secs = 60", "cycle_secs = 60\nmax_field_bytes = 9"))
+    found = diff(snapshot(old), snapshot(new))
+    assert (found.changed, found.unchanged) == (["sources.http"], ["sinks.ops"])
+    assert found.live_settings == ["max_field_bytes"]

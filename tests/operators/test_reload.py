@@ -313,6 +313,17 @@ def test_reload_without_a_daemon_exits_3(observer_daemon):
     assert "no daemon holds state_dir" in result.stderr
 
 
+def test_max_field_bytes_changes_live_for_every_source(observer_daemon):
+    daemon = observer_daemon.start(BASE)
+    long = event(input_summary="x" * 300)
+    assert httpx.post(f"{daemon.url}/event", json=long, timeout=10).status_code == 200
+    rewrite(daemon, BASE.replace("cycle_secs = 60", "cycle_secs = 60\nmax_field_bytes = 100"))
+    assert reload(observer_daemon).returncode == 0
+    daemon.wait_log("changed [sources.http]")  # restarted with the new bound (same socket)
+    reply = httpx.post(f"{daemon.url}/event", json=long, timeout=10)
+    assert reply.status_code == 400 and "max_field_bytes" in reply.text
+
+
 def test_ring_size_shrinks_live_keeping_the_newest_ops(observer_daemon):
     daemon = observer_daemon.start(BASE)
     daemon.post_events([event(input_summary=f"o{n}") for n in range(10)])
