@@ -161,7 +161,7 @@ class Engine:
         self.dispatcher.hold_secs = float(config.settings.shutdown_timeout_secs)
         self.publisher.assign(instances)
         self.cycles.assign(instances)
-        self.cycles.cycle_secs = float(config.settings.cycle_secs)
+        self.cycles.set_period(float(config.settings.cycle_secs))
         self.introspection.reconfigure(config.settings)
         if self.ring.capacity != config.settings.ring_size:
             self.ring.resize(config.settings.ring_size)

@@ -92,7 +92,8 @@ class Cycles:
         self._publish = publish
         self._step_timeout = step_timeout
         self.cycle_secs = cycle_secs
-        """The period; a change (a reload) takes effect after the next cycle."""
+        """The period (change it with :meth:`set_period`)."""
+        self._period_changed = anyio.Event()
         self.cycle = 0
         """Cycles run so far."""
         self.lock = anyio.Lock()
@@ -100,6 +101,12 @@ class Cycles:
         self.analyzer_runs: dict[str, dict[str, Any]] = {}
         """Per analyzer: its last run, how long it took, findings and errors so far."""
         self.assign(instances)
+
+    def set_period(self, secs: float) -> None:
+        """A new ``cycle_secs`` (a reload): the next cycle runs ``secs`` from now."""
+        if secs != self.cycle_secs:
+            self.cycle_secs = secs
+            self._period_changed.set()
 
     def assign(self, instances: Sequence[Instance]) -> None:
         """Note the analyzers of ``instances`` (a reload): one kept keeps its run notes.
@@ -182,11 +189,15 @@ class Cycles:
         period = self.cycle_secs
         next_tick = anyio.current_time() + period
         while True:
-            await anyio.sleep_until(next_tick)
+            with anyio.CancelScope(deadline=next_tick):
+                await self._period_changed.wait()
+            if self._period_changed.is_set():  # a reload changed it: start over
+                self._period_changed = anyio.Event()
+                period = self.cycle_secs
+                next_tick = anyio.current_time() + period
+                continue
             async with self.lock:
                 await self.run_cycle()
-            if period != self.cycle_secs:  # a reload changed it
-                period, next_tick = self.cycle_secs, anyio.current_time()
             next_tick += period
             late = anyio.current_time() - next_tick
             if late >= 0:

@@ -324,6 +324,13 @@ def test_max_field_bytes_changes_live_for_every_source(observer_daemon):
     assert reply.status_code == 400 and "max_field_bytes" in reply.text
 
 
+def test_a_shorter_cycle_takes_effect_at_once(observer_daemon):
+    daemon = observer_daemon.start(BASE)  # cycle_secs = 60: no cycle during this test
+    rewrite(daemon, BASE.replace("cycle_secs = 60", "cycle_secs = 0.2"))
+    assert reload(observer_daemon).returncode == 0
+    daemon.wait_cycles(3, timeout=10)
+
+
 def test_ring_size_shrinks_live_keeping_the_newest_ops(observer_daemon):
     daemon = observer_daemon.start(BASE)
     daemon.post_events([event(input_summary=f"o{n}") for n in range(10)])
