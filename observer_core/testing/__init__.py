@@ -15,8 +15,9 @@ tests then get these fixtures without importing anything (:mod:`.plugin`):
   or a code-review service (:mod:`.stub`).
 - ``installed_package`` (session): ``pip install`` a plugin distribution from
   its folder, to test its entry point as users get it (:mod:`.install`).
-- :func:`make_context` (one component outside any engine), :func:`free_port`
-  and :func:`wait_for` (a bounded poll, never a bare sleep).
+- :func:`make_context` (one component outside any engine), :func:`free_port`,
+  :func:`wait_for` (a bounded poll, never a bare sleep), :func:`daemon_config`
+  (a minimal config: the http source and a jsonl sink) and :func:`numbered_op`.
 
 The kit uses only the public API of observer-core (a test checks it): what it
 needs from the engine (``step_timeout=``, ``start_push_sources``, ``idle()``,
@@ -36,7 +37,7 @@ from .collect import COLLECT_PLUGIN, CollectConfig, CollectingSink, plugin_of
 from .context import make_context
 from .daemon import Daemon, DaemonFactory
 from .engine import EngineFactory, RunningEngine
-from .helpers import GiveUp, free_port, wait_for
+from .helpers import GiveUp, daemon_config, free_port, numbered_op, wait_for
 from .install import InstalledPackage, PackageInstaller
 from .plugin import installed_package, observer_daemon, observer_engine, stub_server
 from .stub import RecordedRequest, StubReply, StubServer
@@ -55,9 +56,11 @@ __all__ = [
     "RunningEngine",
     "StubReply",
     "StubServer",
+    "daemon_config",
     "free_port",
     "installed_package",
     "make_context",
+    "numbered_op",
     "observer_daemon",
     "observer_engine",
     "plugin_of",

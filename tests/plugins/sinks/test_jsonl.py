@@ -13,31 +13,11 @@ import pytest
 from observer_plugins.sinks.gateway_log.entry import LogEntry
 from observer_plugins.sinks.jsonl import JsonlConfig, JsonlSink
 
-from observer_core import Finding, Op
-from observer_core.testing import make_context, wait_for
+from observer_core import Finding
+from observer_core.testing import daemon_config, make_context, wait_for
+from observer_core.testing import numbered_op as op
 
-CONFIG = """
-[observer]
-cycle_secs = 60
-[sources.http]
-port = {port}
-[sinks.ops]
-plugin = "jsonl"
-path = "out/ops.jsonl"
-fsync = "FSYNC"
-"""
-
-
-def op(n: int) -> Op:
-    return Op(
-        timestamp="2026-01-01T00:00:00.000Z",
-        endpoint=f"/e{n}",
-        input_summary="i",
-        success=True,
-        duration_ms=n,
-        output_summary="o",
-        source="test",
-    )
+CONFIG = daemon_config("out/ops.jsonl", fsync="FSYNC")
 
 
 def read_lines(path) -> list[dict]:

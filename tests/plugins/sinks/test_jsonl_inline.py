@@ -16,22 +16,10 @@ import pytest
 from observer_plugins.sinks.jsonl import JsonlConfig, JsonlSink
 from observer_plugins.sinks.jsonl.guard import MAX_COOLDOWN_FACTOR, InlineGuard
 
-from observer_core import Op
 from observer_core.testing import make_context
+from observer_core.testing import numbered_op as op
 
 FALLBACKS = "observer_sink_inline_fallbacks_total"
-
-
-def op(n: int) -> Op:
-    return Op(
-        timestamp="2026-01-01T00:00:00.000Z",
-        endpoint=f"/e{n}",
-        input_summary="i",
-        success=True,
-        duration_ms=n,
-        output_summary="o",
-        source="test",
-    )
 
 
 class _Writes:
