@@ -10,17 +10,9 @@ import msgspec
 import pytest
 
 from observer_core.plugins import load_registry
-from observer_core.testing import free_port
+from observer_core.testing import daemon_config, free_port
 
-MINIMAL = """
-[observer]
-cycle_secs = 60
-[sources.http]
-port = {port}
-[sinks.ops]
-plugin = "jsonl"
-path = "ops.jsonl"
-"""
+MINIMAL = daemon_config()
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["check"], ["plugins"], ["init"]])

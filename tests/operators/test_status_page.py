@@ -17,7 +17,7 @@ import httpx
 import pytest
 from operators_kit import event
 
-from observer_core.testing import DaemonFactory, wait_for
+from observer_core.testing import DaemonFactory, daemon_config, wait_for
 
 FLAGS = [
     "--headless",
@@ -77,15 +77,9 @@ def _wait_text(page: Any, selector: str, wanted: str | Callable[[str], bool]) ->
     wait_for(lambda: check(_text(page, selector)), TIMEOUT_MS / 1000, what=f"{selector}: {wanted}")
 
 
-CONFIG = """
-[observer]
-cycle_secs = 0.5
-state_dir = "state"
-[sources.http]
-port = {port}
-[sinks.ops]
-plugin = "jsonl"
-path = "ops.jsonl"
+CONFIG = (
+    daemon_config(cycle_secs=0.5, state_dir="state")
+    + """\
 [sinks.findings]
 plugin = "jsonl"
 path = "findings.jsonl"
@@ -94,6 +88,7 @@ accepts = ["escalation"]
 url = "STUB"
 threshold = 2
 """
+)
 
 
 def test_the_page_shows_live_figures_failures_as_text_findings_and_an_unreachable_daemon(

@@ -23,24 +23,15 @@ import httpx
 import pytest
 from reliability_kit import id_counts, record
 
-from observer_core.testing import DaemonFactory, wait_for
+from observer_core.testing import DaemonFactory, daemon_config, wait_for
 
 WRITE_DELAY = 0.2
 """Seconds each write(2) on the slow filesystem takes: what dirty-page throttling can do."""
 HEALTH_P99_BOUND = 0.1
 """``/health``'s 99th percentile must stay under this: half of one slow write."""
-CONFIG = """
-[observer]
-cycle_secs = 60
-[sources.http]
-port = {port}
-[sinks.ops]
-plugin = "jsonl"
-path = "slow/ops.jsonl"
-fsync = "never"
-inline_write_max_ms = 20
-inline_cooldown_ms = 600000
-"""
+CONFIG = daemon_config(
+    "slow/ops.jsonl", fsync="never", inline_write_max_ms=20, inline_cooldown_ms=600000
+)
 POSTERS = 4
 SECONDS = 3.0
 FLAG = "OBSERVER_REQUIRE_FUSE"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from reliability_kit import errors_logged, line_count, record, rss_kb
 
-from observer_core.testing import Daemon, DaemonFactory, StubReply
+from observer_core.testing import Daemon, DaemonFactory, StubReply, daemon_config
 
 SOAK_SECS = float(os.environ.get("OBSERVER_SOAK_SECS") or "0")
 RATE = float(os.environ.get("OBSERVER_SOAK_RATE") or "2000")
@@ -39,16 +39,9 @@ pytestmark = [
     pytest.mark.skipif(not SOAK_SECS, reason="set OBSERVER_SOAK_SECS to run the soak (CI: 600)"),
 ]
 
-CONFIG = """
-[observer]
-cycle_secs = 1
-state_dir = "state"
-[sources.http]
-port = {port}
-[sinks.ops]
-plugin = "jsonl"
-path = "ops.jsonl"
-fsync = "batch"
+CONFIG = (
+    daemon_config(cycle_secs=1, state_dir="state", fsync="batch")
+    + """\
 [sinks.gateway_log]
 url = "GATEWAY"
 [sinks.escalations]
@@ -63,6 +56,7 @@ timeout_secs = 10
 [analyzers.playbook]
 every = 5
 """
+)
 SUCCESS = {"endpoint": "/search", "input_summary": "q", "success": True, "duration_ms": 12}
 FAILURE = {"endpoint": "/fill", "success": False, "error": "timeout", "sig_hash": "soak"}
 
