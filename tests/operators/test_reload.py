@@ -7,34 +7,20 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from operators_kit import event
 
-from observer_core.testing import Daemon, DaemonFactory, free_port, wait_for
+from observer_core.testing import Daemon, DaemonFactory, daemon_config, free_port, wait_for
 
-BASE = """
-[observer]
-cycle_secs = 60
-state_dir = "state"
-[sources.http]
-port = {port}
-[sinks.ops]
-plugin = "jsonl"
-path = "ops.jsonl"
-"""
+BASE = daemon_config(state_dir="state")
 
-ALERTS = """
-[observer]
-cycle_secs = 0.2
-state_dir = "state"
-[sources.http]
-port = {port}
-[sinks.ops]
-plugin = "jsonl"
-path = "ops.jsonl"
+ALERTS = (
+    daemon_config(cycle_secs=0.2, state_dir="state")
+    + """\
 [sinks.alerts]
 plugin = "jsonl"
 path = "alerts.jsonl"
@@ -48,6 +34,7 @@ above = 0.5
 window_secs = 1
 min_ops = 1
 """
+)
 
 
 def outcome(daemon: Daemon) -> dict[str, Any]:
@@ -113,6 +100,33 @@ def fail_until(daemon: Daemon, done: Any, timeout: float = 20.0, what: str = "")
     wait_for(post_and_check, timeout, interval=0.1, what=what)
 
 
+def reload_under_load(
+    factory: DaemonFactory,
+    daemon: Daemon,
+    text: str,
+    post: Callable[[threading.Event], None],
+    progress: Callable[[], int],
+    step: int,
+    what: str,
+) -> None:
+    """Run ``post(stop)`` on a thread until ``stop`` is set; once ``progress()`` reaches
+    ``step``, reload the daemon to ``text`` (it must be applied), then wait for ``step``
+    more before stopping the thread."""
+    stop = threading.Event()
+    poster = threading.Thread(target=post, args=(stop,))
+    poster.start()
+    try:
+        wait_for(lambda: progress() >= step, 20, what=f"{step} {what} before the reload")
+        rewrite(daemon, text)
+        result = reload(factory)
+        assert result.returncode == 0, result.stderr
+        at_reload = progress()
+        wait_for(lambda: progress() >= at_reload + step, 20, what=f"{step} {what} after it")
+    finally:
+        stop.set()
+        poster.join(30)
+
+
 def listening_inode(port: int) -> str:
     """The inode of the socket listening on ``port`` (Linux's /proc/net/tcp): the same
     after a reload only when the daemon kept that socket."""
@@ -175,9 +189,8 @@ def test_a_sinks_path_changes_under_steady_load_without_losing_or_doubling_an_ev
     daemon = observer_daemon.start(BASE)
     acked: list[str] = []
     refused = 0
-    stop = threading.Event()
 
-    def post() -> None:
+    def post(stop: threading.Event) -> None:
         nonlocal refused
         with httpx.Client(base_url=daemon.url, timeout=30) as client:
             number = 0
@@ -192,18 +205,8 @@ def test_a_sinks_path_changes_under_steady_load_without_losing_or_doubling_an_ev
                     refused += 1
                 time.sleep(0.002)
 
-    poster = threading.Thread(target=post)
-    poster.start()
-    try:
-        wait_for(lambda: len(acked) >= 100, 20, what="100 events before the reload")
-        rewrite(daemon, BASE.replace('path = "ops.jsonl"', 'path = "moved.jsonl"'))
-        result = reload(observer_daemon)
-        assert result.returncode == 0, result.stderr
-        at_reload = len(acked)
-        wait_for(lambda: len(acked) >= at_reload + 100, 20, what="100 events after it")
-    finally:
-        stop.set()
-        poster.join(30)
+    moved = BASE.replace('path = "ops.jsonl"', 'path = "moved.jsonl"')
+    reload_under_load(observer_daemon, daemon, moved, post, lambda: len(acked), 100, "events")
     assert daemon.stop() == 0
     written = [
         json.loads(line)["input_summary"]
@@ -363,9 +366,10 @@ def test_a_token_rotation_keeps_the_listening_socket_and_refuses_nobody(observer
     tokened = BASE.replace("port = {port}", 'port = {port}\ntoken = "old"')
     daemon = observer_daemon.start(tokened)
     answers: list[int | str] = []
-    stop = threading.Event()
 
-    def post() -> None:  # a new connection each time: a closed port would refuse one
+    def post(
+        stop: threading.Event,
+    ) -> None:  # a new connection each time: a closed port would refuse one
         while not stop.is_set():
             try:
                 reply = httpx.post(
@@ -379,18 +383,8 @@ def test_a_token_rotation_keeps_the_listening_socket_and_refuses_nobody(observer
                 answers.append(repr(exc))
 
     before = listening_inode(daemon.port)
-    poster = threading.Thread(target=post)
-    poster.start()
-    try:
-        wait_for(lambda: len(answers) >= 20, 20, what="20 answers before the reload")
-        rewrite(daemon, tokened.replace('token = "old"', 'token = ["new", "old"]'))
-        result = reload(observer_daemon)
-        assert result.returncode == 0, result.stderr
-        at_reload = len(answers)
-        wait_for(lambda: len(answers) >= at_reload + 20, 20, what="20 answers after it")
-    finally:
-        stop.set()
-        poster.join(30)
+    rotated = tokened.replace('token = "old"', 'token = ["new", "old"]')
+    reload_under_load(observer_daemon, daemon, rotated, post, lambda: len(answers), 20, "answers")
     assert set(answers) == {200}, [answer for answer in answers if answer != 200][:5]
     assert listening_inode(daemon.port) == before  # never closed, never bound again
     daemon.wait_log("changed [sources.http]")
