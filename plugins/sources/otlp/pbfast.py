@@ -34,7 +34,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from .mapping import Span, SpanValue
 
-__all__ = ["parse", "read", "service_name", "wanted_value"]
+__all__ = ["parse", "read", "service_name", "span_of", "wanted_value"]
 
 Pair: TypeAlias = "tuple[str, SpanValue] | tuple[()]"
 """A wanted attribute as (key, value); ``()`` for one the mapping does not read."""
@@ -119,6 +119,21 @@ def _pair(encoded: bytes, wanted: frozenset[str], cache: dict[bytes, Pair]) -> P
     return found
 
 
+def span_of(span: Any, attributes: dict[str, SpanValue]) -> Span:
+    """A decoded ``Span`` message (either decoder's) as a :class:`Span` with ``attributes``."""
+    status = span.status
+    return Span(
+        span.name,
+        span.trace_id.hex(),
+        span.span_id.hex(),
+        span.start_time_unix_nano,
+        span.end_time_unix_nano,
+        status.code,
+        status.message,
+        attributes,
+    )
+
+
 def read(request: Any, wanted: frozenset[str]) -> list[tuple[str | None, list[Span]]]:
     """The spans of a request :func:`parse` gave, each with the ``wanted`` attributes.
     Raises ``DecodeError`` for an attribute the classes refuse."""
@@ -141,20 +156,8 @@ def read(request: Any, wanted: frozenset[str]) -> list[tuple[str | None, list[Sp
                     for _ in range(misses):
                         at = pairs.index(_MISSING, at)
                         pairs[at] = _pair(encoded[at], wanted, cache)
-                status = span.status
-                append(
-                    Span(
-                        span.name,
-                        span.trace_id.hex(),
-                        span.span_id.hex(),
-                        span.start_time_unix_nano,
-                        span.end_time_unix_nano,
-                        status.code,
-                        status.message,
-                        # A later pair of a key wins; () pairs are left out, as the
-                        # classes leave out an attribute with no scalar or array value.
-                        dict(filter(None, pairs)),  # type: ignore[arg-type]
-                    )
-                )
+                # A later pair of a key wins; () pairs are left out, as the
+                # classes leave out an attribute with no scalar or array value.
+                append(span_of(span, dict(filter(None, pairs))))  # type: ignore[arg-type]
         out.append((service_name(resource_spans.resource), spans))
     return out

@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from . import pbfast
-from .mapping import Span, SpanValue
+from .mapping import SpanValue
 from .wire import Codec, InvalidBody, ResourceSpans, status_protobuf
 
 __all__ = ["CODEC", "decode", "decode_classes"]
@@ -46,19 +46,7 @@ def decode_classes(body: bytes, wanted: Collection[str]) -> list[ResourceSpans]:
                         value = pbfast.wanted_value(pair.value)
                         if value is not None:
                             attributes[pair.key] = value
-                status = span.status
-                spans.append(
-                    Span(
-                        span.name,
-                        span.trace_id.hex(),
-                        span.span_id.hex(),
-                        span.start_time_unix_nano,
-                        span.end_time_unix_nano,
-                        status.code,
-                        status.message,
-                        attributes,
-                    )
-                )
+                spans.append(pbfast.span_of(span, attributes))
         out.append((pbfast.service_name(resource_spans.resource), spans))
     return out
 
