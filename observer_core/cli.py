@@ -18,6 +18,7 @@ import anyio
 
 from . import __version__
 from .analyzer_tests import run_files
+from .cli_args import add_config_command
 from .config import ConfigError, ObserverConfig, default_config_path, load_config
 from .describe import plugin_lines, resolved_toml
 from .engine import Engine, StartupError
@@ -48,8 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     config_help = "config file (default: $OBSERVER_CONFIG, else ./observer.toml)"
 
-    run = commands.add_parser("run", help="run the daemon", description="Run the daemon.")
-    run.add_argument("--config", type=Path, help=config_help)
+    run = add_config_command(
+        commands,
+        "run",
+        summary="run the daemon",
+        description="Run the daemon.",
+        config_help=config_help,
+    )
     run.add_argument(
         "--once",
         action="store_true",
@@ -66,12 +72,13 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", default="text", choices=["text", "json"], help="log format (default: text)"
     )
 
-    check = commands.add_parser(
+    check = add_config_command(
+        commands,
         "check",
-        help="validate a config and show the pipeline",
+        summary="validate a config and show the pipeline",
         description="Validate a config and print the resolved pipeline.",
+        config_help=config_help,
     )
-    check.add_argument("--config", type=Path, help=config_help)
     check.add_argument(
         "--resolved",
         action="store_true",
@@ -105,16 +112,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_offline_commands(commands: Any, config_help: str) -> None:
     """``replay`` (ANALYSIS §14.1) and ``test`` (§14.2): analyzers run offline."""
-    replay = commands.add_parser(
+    replay = add_config_command(
+        commands,
         "replay",
-        help="run the analyzers over recorded ops",
+        summary="run the analyzers over recorded ops",
         description="Run the configured analyzers over recorded ops (JSONL, .gz too) on "
         "virtual cycles and write their findings as JSONL. Nothing is called (each call "
         "is written as a would_call line), nothing reaches the sinks or state_dir: it "
         "may run beside the daemon.",
+        config_help=config_help,
     )
     replay.add_argument("files", nargs="+", type=Path, metavar="FILE", help="ops, in order")
-    replay.add_argument("--config", type=Path, help=config_help)
     replay.add_argument(
         "--analyzers", metavar="NAME,...", help="run these instances (default: the enabled ones)"
     )
@@ -135,19 +143,17 @@ def _add_offline_commands(commands: Any, config_help: str) -> None:
         help="write the findings here (default: stdout)",
     )
 
-    test = commands.add_parser(
+    test = add_config_command(
+        commands,
         "test",
-        help="run analyzer tests written in TOML",
+        summary="run analyzer tests written in TOML",
         description="Run analyzer tests written in TOML, offline, with canned replies for "
         "every outbound call. Exit 0 when all pass, 1 when one fails, 2 when a test file "
         "cannot be used.",
+        config_help="config of tests that name none (default: $OBSERVER_CONFIG, else "
+        "./observer.toml)",
     )
     test.add_argument("files", nargs="+", type=Path, metavar="FILE", help="test files")
-    test.add_argument(
-        "--config",
-        type=Path,
-        help="config of tests that name none (default: $OBSERVER_CONFIG, else ./observer.toml)",
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

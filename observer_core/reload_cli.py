@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from .cli_args import add_config_command
 from .config import (
     ConfigError,
     ObserverConfig,
@@ -48,16 +49,15 @@ _T = TypeVar("_T")
 
 def add_command(commands: Any, config_help: str) -> None:
     """Register ``reload`` on the ``observer-core`` sub-command parser."""
-    reload = commands.add_parser(
+    reload = add_config_command(
+        commands,
         "reload",
-        help="apply a changed config to the running daemon",
+        summary="apply a changed config to the running daemon",
         description="Validate the config, then make the daemon holding its state_dir re-read "
         "it (SIGHUP) and wait for the outcome. Exit 0 when it was applied, 1 when the "
         "daemon refused it (the reason is printed), 2 on a config error (the daemon is "
         "not signalled), 3 when no daemon holds the state_dir.",
-    )
-    reload.add_argument(
-        "--config", type=Path, help=config_help + "; the file the daemon was started with"
+        config_help=config_help + "; the file the daemon was started with",
     )
     reload.add_argument(
         "--dry-run",
