@@ -147,11 +147,11 @@ async def test_findings_are_written_as_their_payload(tmp_path):
 
 @pytest.mark.anyio
 async def test_failed_write_leaves_no_partial_line(tmp_path):
-    sink = await _sink(tmp_path, fsync="never")
+    sink = await _sink(tmp_path, fsync="never")  # inline: write(2) on the event loop
     await sink.write([op(1)])
     os.close(sink._fd)  # the next write fails like a broken disk would
     sink._fd = os.open(os.devnull, os.O_RDONLY)
     with pytest.raises(OSError):
         await sink.write([op(2)])
     await sink.aclose()
-    assert len(read_lines(tmp_path / "ops.jsonl")) == 1
+    assert [line["duration_ms"] for line in read_lines(tmp_path / "ops.jsonl")] == [1]

@@ -152,18 +152,6 @@ async def test_a_write_after_a_queued_reopen_waits_for_it_on_the_thread(tmp_path
     assert _ids(tmp_path / "ops.jsonl") == [1, 2]
 
 
-@pytest.mark.anyio
-async def test_a_failed_inline_write_leaves_no_partial_line_and_raises(tmp_path):
-    sink = await _sink(tmp_path, fsync="never")
-    await sink.write([op(1)])
-    os.close(sink._fd)  # the next write fails like a broken disk would
-    sink._fd = os.open(os.devnull, os.O_RDONLY)
-    with pytest.raises(OSError):
-        await sink.write([op(2)])
-    await sink.aclose()
-    assert _ids(tmp_path / "ops.jsonl") == [1]
-
-
 def test_the_guard_doubles_its_cool_down_while_probes_stay_slow_and_resets_on_a_fast_one():
     guard = InlineGuard(max_seconds=0.01, cooldown_seconds=1.0)
     assert guard.timed(0.0, 0.005) is None and guard.inline(0.005)
