@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -10,18 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import httpx
 import pytest
+from jsonl_kit import ids, open_sink, read_lines
 from observer_plugins.sinks.gateway_log.entry import LogEntry
-from observer_plugins.sinks.jsonl import JsonlConfig, JsonlSink
 
 from observer_core import Finding
-from observer_core.testing import daemon_config, make_context, wait_for
+from observer_core.testing import daemon_config, wait_for
 from observer_core.testing import numbered_op as op
 
 CONFIG = daemon_config("out/ops.jsonl", fsync="FSYNC")
-
-
-def read_lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("fsync", ["never", "batch", "always"])
@@ -95,16 +90,10 @@ class _SyncCounter:
         monkeypatch.setattr(os, "fdatasync", counting)
 
 
-async def _sink(tmp_path, **keys) -> JsonlSink:
-    sink = JsonlSink(JsonlConfig(path="ops.jsonl", **keys), make_context(tmp_path))
-    await sink.open()
-    return sink
-
-
 @pytest.mark.anyio
 async def test_fsync_always_syncs_before_returning(tmp_path, monkeypatch):
     syncs = _SyncCounter(monkeypatch)
-    sink = await _sink(tmp_path, fsync="always")
+    sink = await open_sink(tmp_path, fsync="always")
     await sink.write([op(1), op(2)])
     assert syncs.calls == 1
     await sink.write([op(3)])
@@ -115,7 +104,7 @@ async def test_fsync_always_syncs_before_returning(tmp_path, monkeypatch):
 @pytest.mark.anyio
 async def test_fsync_batch_syncs_in_the_background(tmp_path, monkeypatch):
     syncs = _SyncCounter(monkeypatch)
-    sink = await _sink(tmp_path, fsync="batch", fsync_interval_ms=20)
+    sink = await open_sink(tmp_path, fsync="batch", fsync_interval_ms=20)
     await sink.write([op(1)])
     assert syncs.calls == 0  # the write did not wait for a sync
     with anyio.fail_after(5):
@@ -127,7 +116,7 @@ async def test_fsync_batch_syncs_in_the_background(tmp_path, monkeypatch):
 @pytest.mark.anyio
 async def test_fsync_never_never_syncs(tmp_path, monkeypatch):
     syncs = _SyncCounter(monkeypatch)
-    sink = await _sink(tmp_path, fsync="never", fsync_interval_ms=1)
+    sink = await open_sink(tmp_path, fsync="never", fsync_interval_ms=1)
     await sink.write([op(1)])
     await anyio.sleep(0.05)
     assert syncs.calls == 0
@@ -136,7 +125,7 @@ async def test_fsync_never_never_syncs(tmp_path, monkeypatch):
 
 @pytest.mark.anyio
 async def test_findings_are_written_as_their_payload(tmp_path):
-    sink = await _sink(tmp_path, fsync="never", accepts=["diagnosis"])
+    sink = await open_sink(tmp_path, fsync="never", accepts=["diagnosis"])
     entry = LogEntry(operation="o", approach="a", result="r", context="c")
     await sink.write([Finding("diagnosis", entry)])
     await sink.aclose()
@@ -147,11 +136,11 @@ async def test_findings_are_written_as_their_payload(tmp_path):
 
 @pytest.mark.anyio
 async def test_failed_write_leaves_no_partial_line(tmp_path):
-    sink = await _sink(tmp_path, fsync="never")  # inline: write(2) on the event loop
+    sink = await open_sink(tmp_path, fsync="never")  # inline: write(2) on the event loop
     await sink.write([op(1)])
     os.close(sink._fd)  # the next write fails like a broken disk would
     sink._fd = os.open(os.devnull, os.O_RDONLY)
     with pytest.raises(OSError):
         await sink.write([op(2)])
     await sink.aclose()
-    assert [line["duration_ms"] for line in read_lines(tmp_path / "ops.jsonl")] == [1]
+    assert ids(tmp_path / "ops.jsonl") == [1]

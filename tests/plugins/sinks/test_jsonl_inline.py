@@ -4,7 +4,6 @@ writer thread for "always", while an fdatasync is in flight, and after a slow wr
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -13,10 +12,10 @@ from collections.abc import Iterator
 import anyio
 import msgspec
 import pytest
-from observer_plugins.sinks.jsonl import JsonlConfig, JsonlSink
+from jsonl_kit import ids, open_sink
+from observer_plugins.sinks.jsonl import JsonlConfig
 from observer_plugins.sinks.jsonl.guard import MAX_COOLDOWN_FACTOR, InlineGuard
 
-from observer_core.testing import make_context
 from observer_core.testing import numbered_op as op
 
 FALLBACKS = "observer_sink_inline_fallbacks_total"
@@ -47,16 +46,6 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Writes]:
     yield seen
 
 
-async def _sink(tmp_path, **keys) -> JsonlSink:
-    sink = JsonlSink(JsonlConfig(path="ops.jsonl", **keys), make_context(tmp_path))
-    await sink.open()
-    return sink
-
-
-def _ids(path) -> list[int]:
-    return [json.loads(line)["duration_ms"] for line in path.read_text().splitlines()]
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("fsync", "thread"),
@@ -65,29 +54,29 @@ def _ids(path) -> list[int]:
 async def test_never_and_batch_write_on_the_loop_always_on_the_thread(
     tmp_path, writes, fsync, thread
 ):
-    sink = await _sink(tmp_path, fsync=fsync, fsync_interval_ms=3_600_000)
+    sink = await open_sink(tmp_path, fsync=fsync, fsync_interval_ms=3_600_000)
     for n in range(3):
         await sink.write([op(n)])
     await sink.aclose()
     assert writes.threads == [thread] * 3
-    assert _ids(tmp_path / "ops.jsonl") == [0, 1, 2]
+    assert ids(tmp_path / "ops.jsonl") == [0, 1, 2]
 
 
 @pytest.mark.anyio
 async def test_inline_writes_false_keeps_every_write_on_the_thread(tmp_path, writes):
-    sink = await _sink(tmp_path, fsync="never", inline_writes=False)
+    sink = await open_sink(tmp_path, fsync="never", inline_writes=False)
     for n in range(3):
         await sink.write([op(n)])
     await sink.aclose()
     assert writes.threads == ["jsonl-writer"] * 3
-    assert _ids(tmp_path / "ops.jsonl") == [0, 1, 2]
+    assert ids(tmp_path / "ops.jsonl") == [0, 1, 2]
 
 
 @pytest.mark.anyio
 async def test_a_slow_write_sends_writes_to_the_thread_until_a_probe_is_fast(
     tmp_path, writes, caplog
 ):
-    sink = await _sink(tmp_path, fsync="never", inline_write_max_ms=20, inline_cooldown_ms=300)
+    sink = await open_sink(tmp_path, fsync="never", inline_write_max_ms=20, inline_cooldown_ms=300)
     assert sink.ctx.metrics.sample(FALLBACKS, instance="sinks.test") == 0
     writes.delay = 0.05
     caplog.set_level(logging.WARNING)
@@ -108,7 +97,7 @@ async def test_a_slow_write_sends_writes_to_the_thread_until_a_probe_is_fast(
     assert writes.threads[-2:] == ["MainThread", "MainThread"]
     assert sink.ctx.metrics.sample(FALLBACKS, instance="sinks.test") == 1
     await sink.aclose()
-    assert _ids(tmp_path / "ops.jsonl") == list(range(len(writes.threads)))
+    assert ids(tmp_path / "ops.jsonl") == list(range(len(writes.threads)))
 
 
 @pytest.mark.anyio
@@ -124,7 +113,7 @@ async def test_writes_go_to_the_thread_while_an_fdatasync_is_in_flight(
         real(fd)
 
     monkeypatch.setattr(os, "fdatasync", slow_sync)
-    sink = await _sink(tmp_path, fsync="batch", fsync_interval_ms=1)
+    sink = await open_sink(tmp_path, fsync="batch", fsync_interval_ms=1)
     try:
         await sink.write([op(0)])  # inline; leaves the file dirty for the syncer
         with anyio.fail_after(5):
@@ -136,20 +125,20 @@ async def test_writes_go_to_the_thread_while_an_fdatasync_is_in_flight(
     finally:
         release.set()
     await sink.aclose()
-    assert _ids(tmp_path / "ops.jsonl") == [0, 1]
+    assert ids(tmp_path / "ops.jsonl") == [0, 1]
 
 
 @pytest.mark.anyio
 async def test_a_write_after_a_queued_reopen_waits_for_it_on_the_thread(tmp_path, writes):
-    sink = await _sink(tmp_path, fsync="never")
+    sink = await open_sink(tmp_path, fsync="never")
     await sink.write([op(0)])
     (tmp_path / "ops.jsonl").rename(tmp_path / "ops.jsonl.1")  # logrotate moved it
     await asyncio.gather(sink.reopen(), sink.write([op(1)]))  # the reopen is queued first
     await sink.write([op(2)])  # the thread is idle again: inline, into the new file
     await sink.aclose()
     assert writes.threads == ["MainThread", "jsonl-writer", "MainThread"]
-    assert _ids(tmp_path / "ops.jsonl.1") == [0]
-    assert _ids(tmp_path / "ops.jsonl") == [1, 2]
+    assert ids(tmp_path / "ops.jsonl.1") == [0]
+    assert ids(tmp_path / "ops.jsonl") == [1, 2]
 
 
 def test_the_guard_doubles_its_cool_down_while_probes_stay_slow_and_resets_on_a_fast_one():
