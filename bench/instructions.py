@@ -52,7 +52,7 @@ async def _requests(rounds: int, batch: int) -> None:
     from inproc import build_engine, component
 
     from observer_core import Source
-    from observer_core.httpserver import _Connection
+    from observer_core.http._connection import Connection
 
     body, path = (batch_body(batch), b"/events") if batch else (event_body(), b"/event")
     request = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" % path
@@ -68,7 +68,7 @@ async def _requests(rounds: int, batch: int) -> None:
         await asyncio.sleep(0.05)
         connections = []
         for _ in range(CONNECTIONS):
-            connection = _Connection(source._server, loop)
+            connection = Connection(source._server._shared, loop)
             connection.connection_made(_Transport(counter))  # type: ignore[arg-type]
             connections.append(connection)
         for _ in range(rounds):

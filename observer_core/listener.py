@@ -20,8 +20,7 @@ import msgspec
 from .auth import Token, Tokens
 from .components import ComponentConfig, Context, Emit, Observer, Source
 from .engine import MAX_PENDING_OPS, or_none
-from .http_guard import AllowedHosts, normalize_allowed_hosts
-from .httpserver import (
+from .http import (
     Connections,
     HeaderBytes,
     HeaderCount,
@@ -35,6 +34,7 @@ from .httpserver import (
     UrlBytes,
     json_error,
 )
+from .http_guard import AllowedHosts, normalize_allowed_hosts
 from .operator_routes import MAX_TAPS, TAP_QUEUE_MAX, OperatorRoutes
 
 __all__ = [
@@ -77,7 +77,7 @@ class ListenerConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     send_timeout_secs: Seconds | None = None
     """How long an answer's write may stall, the client not reading it (a ``/tap`` reader
     too): then the connection is closed. Unset: ``idle_timeout_secs``."""
-    # Contract §11.2: the limits every listener has (see observer_core.httpserver.HttpLimits).
+    # Contract §11.2: the limits every listener has (see observer_core.http.HttpLimits).
     max_url_bytes: UrlBytes = 8192
     max_header_bytes: HeaderBytes = 32768
     max_headers: HeaderCount = 100

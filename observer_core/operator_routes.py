@@ -18,7 +18,7 @@ from typing import ClassVar, Final
 import msgspec
 
 from .components import Observer
-from .httpserver import Request, Response
+from .http import Request, Response
 from .tap import TapError, TapFilter, TapSubscriber
 
 __all__ = ["OperatorRoutes", "page_headers"]

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from observer_core.http import HttpServer, Request, Response
 from observer_core.http_guard import BrowserGuard, is_loopback_host, normalize_allowed_hosts
-from observer_core.httpserver import HttpServer, Request, Response
 
 PORT = 3800
 LOOPBACK = BrowserGuard("127.0.0.1", PORT)

@@ -1,4 +1,4 @@
-"""observer_core.httpserver over real loopback sockets.
+"""observer_core.http over real loopback sockets.
 
 Protocol-level behaviour is checked with raw asyncio streams (exact bytes on the wire);
 ordinary requests go through httpx.
@@ -18,7 +18,7 @@ import anyio
 import httpx
 import pytest
 
-from observer_core.httpserver import (
+from observer_core.http import (
     LATER,
     STREAM,
     HttpLimits,
@@ -29,6 +29,7 @@ from observer_core.httpserver import (
     Response,
     Stream,
 )
+from observer_core.http._connection import State
 
 pytestmark = pytest.mark.anyio
 
@@ -454,7 +455,7 @@ async def test_handler_exception_is_a_logged_500_and_the_connection_stays(
 ) -> None:
     rejects: list[int] = []
     async with serving(on_reject=rejects.append) as server, connection(server) as conn:
-        with caplog.at_level(logging.ERROR, logger="observer_core.httpserver"):
+        with caplog.at_level(logging.ERROR, logger="observer_core.http"):
             await conn.send(get("/boom"))
             r = await conn.response()
         assert r.status == 500 and json.loads(r.body) == {"error": "internal error"}
@@ -469,7 +470,7 @@ async def test_handler_exception_is_a_logged_500_and_the_connection_stays(
 async def test_malformed_response_is_a_500(caplog: pytest.LogCaptureFixture) -> None:
     rejects: list[int] = []
     async with serving(on_reject=rejects.append) as server, connection(server) as conn:
-        with caplog.at_level(logging.ERROR, logger="observer_core.httpserver"):
+        with caplog.at_level(logging.ERROR, logger="observer_core.http"):
             await conn.send(get("/bad-header") + get("/echo"))
             r = await conn.response()
         assert r.status == 500 and "set-cookie" not in r.headers
@@ -913,8 +914,8 @@ async def test_target_cache_is_bounded_in_bytes() -> None:
         for i in range(300):
             await conn.send(get(f"/missing?{i}" + "q" * 4000))
             assert (await conn.response()).status == 404
-        assert len(server._targets) <= 256
-        assert sum(map(len, server._targets)) <= 256 * 512
+        assert len(server._shared._targets) <= 256
+        assert sum(map(len, server._shared._targets)) <= 256 * 512
 
 
 @pytest.mark.parametrize(
@@ -951,7 +952,7 @@ async def test_max_inflight_bytes_pauses_reading_until_answers_go_out() -> None:
             await first.send(post("/wait?1", b"a" * 600))  # held: the handler waits
             await second.send(post("/wait?2", b"b" * 600))  # past the budget, may finish
             await eventually(lambda: len(app.requests) == 2)
-            assert server._inflight == 1200
+            assert server._shared._inflight == 1200
             await third.send(post("/echo", b"c" * 100)[:-50])  # reading pauses after this
             await asyncio.sleep(0.05)
             await third.send(b"c" * 50)
@@ -963,7 +964,7 @@ async def test_max_inflight_bytes_pauses_reading_until_answers_go_out() -> None:
             assert (await second.response()).status == 200
             r = await third.response()
             assert r.status == 200 and json.loads(r.body)["body"] == "c" * 100
-            await eventually(lambda: server._inflight == 0)
+            await eventually(lambda: server._shared._inflight == 0)
         finally:
             for conn in (first, second, third):
                 await conn.close()
@@ -1015,13 +1016,13 @@ async def test_streamed_body_is_handed_over_with_backpressure() -> None:
         await eventually(lambda: len(app.requests) == 1)  # called before the body is in
         (server_conn,) = server._connections
         await eventually(lambda: not server_conn._transport.is_reading())
-        assert server._inflight <= (256 << 10) + (256 << 10)  # the buffer and one read
+        assert server._shared._inflight <= (256 << 10) + (256 << 10)  # the buffer and one read
         app.go.set()
         r = await conn.response()
         assert r.status == 200 and json.loads(r.body) == {"size": len(body)}
         assert json.loads((await conn.response()).body)["query"] == "after"
         await send
-        await eventually(lambda: server._inflight == 0)
+        await eventually(lambda: server._shared._inflight == 0)
 
 
 async def test_streamed_body_breaking_off_is_the_handlers_error_not_a_500(
@@ -1039,7 +1040,7 @@ async def test_streamed_body_breaking_off_is_the_handlers_error_not_a_500(
                 assert r.status == 413 and r.headers["connection"] == "close"
                 assert await conn.closed_by_server()
         assert app.errors and "max_body_bytes" in app.errors[0]
-        await eventually(lambda: server._inflight == 0)
+        await eventually(lambda: server._shared._inflight == 0)
     assert rejects == [413] and not caplog.records
 
 
@@ -1050,7 +1051,7 @@ async def test_answer_before_the_streamed_body_ended_closes_the_connection() -> 
         r = await conn.response()
         assert r.status == 200 and r.headers["connection"] == "close"
         assert await conn.closed_by_server()
-        await eventually(lambda: server._inflight == 0)
+        await eventually(lambda: server._shared._inflight == 0)
 
 
 async def test_upgrade_offer_with_a_body_is_answered_as_if_absent() -> None:
@@ -1101,7 +1102,7 @@ async def test_transfer_encoding_chunked_in_any_case_is_taken() -> None:
 
 async def test_error_logs_are_rate_limited_per_kind(caplog: pytest.LogCaptureFixture) -> None:
     async with serving() as server, connection(server) as conn:
-        with caplog.at_level(logging.ERROR, logger="observer_core.httpserver"):
+        with caplog.at_level(logging.ERROR, logger="observer_core.http"):
             for _ in range(50):
                 await conn.send(get("/boom"))
                 assert (await conn.response()).status == 500
@@ -1225,3 +1226,36 @@ async def test_a_listener_bound_elsewhere_checks_host_only_with_allowed_hosts() 
 def test_a_bad_allowed_hosts_entry_is_an_error_naming_it() -> None:
     with pytest.raises(ValueError, match=r"allowed_hosts: 'http://x\.example' is not a host name"):
         HttpServer(App(), host="127.0.0.1", port=0, allowed_hosts=["http://x.example"])
+
+
+async def test_a_connection_is_in_one_state_at_a_time() -> None:
+    """IDLE between requests, HEAD and BODY while one arrives, DONE once no further request
+    is read, CLOSED: each stage of a request is one value, not flags in combination."""
+    async with serving() as server, connection(server) as conn:
+        await eventually(lambda: len(server._connections) == 1)
+        (server_conn,) = server._connections
+        assert server_conn._state is State.IDLE
+        request = post("/echo", b"abc")
+        head, body = request[:-3], request[-3:]
+        await conn.send(head[:10])
+        await eventually(lambda: server_conn._state is State.HEAD)
+        await conn.send(head[10:])
+        await eventually(lambda: server_conn._state is State.BODY)
+        await conn.send(body)
+        assert (await conn.response()).status == 200
+        assert server_conn._state is State.IDLE
+        await conn.send(get("/echo", "Connection: close"))
+        assert (await conn.response()).status == 200
+        assert await conn.closed_by_server()
+        assert server_conn._state >= State.CLOSED
+
+
+async def test_a_content_length_body_counts_toward_max_inflight_bytes_from_its_head() -> None:
+    """The bytes a Content-Length body will hold are counted once, at its head (not per
+    read), and freed when it is answered."""
+    async with serving() as server, connection(server) as conn:
+        await conn.send(post("/echo", b"x" * 1000)[:-1000])
+        await eventually(lambda: server._shared._inflight == 1000)
+        await conn.send(b"x" * 1000)
+        assert (await conn.response()).status == 200
+        await eventually(lambda: server._shared._inflight == 0)

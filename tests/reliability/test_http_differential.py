@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_kit import FUZZ_EXAMPLES, exchange, parse_responses, record
 
-from observer_core.httpserver import HttpLimits, HttpServer, Request, Response
+from observer_core.http import HttpLimits, HttpServer, Request, Response
 
 FUZZ = settings(
     max_examples=FUZZ_EXAMPLES,

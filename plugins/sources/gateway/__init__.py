@@ -35,8 +35,7 @@ from observer_core import (
     hookimpl,
     redact_url,
 )
-from observer_core.http_guard import AllowedHosts, normalize_allowed_hosts
-from observer_core.httpserver import (
+from observer_core.http import (
     Connections,
     HeaderBytes,
     HeaderCount,
@@ -46,6 +45,7 @@ from observer_core.httpserver import (
     Size,
     UrlBytes,
 )
+from observer_core.http_guard import AllowedHosts, normalize_allowed_hosts
 
 from .client import AsyncObservedGateway, ObservedGateway, OpRecorder
 from .health import HealthWatch
@@ -97,7 +97,7 @@ class GatewayConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
     forwarded_headers: bool = False
     """Set ``X-Forwarded-For`` (replacing the client's) and ``X-Forwarded-Proto`` on
     forwarded requests; when false, nothing is added."""
-    # The proxy listener's limits (contract §11.2; see observer_core.httpserver.HttpLimits).
+    # The proxy listener's limits (contract §11.2; see observer_core.http.HttpLimits).
     max_url_bytes: UrlBytes = 8192
     max_header_bytes: HeaderBytes = 32768
     max_headers: HeaderCount = 100

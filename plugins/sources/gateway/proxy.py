@@ -29,8 +29,8 @@ import anyio
 import httpx
 
 from observer_core import DropOldestQueue, Emit, NotAccepted, Op, Tokens
-from observer_core.httpserver import STREAM, Request, Response, Stream
-from observer_core.httpserver import json_error as _error
+from observer_core.http import STREAM, Request, Response, Stream
+from observer_core.http import json_error as _error
 
 from .outcome import Outcome, make_op, parse_json, text_outcome
 from .usage import HeldBytes, RequestModel, SseUsage, Usage, reply_usage
@@ -260,7 +260,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class GatewayProxy:
-    """The proxy's request handler (for :class:`observer_core.httpserver.HttpServer`)."""
+    """The proxy's request handler (for :class:`observer_core.http.HttpServer`)."""
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ from observer_core import (
     hookimpl,
     split_lines,
 )
-from observer_core.httpserver import LATER, Later, Request, Response
+from observer_core.http import LATER, Later, Request, Response
 from observer_core.listener import ListenerConfig, ListenerSource, Port, ReadRoutes
 
 __all__ = ["HttpConfig", "HttpSource", "Port", "ReadRoutes"]

@@ -18,7 +18,7 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from observer_core import Emit, Emitter, NotAccepted, Op, RegisterSource, hookimpl
-from observer_core.httpserver import LATER, Later, Request, Response
+from observer_core.http import LATER, Later, Request, Response
 from observer_core.listener import ListenerConfig, ListenerSource, Port, ReadRoutes
 
 from . import otlpjson

@@ -1,0 +1,47 @@
+"""The bytes of HTTP/1.1 framing: status lines, header lines, the sizes a request head is
+counted by, and the checks of a request target."""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+from ..http_guard import BROWSER_HEADERS
+from ._messages import json_error
+
+METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+SPECIAL_HEADERS = frozenset(
+    (b"content-length", b"host", b"transfer-encoding", b"expect", b"connection", *BROWSER_HEADERS)
+)
+TARGET_CACHE_MAX = 256  # request targets whose (path, query) split is remembered ...
+TARGET_CACHE_KEY_MAX = 512  # ... if no longer than this: the cache holds at most 128 KiB
+# The request line is method SP target SP HTTP/x.y (10 bytes besides method and target; the
+# shortest method has 3); a header line is name ":" value CRLF (whitespace around the value
+# is not counted: it is not kept); the head ends with CRLF.
+LINE_EXTRA = 10
+FIELD_EXTRA = 3
+MIN_METHOD = 3
+BAD_TARGET = re.compile(rb"[\x00-\x1f#\x7f]")  # a fragment, or a control character
+STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+NO_BODY_STATUSES = frozenset((*range(100, 200), 204, 304))
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def header_line(name: str, value: str) -> bytes:
+    line = f"{name}: {value}"
+    if "\r" in line or "\n" in line:
+        raise ValueError(f"CR or LF in response header {name!r}")
+    return line.encode("latin-1") + CRLF
+
+
+BUSY_BODY = json_error(503, "too many connections").body
+BUSY = b"".join(
+    (
+        STATUS_LINES[503],
+        b"Content-Type: application/json\r\nConnection: close\r\n",
+        b"Content-Length: %d\r\n\r\n" % len(BUSY_BODY),
+        BUSY_BODY,
+    )
+)
