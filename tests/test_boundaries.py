@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ SHARED_PUBLIC = frozenset(
     {"observer_plugins.fleet.claims", "observer_plugins.sinks.gateway_log.entry"}
 )
 """Plugin modules that are public API for other plugins (and for third parties)."""
+DEPRECATED = {"observer_core.httpserver": "observer_core.http"}
+"""Core modules kept as aliases for third parties: a built-in imports their new home."""
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -77,6 +80,8 @@ def problems(path: Path, root: Path = PLUGINS) -> Iterator[str]:
     for line, module, names in imports(path, root):
         parts = module.split(".")
         if parts[0] == "observer_core":
+            if module in DEPRECATED:
+                yield f"{where}:{line}: imports {module}, deprecated: use {DEPRECATED[module]}"
             if any(part.startswith("_") for part in parts):
                 yield f"{where}:{line}: imports the private core module {module}"
             for name in names:
@@ -115,9 +120,11 @@ def test_checker_catches_each_kind_of_crossing(tmp_path: Path) -> None:
         "from ...fleet.claims import FleetConfig\n"
         "from .rules import Rule\n"
         "import observer_plugins.sinks.jsonl\n"
+        "from observer_core.httpserver import Request\n"
+        "from observer_core.http import Request, Response\n"
     )
     found = list(problems(source, tmp_path / "plugins"))
-    assert [item.split(":")[1] for item in found] == ["1", "2", "3", "4", "8"], found
+    assert [item.split(":")[1] for item in found] == ["1", "2", "3", "4", "8", "9"], found
 
 
 @pytest.mark.parametrize(
@@ -135,6 +142,19 @@ def test_moved_records_still_import_from_the_core_with_a_warning(name: str, home
         moved = getattr(observer_core, name)
     assert moved is getattr(module, name)
     assert name not in observer_core.__all__
+
+
+def test_httpserver_is_a_deprecated_alias_of_the_http_package() -> None:
+    """A third party's ``from observer_core.httpserver import ...`` keeps working (the
+    same objects) and is told the new home, ``observer_core.http``."""
+    import observer_core.http as http
+
+    sys.modules.pop("observer_core.httpserver", None)
+    with pytest.warns(DeprecationWarning, match=r"import from observer_core\.http"):
+        old = importlib.import_module("observer_core.httpserver")
+    assert old.__all__ == http.__all__
+    for name in http.__all__:
+        assert getattr(old, name) is getattr(http, name), name
 
 
 def test_the_core_names_no_plugin_record() -> None:

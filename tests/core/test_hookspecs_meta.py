@@ -15,6 +15,7 @@ from observer_plugins.analyzers.escalation import EscalationRow
 from observer_plugins.sinks.gateway_log.entry import LogEntry
 
 import observer_core
+import observer_core.http
 from observer_core import hookspecs, testing
 from observer_core.testing import plugin as testing_plugin
 
@@ -103,6 +104,16 @@ SURFACE = {
         name for name in _public(testing.CollectingSink) if name not in ("name", "Config")
     ]
     + ["batches", "calls", "failing"],
+    "observer_core.http": list(observer_core.http.__all__),
+    "HttpServer": _public(observer_core.http.HttpServer),
+    "HttpLimits": [f.name for f in msgspec.structs.fields(observer_core.http.HttpLimits)]
+    + _public(observer_core.http.HttpLimits),
+    "Request": [
+        f.name for f in msgspec.structs.fields(observer_core.http.Request) if f.name[0] != "_"
+    ]
+    + _public(observer_core.http.Request),
+    "Response": [f.name for f in msgspec.structs.fields(observer_core.http.Response)],
+    "Handler": ["precheck", "handle"],
 }
 
 
