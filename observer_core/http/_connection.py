@@ -528,7 +528,6 @@ class Connection(asyncio.Protocol):
                 self._start_stream(incoming)
             elif not incoming.chunked:
                 # max_inflight_bytes: the body is counted once, now, rather than per piece.
-                incoming.reserved = True
                 self._held += incoming.content_length
                 server._inflight += incoming.content_length
                 if server._inflight > server._max_inflight:
@@ -556,7 +555,6 @@ class Connection(asyncio.Protocol):
         body = self._body_stream = self._last_stream = RequestBody(self)
         keep_alive = incoming.keep_alive = self._parser.should_keep_alive()
         incoming.http10 = (not keep_alive or incoming.connection_header) and self._is_http10()
-        incoming.head = incoming.method == "HEAD"
         incoming.answer = Request(
             incoming.method,
             incoming.path,
@@ -599,10 +597,10 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         incoming = self._incoming
-        if incoming.reserved:  # counted at its head (max_inflight_bytes), checked (413)
-            incoming.body.append(body)
-        else:  # chunked, or streamed
+        if incoming.chunked or self._body_stream is not None:
             self._counted_body(incoming, body)
+        else:  # counted at its head (max_inflight_bytes), and checked (413)
+            incoming.body.append(body)
 
     def _counted_body(self, incoming: Incoming, body: bytes) -> None:
         """A piece of a body not counted at its head: counted now, and bounded."""
@@ -677,7 +675,6 @@ class Connection(asyncio.Protocol):
             self._body_stream = None
             stream._end()
             return
-        incoming.head = incoming.method == "HEAD"
         if incoming.early is not None:
             incoming.answer = incoming.early
             self._enqueue(incoming)
@@ -820,7 +817,7 @@ class Connection(asyncio.Protocol):
         else:  # _last_answer's usual case, inline: measured, its call cost 697 instructions
             # per POST /event (bench/instructions.py)
             keep_alive = incoming.keep_alive
-        self._send(response, keep_alive, incoming.http10, incoming.head)
+        self._send(response, keep_alive, incoming.http10, incoming.method == "HEAD")
         held = self._held
         if held and not self._queue:
             server = self._server
@@ -868,7 +865,7 @@ class Connection(asyncio.Protocol):
             keep = stream._buffered
         elif state is BODY:  # the body being read: counted at its head, or as it came
             incoming = self._incoming
-            keep = incoming.content_length if incoming.reserved else sum(map(len, incoming.body))
+            keep = sum(map(len, incoming.body)) if incoming.chunked else incoming.content_length
         else:
             keep = 0
         last = self._last_stream
@@ -945,7 +942,7 @@ class Connection(asyncio.Protocol):
                         await self._aclose(response.stream)
                     break
                 keep_alive = self._last_answer(incoming.keep_alive)
-                http10, head = incoming.http10, incoming.head
+                http10, head = incoming.http10, incoming.method == "HEAD"
                 if response.stream is None:
                     self._send(response, keep_alive, http10, head)
                 else:

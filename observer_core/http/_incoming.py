@@ -23,7 +23,6 @@ class Incoming(msgspec.Struct):
     headers: list[tuple[bytes, bytes]] = []
     body: list[bytes] = []  # a body read whole, as it came
     body_size: int = 0  # of a chunked body (a Content-Length one is checked at its head)
-    reserved: bool = False  # its Content-Length counts toward max_inflight_bytes already
     content_length: int = 0
     chunked: bool = False
     expect: bool = False  # "Expect: 100-continue"
@@ -34,10 +33,9 @@ class Incoming(msgspec.Struct):
     trailers: int = 0  # chunked trailer fields (counted, not kept)
     head_size: int = 0  # bytes of the head and trailers, counted once trailers come
     early: Response | None = None  # answered at its head (precheck): sent when it completes
-    # How it is answered: the connection's keep-alive, "HTTP/1.0", "HEAD" ...
+    # How it is answered: the connection's keep-alive, "HTTP/1.0" (and "HEAD": ``method``) ...
     keep_alive: bool = True
     http10: bool = False
-    head: bool = False
     # ... and what answers it, once complete: the Request for its handler, a ready
     # Response (sent in turn), or the handler's awaitable answer.
     answer: Request | Response | Awaitable[Response] | None = None
