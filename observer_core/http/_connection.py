@@ -27,7 +27,8 @@ from ._framing import (
     SPECIAL_HEADERS,
     TARGET_CACHE_KEY_MAX,
     TARGET_CACHE_MAX,
-    header_line,
+    chunk_of,
+    response_head,
 )
 from ._incoming import Incoming
 from ._messages import (
@@ -979,17 +980,9 @@ class Connection(asyncio.Protocol):
     def _head(
         self, response: Response, framing: bytes, keep_alive: bool, http10: bool
     ) -> list[bytes]:
-        parts = [self._server._prefix(response.status, response.content_type)]
-        for name, value in response.headers:
-            parts.append(header_line(name, value))
-        parts.append(framing)
-        if not keep_alive:
-            parts.append(b"Connection: close\r\n\r\n")
-        elif http10:
-            parts.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            parts.append(CRLF)
-        return parts
+        """The parts of ``response``'s head (see `response_head`)."""
+        prefix = self._server._prefix(response.status, response.content_type)
+        return response_head(prefix, response.headers, framing, keep_alive, http10)
 
     def _send(self, response: Response, keep_alive: bool, http10: bool, head: bool) -> None:
         """Write ``response``; if it is malformed (a bad status, CR or LF in a header), nothing
@@ -1041,7 +1034,7 @@ class Connection(asyncio.Protocol):
                 if not chunk:
                     continue  # an empty chunk would end a chunked body
                 if chunked:
-                    write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    write(chunk_of(chunk))
                 else:
                     sent += len(chunk)
                     if length is not None and sent > length:

@@ -45,3 +45,27 @@ BUSY = b"".join(
         BUSY_BODY,
     )
 )
+
+
+def response_head(
+    prefix: bytes, headers: list[tuple[str, str]], framing: bytes, keep_alive: bool, http10: bool
+) -> list[bytes]:
+    """A response's head, as parts to join: ``prefix`` (status line, Server, Content-Type),
+    the handler's ``headers``, ``framing`` (Content-Length or Transfer-Encoding, or none) and
+    the Connection header the answer needs (none for HTTP/1.1 keep-alive)."""
+    parts = [prefix]
+    for name, value in headers:
+        parts.append(header_line(name, value))
+    parts.append(framing)
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n\r\n")
+    elif http10:
+        parts.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        parts.append(CRLF)
+    return parts
+
+
+def chunk_of(data: bytes) -> bytes:
+    """``data`` framed as one chunk of a chunked body (not empty: that ends the body)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
