@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import h11
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from reliability_kit import FUZZ_EXAMPLES, exchange, parse_responses, record
 
@@ -247,7 +247,11 @@ def h11_reads(data: bytes) -> Reference:
             else:  # the end of the stream
                 return Reference(taken, bad_framing=False)
     except h11.RemoteProtocolError:
-        return Reference(taken, bad_framing=not ended)
+        # h11 refuses a stray CR or LF where a request line may begin; RFC 9112 §2.2 lets
+        # a server skip empty lines there, as ours does (it waits for the rest of the line).
+        leftover = conn.trailing_data[0]
+        stray = current is None and bool(leftover) and not leftover.strip(b"\r\n")
+        return Reference(taken, bad_framing=not ended and not stray)
 
 
 # -- the property ---------------------------------------------------------------------------
@@ -255,6 +259,7 @@ def h11_reads(data: bytes) -> Reference:
 
 @FUZZ
 @given(data=streams())
+@example(data=b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n\r")
 def test_framing_agrees_with_h11(ours: ServerThread, data: bytes) -> None:
     reference = h11_reads(data)
     answers = parse_responses(exchange(ours.port, data, timeout=10))
