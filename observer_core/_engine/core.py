@@ -207,13 +207,14 @@ class Engine:
             state=self._state_store(spec),
             max_field_bytes=config.settings.max_field_bytes,
             observer=self,
-            spawn=lambda fn, *args, timeout=None: self._spawn(ctx, fn, args, timeout),
+            spawn=lambda fn, *args, timeout=None: self._spawn(item, fn, args, timeout),
             publish=partial(self._publish_from, spec.qualified),
             row_formats=config.row_formats,
             clock=self.clock,
             transport=self._transport(spec),
         )
-        return Instance(spec, spec.plugin.cls(spec.config, ctx), ctx)
+        item = Instance(spec, spec.plugin.cls(spec.config, ctx), ctx)
+        return item
 
     def _state_store(self, spec: InstanceConfig) -> StateStore:
         """Where an instance keeps its state: its folder under ``state_dir``."""
@@ -300,15 +301,17 @@ class Engine:
 
     def _spawn(
         self,
-        ctx: Context,
+        item: Instance,
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         timeout: float | None,
     ) -> None:
+        """``ctx.spawn``: run ``fn(*args)`` in the input group, under a cancel scope of
+        ``item``'s own, so stopping the instance (a reload) cancels it."""
         if self._background is None:
             raise RuntimeError("spawn() is only available while the daemon runs")
         self._spawned_running += 1
-        self._background.start_soon(self._counted, ctx, fn, args, timeout)
+        item.start_task(self._background, partial(self._counted, item.ctx, fn, args, timeout))
 
     async def _counted(
         self,

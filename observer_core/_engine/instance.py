@@ -47,10 +47,11 @@ def cannot_start(name: str, exc: BaseException) -> StartupError:
 
 class Instance:
     """A running component with its config and context, and the cancel scopes of its
-    background tasks (a push source's ``run``, a sink's ``run``): one instance can be
-    stopped (a config reload) without the daemon's task groups ending."""
+    background tasks (a push source's ``run``, a sink's ``run``, work it started with
+    ``ctx.spawn``): one instance can be stopped (a config reload) without the daemon's task
+    groups ending."""
 
-    __slots__ = ("component", "ctx", "scopes", "spec", "tasks_done")
+    __slots__ = ("component", "ctx", "scopes", "spec", "stopped", "tasks_done")
 
     def __init__(self, spec: InstanceConfig, component: Component, ctx: Context) -> None:
         self.spec = spec
@@ -58,11 +59,17 @@ class Instance:
         self.ctx = ctx
         self.scopes: set[anyio.CancelScope] = set()
         self.tasks_done = anyio.Event()
+        self.stopped = False
+        """Set by :meth:`stop_tasks`: a task started after it is cancelled at once."""
 
     def start_task(self, group: anyio.abc.TaskGroup, work: Callable[[], Awaitable[Any]]) -> None:
         """Start one background task of this instance in ``group``, under its own scope
         (registered now, so :meth:`stop_tasks` sees a task that has not begun yet)."""
         scope = anyio.CancelScope()
+        if self.stopped:
+            scope.cancel()
+        if not self.scopes:  # every earlier task ended: wait anew for this one
+            self.tasks_done = anyio.Event()
         self.scopes.add(scope)
         group.start_soon(self._scoped, scope, work)
 
@@ -76,7 +83,9 @@ class Instance:
                 self.tasks_done.set()
 
     async def stop_tasks(self) -> None:
-        """Cancel this instance's background tasks and wait until they have ended."""
+        """Cancel this instance's background tasks and wait until they have ended; any it
+        starts later (a ``ctx.spawn`` from its ``flush`` or ``aclose``) is cancelled too."""
+        self.stopped = True
         if self.scopes:
             for scope in list(self.scopes):
                 scope.cancel()
