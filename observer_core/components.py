@@ -47,6 +47,7 @@ __all__ = [
     "Emit",
     "Emitter",
     "Every",
+    "Handed",
     "Installed",
     "NotAccepted",
     "Observer",
@@ -216,8 +217,9 @@ class Window:
 class Context:
     """What the engine gives a component: its identity, paths, logging and hooks back in.
 
-    ``spawn`` runs a coroutine function in the daemon's task group (errors are
-    logged and counted against this instance, never raised into the daemon);
+    ``spawn`` runs a coroutine function in the daemon's task group, under this
+    instance's own cancel scope (errors are logged and counted against this instance,
+    never raised into the daemon; a reload that stops the instance cancels it);
     ``publish`` routes findings to the sinks that accept their kind. ``clock`` is
     where a component reads the time, and :meth:`http_client` is how it calls out:
     both are chosen by whoever runs it (the daemon, ``replay``, ``test``).
@@ -335,10 +337,33 @@ class Component:
         """Release resources. Called once at shutdown, after the last write."""
 
 
+class Handed(Protocol):
+    """What a source hands its successor at a config reload (:meth:`Source.handover`), e.g.
+    a bound listening socket. The engine closes it when no successor took it."""
+
+    def close(self) -> None:
+        """Release it: nobody took it over."""
+
+
 class Source(Component):
     """Brings ops in. Override ``run`` (push), ``poll`` (per cycle), or both."""
 
     kind: ClassVar[str] = "source"
+
+    def handover(self) -> Handed | None:
+        """At a config reload that changes this instance, before it stops: what its
+        successor (the instance of the same name, built with the new config) may take over
+        with :meth:`take_over`, e.g. a duplicate of its bound listening socket, so the port
+        never closes. It must stay valid after this instance's ``aclose()``. None (the
+        default): nothing to hand over."""
+        return None
+
+    def take_over(self, handed: Handed) -> bool:
+        """Before ``open()`` of the instance replacing another at a config reload: take
+        what :meth:`handover` of the old one gave, if it fits this config (a socket bound
+        to this ``host`` and ``port``); from then on it is this instance's to close. False
+        (the default): not taken, and the engine closes it."""
+        return False
 
     async def run(self, emit: Emit) -> None:
         """Serve until cancelled, handing ops to ``emit``. Not called under ``--once``."""

@@ -18,7 +18,7 @@ import anyio
 import msgspec
 
 from .auth import Token, Tokens
-from .components import ComponentConfig, Context, Emit, Observer, Source
+from .components import ComponentConfig, Context, Emit, Handed, Observer, Source
 from .engine import MAX_PENDING_OPS, or_none
 from .http import (
     Connections,
@@ -45,6 +45,7 @@ __all__ = [
     "ReadRoutes",
     "bearer_token",
     "json_error",
+    "start_on",
 ]
 
 _encode = msgspec.json.Encoder().encode
@@ -101,17 +102,42 @@ class ListenerConfig(ComponentConfig, kw_only=True, forbid_unknown_fields=True):
 
 
 class HandedSocket:
-    """A listening socket handed from a listener to its successor at a config reload."""
+    """A listening socket handed from a listener to its successor at a config reload
+    (:meth:`Source.handover`): what any source serving an :class:`HttpServer` hands over."""
 
     __slots__ = ("host", "port", "sock")
 
     def __init__(self, host: str, port: int, sock: socket.socket) -> None:
         self.host, self.port, self.sock = host, port, sock
 
+    @classmethod
+    def of(cls, server: HttpServer | None, host: str, port: int) -> HandedSocket | None:
+        """A duplicate of ``server``'s listening socket, configured as ``host:port``; None
+        when it is not serving or listens on more than one socket (then the successor
+        binds again)."""
+        sock = server.listening_socket() if server is not None else None
+        return None if sock is None else cls(host, port, sock)
+
+    def fits(self, host: str, port: int) -> bool:
+        """Whether a successor configured as ``host:port`` may serve on it (port 0, any
+        free port, never does: it asks for a new one)."""
+        return port != 0 and (self.host, self.port) == (host, port)
+
     def close(self) -> None:
         """Close it (nobody took it over)."""
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+async def start_on(server: HttpServer, inherited: HandedSocket | None) -> None:
+    """Start ``server``: on ``inherited`` (a socket taken over) when given, else bind;
+    ``inherited`` is closed if it fails."""
+    try:
+        await server.start(inherited.sock if inherited is not None else None)
+    except BaseException:
+        if inherited is not None:
+            inherited.close()
+        raise
 
 
 def bearer_token(authorization: bytes) -> bytes:
@@ -223,26 +249,23 @@ class ListenerSource(Source):
         super().__init__(config, ctx)
         self._server: HttpServer | None = None
         self._served: ReadRoutes | None = None
-        self._inherited: socket.socket | None = None
+        self._inherited: HandedSocket | None = None
         """The socket of the instance this one replaces (a reload), when it bound the same
         host and port: served on instead of binding again."""
 
     def handover(self) -> HandedSocket | None:
-        """What the instance replacing this one at a config reload may take over (before
-        this one stops): its bound socket (see :meth:`take_over`)."""
-        sock = self._server.listening_socket() if self._server is not None else None
-        return None if sock is None else HandedSocket(self.config.host, self.config.port, sock)
+        """Its bound socket, for the instance replacing it at a config reload."""
+        return HandedSocket.of(self._server, self.config.host, self.config.port)
 
-    def take_over(self, handed: object) -> bool:
-        """Before ``open()``: serve on a socket :meth:`handover` gave, if it was bound for
-        this config's host and port (a token rotation then refuses nobody, and connections
-        waiting to be accepted are served). False when it was not taken: whoever handed it
-        closes it."""
-        if not isinstance(handed, HandedSocket) or self.config.port == 0:
+    def take_over(self, handed: Handed) -> bool:
+        """Serve on the socket :meth:`handover` gave, if it was bound for this config's
+        host and port (a token rotation then refuses nobody, and connections waiting to be
+        accepted are served)."""
+        if not isinstance(handed, HandedSocket) or not handed.fits(
+            self.config.host, self.config.port
+        ):
             return False
-        if (handed.host, handed.port) != (self.config.host, self.config.port):
-            return False
-        self._inherited = handed.sock
+        self._inherited = handed
         return True
 
     def reject(self, status: int) -> None:
@@ -262,12 +285,7 @@ class ListenerSource(Source):
             logger=self.ctx.logger,
         )
         sock, self._inherited = self._inherited, None
-        try:
-            await self._server.start(sock)
-        except BaseException:
-            if sock is not None:
-                sock.close()
-            raise
+        await start_on(self._server, sock)
         how = "still listening" if sock is not None else "listening"
         self.ctx.logger.info("%s on http://%s:%d", how, self.config.host, self._server.port)
 
@@ -294,10 +312,8 @@ class ListenerSource(Source):
     async def aclose(self) -> None:
         """Stop listening: taps end at once, requests in flight get 5 seconds."""
         server, self._server = self._server, None
-        sock, self._inherited = self._inherited, None
-        if sock is not None:  # taken over, never served on
-            with contextlib.suppress(OSError):
-                sock.close()
+        if self._inherited is not None:  # taken over, never served on
+            self._inherited.close()
         if self._served is not None:
             self._served.operator.close()  # taps end now: they would hold the grace period
         if server is not None:

@@ -8,11 +8,11 @@ import logging
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 
-from ..components import Sink
+from ..components import Handed, Sink, Source
 from ..config import InstanceConfig, ObserverConfig, ObserverSettings
 from .cycles import Cycles
 from .dispatch import Dispatcher
@@ -43,13 +43,13 @@ class Engine(Protocol):
 class Swapper:
     """Starts, stops and swaps the instances of one engine, for one reload.
 
-    A stopped instance may hand something to its successor of the same name (a listener
-    its bound socket: ``ListenerSource.handover``/``take_over``); what nobody took is
-    closed when the reload installs its result."""
+    A stopped source may hand something to its successor of the same name (a listener
+    its bound socket: :meth:`Source.handover`/:meth:`Source.take_over`); what nobody took
+    is closed when the reload installs its result."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._handed: dict[str, Any] = {}
+        self._handed: dict[str, Handed] = {}
 
     @property
     def config(self) -> ObserverConfig:
@@ -76,8 +76,11 @@ class Swapper:
         engine = self._engine
         item = engine.build(spec, config)
         handed = self._handed.get(spec.qualified)
-        take_over = getattr(item.component, "take_over", None)
-        if handed is not None and take_over is not None and take_over(handed):
+        if (
+            handed is not None
+            and isinstance(item.component, Source)
+            and item.component.take_over(handed)
+        ):
             del self._handed[spec.qualified]
         try:
             await item.component.open()
@@ -97,8 +100,8 @@ class Swapper:
         (bounded by ``shutdown_timeout_secs``)."""
         engine = self._engine
         timeout = float(engine.settings.shutdown_timeout_secs)
-        handover = getattr(item.component, "handover", None)
-        if handover is not None and (handed := handover()) is not None:
+        handed = item.component.handover() if isinstance(item.component, Source) else None
+        if handed is not None:
             self._handed[item.spec.qualified] = handed
         with anyio.move_on_after(timeout, shield=True) as scope:
             await item.stop_tasks()

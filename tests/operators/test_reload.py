@@ -393,6 +393,45 @@ def test_a_token_rotation_keeps_the_listening_socket_and_refuses_nobody(observer
     assert reply.status_code == 200
 
 
+def test_a_gateway_proxy_change_keeps_its_socket_refuses_nobody_and_uses_the_new_upstream(
+    observer_daemon, stub_server
+):
+    old, new, proxy_port = stub_server(), stub_server(), free_port()
+    proxy = f"http://127.0.0.1:{proxy_port}"
+    gateway = (
+        f'[sources.gateway]\nurl = "{old.url}"\nlisten = "127.0.0.1:{proxy_port}"\n'
+        'health_check = false\nlisten_token = "old"\n'
+    )
+    daemon = observer_daemon.start(BASE + gateway)
+    answers: list[int | str] = []
+
+    def call(stop: threading.Event) -> None:  # a new connection each time, as above
+        while not stop.is_set():
+            try:
+                reply = httpx.post(
+                    f"{proxy}/tools/call",
+                    json={"tool": "t"},
+                    headers={"X-Observer-Token": "old", "Connection": "close"},
+                    timeout=10,
+                )
+                answers.append(reply.status_code)
+            except httpx.TransportError as exc:
+                answers.append(repr(exc))
+
+    before = listening_inode(proxy_port)
+    changed = BASE + gateway.replace(old.url, new.url).replace('"old"', '["new", "old"]')
+    reload_under_load(observer_daemon, daemon, changed, call, lambda: len(answers), 20, "calls")
+    assert set(answers) == {200}, [answer for answer in answers if answer != 200][:5]
+    assert listening_inode(proxy_port) == before  # never closed, never bound again
+    daemon.wait_log("changed [sources.gateway]")
+    daemon.wait_log("still proxying")
+    called_old = len(old.requests)
+    reply = httpx.get(f"{proxy}/after", headers={"X-Observer-Token": "new"}, timeout=10)
+    assert reply.status_code == 200
+    assert [request.path for request in new.requests][-1] == "/after"  # the new upstream
+    assert len(old.requests) == called_old
+
+
 def test_an_instance_the_rollback_cannot_restart_stays_down_and_ready_names_it(
     observer_daemon,
 ):

@@ -27,6 +27,7 @@ from observer_core import (
     ComponentConfig,
     Context,
     Emit,
+    Handed,
     RegisterSource,
     Source,
     Token,
@@ -46,6 +47,7 @@ from observer_core.http import (
     UrlBytes,
 )
 from observer_core.http_guard import AllowedHosts, normalize_allowed_hosts
+from observer_core.listener import HandedSocket, start_on
 
 from .client import AsyncObservedGateway, ObservedGateway, OpRecorder
 from .health import HealthWatch
@@ -139,6 +141,9 @@ class GatewaySource(Source):
         self._client: httpx.AsyncClient | None = None
         self._proxy: GatewayProxy | None = None
         self._server: HttpServer | None = None
+        self._inherited: HandedSocket | None = None
+        """The proxy socket of the instance this one replaces (a reload), when it listened
+        on the same ``listen``: served on instead of binding again."""
         self._dropped = ctx.metrics.counter(
             "observer_gateway_ops_dropped_total",
             "Proxied calls whose op was lost (queue full or not accepted).",
@@ -149,6 +154,22 @@ class GatewaySource(Source):
     def check_name(self) -> str:
         """The key in /health ``checks``: the instance's name ("gateway" for [sources.gateway])."""
         return self.ctx.instance.rpartition(".")[2]
+
+    def handover(self) -> HandedSocket | None:
+        """The proxy's bound socket, for the instance replacing this one at a config reload."""
+        if self.config.listen is None:
+            return None
+        return HandedSocket.of(self._server, *parse_listen(self.config.listen))
+
+    def take_over(self, handed: Handed) -> bool:
+        """Serve the proxy on the socket :meth:`handover` gave, if it was bound for this
+        ``listen`` (a token or upstream change then refuses no proxy client)."""
+        if self.config.listen is None or not isinstance(handed, HandedSocket):
+            return False
+        if not handed.fits(*parse_listen(self.config.listen)):
+            return False
+        self._inherited = handed
+        return True
 
     async def open(self) -> None:
         """Make the HTTP client; with ``listen``, bind the proxy (a taken port stops the daemon)."""
@@ -186,9 +207,11 @@ class GatewaySource(Source):
             logger=server_log,
             server_name="",
         )
-        await self._server.start()
+        sock, self._inherited = self._inherited, None
+        await start_on(self._server, sock)
+        how = "still proxying" if sock is not None else "proxying"
         self.ctx.logger.info(
-            "proxying http://%s:%d to %s", host, self._server.port, redact_url(self.config.url)
+            "%s http://%s:%d to %s", how, host, self._server.port, redact_url(self.config.url)
         )
 
     def _count_drop(self, count: int) -> None:
@@ -216,6 +239,8 @@ class GatewaySource(Source):
             await self._proxy.flush(emit)
 
     async def aclose(self) -> None:
+        if self._inherited is not None:  # taken over, never served on
+            self._inherited.close()
         await self._stop_proxy(None)
         client, self._client = self._client, None
         if client is not None:
