@@ -73,6 +73,9 @@ class State(enum.IntEnum):
 
 IDLE, HEAD, BODY, DONE, LINGERING, CLOSED, LOST = State
 
+FIRST_REQUEST_GRACE = 1.0
+"""Seconds a server that is stopping waits for a new connection's first request."""
+
 
 def _nothing() -> None:
     pass
@@ -1153,11 +1156,20 @@ class Connection(asyncio.Protocol):
             self._set_deadline(self._server._send_timeout)  # for the client to read the rest
 
     def shutdown(self) -> None:
-        """Stop keeping the connection alive: close it now if idle, else after its response."""
+        """Stop keeping the connection alive: close it now if idle, else after its response.
+
+        A new connection whose first request has not arrived yet is not idle but early:
+        its client has connected to send one, which may be on its way (a reload hands the
+        listening socket on while clients connect). It gets ``FIRST_REQUEST_GRACE``
+        seconds for that request, which is answered and the connection closed."""
         self._shutdown = True
         state = self._state
-        if not self._busy and not HEAD <= state <= BODY:
-            self._close()
+        if self._busy or HEAD <= state <= BODY:
+            return
+        if state is IDLE and self._request_timer:  # no request yet (see _set_deadline)
+            self._set_deadline(min(FIRST_REQUEST_GRACE, self._server._header_timeout))
+            return
+        self._close()
 
     def abort(self) -> asyncio.Task[None] | None:
         """Close at once; return the running task, if any."""

@@ -29,7 +29,7 @@ from observer_core.http import (
     Response,
     Stream,
 )
-from observer_core.http._connection import State
+from observer_core.http._connection import FIRST_REQUEST_GRACE, State
 
 pytestmark = pytest.mark.anyio
 
@@ -668,6 +668,31 @@ async def test_stop_closes_what_is_left_after_the_grace_period() -> None:
         assert 0.19 <= time.monotonic() - started < 3
         assert await conn.closed_by_server()
         assert app.cancelled
+
+
+async def test_stop_answers_the_first_request_of_a_connection_it_had_just_taken() -> None:
+    """A client that connected just before ``stop()`` (a reload hands the listening socket
+    on while clients connect) had its request on the way: it is answered, not cut off. One
+    that sends nothing is closed after ``FIRST_REQUEST_GRACE``."""
+    app = App()
+    server = HttpServer(app, host="127.0.0.1", port=0)
+    await server.start()
+    early, silent = await Conn.open(server), await Conn.open(server)
+    try:
+        await eventually(lambda: len(server._connections) == 2)
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.stop, 5.0)
+            await asyncio.sleep(0.05)  # the request arrives after stop() began
+            await early.send(get("/echo?late"))
+            r = await early.response()
+            assert r.status == 200 and r.headers["connection"] == "close"
+            assert await early.closed_by_server()
+            assert await silent.closed_by_server()
+        assert FIRST_REQUEST_GRACE - 0.1 <= time.monotonic() - started < 3
+    finally:
+        await early.close()
+        await silent.close()
 
 
 # -- handlers that answer at once, or later with request.reply() -----------------------------
