@@ -352,6 +352,39 @@ async def test_expect_100_continue() -> None:
         assert r.status == 200 and json.loads(r.body)["body"] == "data"
 
 
+async def test_a_request_after_a_chunked_expecting_one_starts_afresh() -> None:
+    """A keep-alive connection recycles its finished request's state: nothing of a chunked,
+    100-continue request with trailers (framing, Expect, headers, body) leaks into the next."""
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        head = "POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        head += "Expect: 100-continue\r\nUser-Agent: first\r\n\r\n"
+        await conn.send(head.encode())
+        assert (await conn.response()).status == 100
+        await conn.send(b"4\r\ndata\r\n0\r\nX-Trailer: t\r\n\r\n")
+        first = await conn.response()
+        assert first.status == 200 and json.loads(first.body)["body"] == "data"
+        for _ in range(2):  # the next requests come in reads of their own, on the same connection
+            await conn.send(post("/echo", b"ab"))
+            r = await conn.response()  # a 100 Continue or a chunked framing left over fails here
+            assert r.status == 200
+            assert json.loads(r.body) == {
+                "method": "POST",
+                "path": "/echo",
+                "query": "",
+                "body": "ab",
+                "ua": "",
+            }
+            assert app.requests[-1].header(b"transfer-encoding") is None
+        await conn.send(get("/echo?q"))
+        r = await conn.response()
+        assert (
+            r.status == 200
+            and json.loads(r.body)["body"] == ""
+            and json.loads(r.body)["method"] == "GET"
+        )
+
+
 async def test_expect_100_continue_rejected_by_precheck() -> None:
     async with serving() as server, connection(server) as conn:
         await conn.send(post("/private", b"", "Expect: 100-continue").replace(b": 0", b": 4"))
