@@ -4,6 +4,7 @@
 #   bench/sidebyside.sh OLD_PYTHON NEW_PYTHON [ROUNDS]     # ROUNDS defaults to 3
 #   CS="1 64" bench/sidebyside.sh ...                      # other concurrencies
 #   NO_SINK=new ENDPOINT=/event bench/sidebyside.sh PY PY  # one build, with and without its sink
+#   NEW_SINK_KEYS='inline_writes = false' bench/sidebyside.sh ...  # keys added to the new sink
 #
 # Each PYTHON is a venv's interpreter whose observer_core is the build to measure
 # (e.g. a copy of .venv whose editable finder points at a `git worktree` of the old
@@ -43,6 +44,9 @@ for who in old new; do
     "$PORT" > "$WORK/$who/observer.toml"
   if [ "${NO_SINK:-}" != "$who" ]; then
     printf '[sinks.ops]\nplugin = "jsonl"\npath = "ops.jsonl"\nfsync = "never"\n' >> "$WORK/$who/observer.toml"
+    if [ "$who" = new ] && [ -n "${NEW_SINK_KEYS:-}" ]; then
+      printf '%s\n' "$NEW_SINK_KEYS" >> "$WORK/$who/observer.toml"
+    fi
   fi
 done
 for round in $(seq "$ROUNDS"); do
