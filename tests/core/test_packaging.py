@@ -64,6 +64,17 @@ def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(wheel
     assert "plugins" not in top_level
     assert {"observer_core", "observer_plugins"} <= top_level
     assert "observer_core/testing/plugin.py" in names  # the testing kit is a package
+    inits = subprocess.run(
+        ["git", "ls-files", "observer_core/**__init__.py", "plugins/**__init__.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "observer_core/http/__init__.py" in inits
+    for init in inits:  # every package of the source is in the wheel
+        package = init.replace("plugins/", "observer_plugins/", 1)
+        assert package in names, f"{package} is not in the wheel: list it in pyproject.toml"
     [entry_points] = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     assert "observer_core = observer_core.testing.plugin" in archive.read(entry_points).decode()
 
