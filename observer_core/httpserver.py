@@ -5,47 +5,10 @@ from __future__ import annotations
 
 import warnings
 
-from .http import (
-    LATER,
-    STREAM,
-    Connections,
-    Handler,
-    HeaderBytes,
-    HeaderCount,
-    HttpLimits,
-    HttpServer,
-    Later,
-    Request,
-    RequestBody,
-    RequestBodyError,
-    Response,
-    Seconds,
-    Size,
-    Stream,
-    UrlBytes,
-    json_error,
-)
+from . import http as _http
+from .http import *  # noqa: F403  (its public names, re-exported as they are)
 
-__all__ = [
-    "LATER",
-    "STREAM",
-    "Connections",
-    "Handler",
-    "HeaderBytes",
-    "HeaderCount",
-    "HttpLimits",
-    "HttpServer",
-    "Later",
-    "Request",
-    "RequestBody",
-    "RequestBodyError",
-    "Response",
-    "Seconds",
-    "Size",
-    "Stream",
-    "UrlBytes",
-    "json_error",
-]
+__all__ = list(_http.__all__)
 
 warnings.warn(
     "observer_core.httpserver is deprecated: import from observer_core.http",
