@@ -61,6 +61,8 @@ class ObserverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     state_dir: str = "data/_observer/state"
     max_field_bytes: Annotated[int, Meta(ge=1)] = 65536
     shutdown_timeout_secs: Annotated[int, Meta(gt=0)] | Annotated[float, Meta(gt=0)] = 10
+    busy_poll_us: Annotated[int, Meta(ge=0, le=10000)] = 50
+    """After a commit, the event loop polls this long without sleeping (0: never)."""
     require_token: bool = False
     """A listener bound beyond loopback without a token is a config error, not a warning."""
 

@@ -105,6 +105,7 @@ class Engine:
         self.dispatcher = Dispatcher(self.instances, self.metrics, self.ring, self.tap)
         """The ingest path: group commit to the op sinks and the ring."""
         self.dispatcher.hold_secs = float(self.settings.shutdown_timeout_secs)
+        self.dispatcher.busy_poll_secs = self.settings.busy_poll_us / 1e6
         self.emit = self.dispatcher.emit
         self.submit = self.dispatcher.submit
         self.emitter = Emitter(self.dispatcher.emit, self.dispatcher.submit)
@@ -159,6 +160,7 @@ class Engine:
             if self._daemon is not None:
                 self._daemon.start_soon(pump.run)
         self.dispatcher.hold_secs = float(config.settings.shutdown_timeout_secs)
+        self.dispatcher.busy_poll_secs = config.settings.busy_poll_us / 1e6
         self.publisher.assign(instances)
         self.cycles.assign(instances)
         self.cycles.set_period(float(config.settings.cycle_secs))
