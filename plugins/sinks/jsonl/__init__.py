@@ -60,6 +60,9 @@ class JsonlConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     thread for ``inline_cooldown_ms``, then one write probes inline again."""
     inline_cooldown_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 1000
     """The first cool-down; doubled after each slow probe in a row (at most 32 times)."""
+    inline_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 262144
+    """never and batch: a commit larger than this goes to the writer thread (its copy takes
+    long enough that the hand-off costs little beside it, and the loop reads on meanwhile)."""
     file_mode: str | None = None
     """Mode of the file when this creates it, an octal string such as "0640";
     unset: the process's umask decides. An existing file keeps its mode."""
@@ -111,6 +114,7 @@ class JsonlSink(Sink):
         self._failing = False
         """The last write failed: /health shows the file unhealthy until one succeeds."""
         self._inline = config.inline_writes and config.fsync != "always"
+        self._inline_max = config.inline_max_bytes
         self._syncing = False
         """An fdatasync is in flight (set by the syncer under ``_io``): writes go to the thread."""
         self._guard = InlineGuard(
@@ -262,7 +266,8 @@ class JsonlSink(Sink):
         data = self._encode(records)
         assert self._writer is not None, "write() before open()"
         try:
-            if not (self._inline and self._append_inline(data)):
+            inline = self._inline and len(data) <= self._inline_max
+            if not (inline and self._append_inline(data)):
                 await self._writer.run(self._append, data)
         except OSError as exc:
             if not self._failing:

@@ -73,6 +73,18 @@ async def test_inline_writes_false_keeps_every_write_on_the_thread(tmp_path, wri
 
 
 @pytest.mark.anyio
+async def test_a_commit_over_inline_max_bytes_goes_to_the_thread(tmp_path, writes):
+    one_line = len(msgspec.json.encode(op(0))) + 1
+    sink = await open_sink(tmp_path, fsync="never", inline_max_bytes=2 * one_line)
+    await sink.write([op(0), op(1)])  # at the bound: inline
+    await sink.write([op(2), op(3), op(4)])  # over it: the thread
+    await sink.write([op(5)])
+    await sink.aclose()
+    assert writes.threads == ["MainThread", "jsonl-writer", "MainThread"]
+    assert ids(tmp_path / "ops.jsonl") == list(range(6))
+
+
+@pytest.mark.anyio
 async def test_a_slow_write_sends_writes_to_the_thread_until_a_probe_is_fast(
     tmp_path, writes, caplog
 ):
