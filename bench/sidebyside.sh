@@ -5,6 +5,7 @@
 #   CS="1 64" bench/sidebyside.sh ...                      # other concurrencies
 #   NO_SINK=new ENDPOINT=/event bench/sidebyside.sh PY PY  # one build, with and without its sink
 #   NEW_SINK_KEYS='inline_writes = false' bench/sidebyside.sh ...  # keys added to the new sink
+#   BATCH=100 bench/sidebyside.sh ...                      # 100 events per request (NDJSON)
 #
 # Each PYTHON is a venv's interpreter whose observer_core is the build to measure
 # (e.g. a copy of .venv whose editable finder points at a `git worktree` of the old
@@ -12,8 +13,9 @@
 # jsonl sink, fsync never; NO_SINK=old or new leaves that side without the sink) on
 # core 1 at nice -10, wrk -t1 on core 0 posting the ~300-byte event to ENDPOINT
 # (default /events), 2 s warm-up, then 3 s measured while perf stat counts the
-# daemon's task-clock and context switches. Prints events/s, p99, CPU µs and context
-# switches per request, and the lines in the file (warm-up included; "-" without a
+# daemon's task-clock and context switches (with BATCH=N, N events per request, NDJSON, to
+# /events). Prints events/s, p99, CPU µs and context switches per request, and the lines
+# in the file (warm-up included; "-" without a
 # sink). Needs wrk, perf, curl and bc.
 set -euo pipefail
 if [ $# -lt 2 ]; then
@@ -28,11 +30,12 @@ OLD=$(absolute "$1") NEW=$(absolute "$2") ROUNDS=${3:-3} PORT=${PORT:-3901}
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-"$NEW" -c "import sys; sys.path.insert(0, '$HERE'); from events import event_body
-open('$WORK/body', 'wb').write(event_body())"
+BATCH=${BATCH:-1}
+"$NEW" -c "import sys; sys.path.insert(0, '$HERE'); from events import batch_body, event_body
+open('$WORK/body', 'wb').write(batch_body($BATCH) if $BATCH > 1 else event_body())"
 cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = "$( [ "$BATCH" -gt 1 ] && echo application/x-ndjson || echo application/json)"
 local f = assert(io.open("$WORK/body", "rb"))
 wrk.body = f:read("*a")
 f:close()
@@ -74,7 +77,7 @@ for round in $(seq "$ROUNDS"); do
       kill -INT "$perf_pid"; wait "$perf_pid" || true
       kill -TERM "$pid"; wait "$pid" || true
       requests=$(awk '/requests in/ {print $1}' <<< "$out")
-      rate=$(awk '/Requests\/sec/ {print $2}' <<< "$out")
+      rate=$(awk -v n="$BATCH" '/Requests\/sec/ {printf "%.0f", $2 * n}' <<< "$out")
       p99=$(awk '$1 == "99%" {print $2}' <<< "$out")
       task_ms=$(awk -F, '/task-clock/ {print $1}' "$WORK/perf.txt")
       switches=$(awk -F, '/context-switches/ {print $1}' "$WORK/perf.txt")
