@@ -9,7 +9,7 @@ from ._messages import Request, Response
 
 class Incoming:
     """One request as it is read, then queued until answered. A connection that has
-    answered everything recycles its last one for the next request (`reset`).
+    answered everything recycles its last one for the next request (`begin`).
 
     Not a msgspec Struct: a Struct's attribute store takes its own ``__setattr__``
     (measured under callgrind: ~280 instructions, against ~50 for a slot), and a request
@@ -36,6 +36,7 @@ class Incoming:
         "path",
         "query",
         "trailers",
+        "unusual",
         "url",
         "url_len",
         "url_parts",
@@ -67,6 +68,12 @@ class Incoming:
     # ... and what answers it, once complete: the Request for its handler, a ready
     # Response (sent in turn), or the handler's awaitable answer.
     answer: Request | Response | Awaitable[Response] | None
+    unusual: bool
+    """Set by whatever sets a field `begin` does not (``method``, ``path``, ``query`` and
+    ``answer`` aside: they are set before they are read) to other than `usual` does, and by
+    whatever needs the head checked whole (a big read, a head spanning reads) or the
+    browser guard asked. The usual request skips their tests, and the reset of those
+    fields (measured: ~2,700 instructions per POST /event, bench/instructions.py)."""
 
     def __init__(
         self,
@@ -74,18 +81,28 @@ class Incoming:
         answer: Request | Response | Awaitable[Response] | None = None,
         keep_alive: bool = True,
     ) -> None:
-        self.reset(url)
-        self.answer = answer
-        self.keep_alive = keep_alive
-
-    def reset(self, url: bytes) -> None:
-        """Begin a new request, whose target begins with ``url``: every field as new."""
-        self.url = url
-        self.url_parts = self.host = self.early = self.answer = None
-        self.url_len = self.body_size = self.content_length = self.trailers = self.head_size = 0
+        self.begin(url)
         self.method = self.path = self.query = ""
+        self.answer = answer
+        self.usual()
+        if not keep_alive:
+            self.keep_alive = False
+            self.unusual = True
+
+    def begin(self, url: bytes) -> None:
+        """Begin a new request, whose target begins with ``url``, on one that is ``usual``.
+        (``method``, ``path``, ``query`` and ``answer`` are set before they are read.)
+        Inline in ``Connection.on_url``: keep the two alike."""
+        self.url = url
         self.headers = []
         self.body = []
+        self.content_length = 0
+        self.host = None
+
+    def usual(self) -> None:
+        """Set the fields `begin` leaves as they are as new: then not ``unusual``."""
+        self.url_parts = self.early = None
+        self.url_len = self.body_size = self.trailers = self.head_size = 0
         self.chunked = self.expect = self.continue_pending = False
-        self.connection_header = self.guard_asks = self.http10 = False
+        self.connection_header = self.guard_asks = self.http10 = self.unusual = False
         self.keep_alive = True

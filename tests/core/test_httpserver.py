@@ -385,6 +385,38 @@ async def test_a_request_after_a_chunked_expecting_one_starts_afresh() -> None:
         )
 
 
+async def test_a_usual_request_after_unusual_ones_starts_afresh() -> None:
+    """After a request answered at its head, an HTTP/1.0 keep-alive one, one whose target
+    came in two reads and one the browser guard was asked about, the next (usual) request on
+    the same connection is read as new: nothing of theirs is left on the recycled Incoming."""
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+
+        async def usual() -> None:
+            await conn.send(post("/echo", b"ab"))
+            r = await conn.response()
+            assert r.status == 200 and "connection" not in r.headers  # no HTTP/1.0 left over
+            assert json.loads(r.body)["body"] == "ab"  # nor an early answer, nor a target
+
+        await conn.send(get("/missing"))
+        assert (await conn.response()).status == 404
+        await usual()
+        await conn.send(get("/echo", "Connection: keep-alive", version="1.0"))
+        assert (await conn.response()).headers["connection"] == "keep-alive"
+        await usual()
+        await eventually(lambda: len(server._connections) == 1)
+        (server_conn,) = server._connections
+        await conn.send(b"GET /ec")
+        await eventually(lambda: server_conn._state is State.HEAD)
+        await conn.send(b"ho?split HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert json.loads((await conn.response()).body)["query"] == "split"
+        await usual()
+        await conn.send(get("/echo", f"Origin: http://127.0.0.1:{server.port}"))
+        assert (await conn.response()).status == 200  # the guard was asked, and passed it
+        await usual()
+        assert [r.path for r in app.requests] == ["/echo"] * 7
+
+
 async def test_expect_100_continue_rejected_by_precheck() -> None:
     async with serving() as server, connection(server) as conn:
         await conn.send(post("/private", b"", "Expect: 100-continue").replace(b": 0", b": 4"))
