@@ -9,7 +9,8 @@ from http import HTTPStatus
 from ..http_guard import BROWSER_HEADERS
 from ._messages import json_error
 
-METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+"""The usual methods, by their bytes (HEAD is not one: its request is ``unusual``)."""
 SPECIAL_HEADERS = frozenset(
     (b"content-length", b"host", b"transfer-encoding", b"expect", b"connection", *BROWSER_HEADERS)
 )

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import anyio
 import httpx
@@ -775,6 +776,10 @@ class PromptApp(App):
         path = request.path
         if path == "/now":
             return Response(200, json.dumps({"answer": request.query}).encode())
+        if path == "/now-empty":
+            return Response(204)
+        if path == "/now-bad":
+            return Response(200, cast(bytes, "not bytes"))
         if path == "/sync-boom":
             raise RuntimeError("sync boom")
         if path.startswith("/later"):
@@ -807,6 +812,32 @@ async def test_prompt_and_later_answers_keep_pipelined_order() -> None:
         app.resolve()
         bodies = [json.loads((await conn.response()).body) for _ in range(4)]
         assert [body.get("answer", body.get("query")) for body in bodies] == ["2", "3", "4", "5"]
+
+
+async def test_answers_at_once_are_framed_as_any() -> None:
+    """An answer sent at once (the usual one without a call, see Connection._deliver) is
+    framed as any other: a HEAD's without its body, a 204 without Content-Length, a
+    malformed one replaced by a 500; the connection goes on after each."""
+    rejects: list[int] = []
+    async with serving(PromptApp(), on_reject=rejects.append) as server, connection(server) as conn:
+        await conn.send(get("/now?1"))
+        first = await conn.response()
+        assert first.status == 200 and json.loads(first.body) == {"answer": "1"}
+        await conn.send(b"HEAD /now?2 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + get("/now?3"))
+        head = await conn.response(head=True)
+        assert head.status == 200
+        assert head.headers["content-length"] == first.headers["content-length"]
+        assert json.loads((await conn.response()).body) == {"answer": "3"}  # no body came
+        await conn.send(get("/now-empty") * 2 + get("/now?4"))  # the second: prefix cached
+        for _ in range(2):
+            empty = await conn.response(head=True)
+            assert empty.status == 204 and "content-length" not in empty.headers
+        assert json.loads((await conn.response()).body) == {"answer": "4"}
+        await conn.send(get("/now-bad"))
+        assert (await conn.response()).status == 500
+        await conn.send(get("/now?5"))
+        assert json.loads((await conn.response()).body) == {"answer": "5"}
+    assert rejects == [500]
 
 
 async def test_reply_twice_or_unasked_is_an_error() -> None:
