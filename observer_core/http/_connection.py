@@ -331,7 +331,7 @@ class Connection(asyncio.Protocol):
                 self._check_url(len(url))
         # The head's clock starts now, unless it runs already for this request (a new
         # connection's first head is timed from the opening: a trickled method gains nothing).
-        if self._deadline is None or not self._request_timer:
+        if not self._request_timer or self._deadline is None:
             # _set_deadline(header_timeout, request=True), inline: measured, the call cost
             # 848 instructions per POST /event (bench/instructions.py).
             self._request_timer = True
@@ -416,10 +416,11 @@ class Connection(asyncio.Protocol):
             self._pause_reading()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._state is BODY:  # a chunked trailer: counted, then dropped
+        incoming = self._incoming
+        # A chunked trailer, or a replayed head (see _replay): their requests are unusual.
+        if incoming.unusual and self._state is BODY:
             self._trailer(name, value)
             return
-        incoming = self._incoming
         name = name.lower()
         incoming.headers.append((name, value))
         if name in SPECIAL_HEADERS:
@@ -494,15 +495,15 @@ class Connection(asyncio.Protocol):
             self._replaying = False
 
     def on_headers_complete(self) -> None:
-        if self._replaying:
-            return
-        self._state = BODY
+        self._state = BODY  # (a replayed head's request is in its body already)
         incoming = self._incoming
         server = self._server
         # What the usual head lacks is tested only if it is ``unusual`` (see Incoming).
         unusual = incoming.unusual
         spanned = False  # the head began in an earlier read
         if unusual or len(incoming.headers) > self._max_headers:
+            if self._replaying:  # (its request is unusual: Connection: upgrade)
+                return
             # (a head that began in an earlier read is parsed with _big_read set)
             if self._big_read or len(incoming.headers) > self._max_headers:
                 spanned = self._head_open
@@ -556,7 +557,7 @@ class Connection(asyncio.Protocol):
                 self._set_deadline(server._body_timeout, request=True)
             elif server._body_extra:
                 self._set_deadline(deadline + server._body_extra - self._loop.time(), request=True)
-            if incoming.expect and not self._is_http10():
+            if unusual and incoming.expect and not self._is_http10():
                 if not self._busy:
                     self._transport.write(CONTINUE)
                 else:  # earlier responses go first
@@ -635,7 +636,8 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         incoming = self._incoming
-        if incoming.chunked or self._body_stream is not None:
+        # (a streamed body's request is unusual, as is a chunked one)
+        if incoming.unusual and (incoming.chunked or self._body_stream is not None):
             self._counted_body(incoming, body)
         else:  # counted at its head (max_inflight_bytes), and checked (413)
             incoming.body.append(body)
