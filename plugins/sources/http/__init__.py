@@ -117,6 +117,9 @@ class _Routes(ReadRoutes):
             max_field_bytes=ctx.max_field_bytes, on_unknown=UnknownFields(ctx.metrics, ctx.logger)
         )
         self._ring_len = source.ctx.observer.ring_len
+        # _answer, bound once: a method read as a value is looked up and bound per request
+        # (measured: ~300 instructions per POST /event, bench/instructions.py).
+        self._answer_to = self._answer
         self._max_batch = source.config.max_batch_events
 
     def serve(self, emit: Emit) -> None:
@@ -142,7 +145,7 @@ class _Routes(ReadRoutes):
         if self._submit is None:
             return self._accept(ops, batch)
         try:
-            self._submit(ops, partial(self._answer, request, batch))
+            self._submit(ops, partial(self._answer_to, request, batch))
         except NotAccepted as exc:
             return self._refused(exc)
         return LATER
