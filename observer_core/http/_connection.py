@@ -325,10 +325,8 @@ class Connection(asyncio.Protocol):
             incoming.body = []
             incoming.content_length = 0
             incoming.host = None
-        if self._big_read:  # the head is checked whole (a small read holds no long one)
-            incoming.unusual = True
-            if len(url) > self._url_room:
-                self._check_url(len(url))
+        if self._big_read and len(url) > self._url_room:  # (a small read holds no long one)
+            self._check_url(len(url))
         # The head's clock starts now, unless it runs already for this request (a new
         # connection's first head is timed from the opening: a trickled method gains nothing).
         if not self._request_timer or self._deadline is None:
@@ -501,7 +499,8 @@ class Connection(asyncio.Protocol):
         # What the usual head lacks is tested only if it is ``unusual`` (see Incoming).
         unusual = incoming.unusual
         spanned = False  # the head began in an earlier read
-        if unusual or len(incoming.headers) > self._max_headers:
+        # (a big read's heads are checked whole, but are usual otherwise: a batch's reads)
+        if unusual or self._big_read or len(incoming.headers) > self._max_headers:
             if self._replaying:  # (its request is unusual: Connection: upgrade)
                 return
             # (a head that began in an earlier read is parsed with _big_read set)

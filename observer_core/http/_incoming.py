@@ -70,10 +70,10 @@ class Incoming:
     answer: Request | Response | Awaitable[Response] | None
     unusual: bool
     """Set by whatever sets a field `begin` does not (``method``, ``path``, ``query`` and
-    ``answer`` aside: they are set before they are read) to other than `usual` does, and by
-    whatever needs the head checked whole (a big read, a head spanning reads) or the
-    browser guard asked. The usual request skips their tests, and the reset of those
-    fields (measured: ~2,700 instructions per POST /event, bench/instructions.py)."""
+    ``answer`` aside: they are set before they are read) to other than `usual` does, by a
+    HEAD request, by a head spanning reads (checked whole) and by one the browser guard is
+    asked about. The usual request skips their tests, and the reset of those fields
+    (measured: ~2,700 instructions per POST /event, bench/instructions.py)."""
 
     def __init__(
         self,
