@@ -81,9 +81,12 @@ for round in $(seq "$ROUNDS"); do
       p99=$(awk '$1 == "99%" {print $2}' <<< "$out")
       task_ms=$(awk -F, '/task-clock/ {print $1}' "$WORK/perf.txt")
       switches=$(awk -F, '/context-switches/ {print $1}' "$WORK/perf.txt")
+      lines=$(if [ -f "$dir/ops.jsonl" ]; then wc -l < "$dir/ops.jsonl"; else echo -; fi)
+      # Deleted now, its dirty pages are dropped: written back, they would slow the next run.
+      rm -f "$dir/ops.jsonl"
       printf '%s c=%s %s events/s=%s p99=%s cpu_us/request=%.1f switches/request=%.3f lines=%s\n' \
         "$round" "$c" "$who" "$rate" "$p99" "$(bc -l <<< "$task_ms * 1000 / $requests")" \
-        "$(bc -l <<< "$switches / $requests")" "$(if [ -f "$dir/ops.jsonl" ]; then wc -l < "$dir/ops.jsonl"; else echo -; fi)"
+        "$(bc -l <<< "$switches / $requests")" "$lines"
     done
   done
 done
