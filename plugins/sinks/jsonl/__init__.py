@@ -61,8 +61,8 @@ class JsonlConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     inline_cooldown_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 1000
     """The first cool-down; doubled after each slow probe in a row (at most 32 times)."""
     inline_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 262144
-    """never and batch: a commit larger than this goes to the writer thread (its copy takes
-    long enough that the hand-off costs little beside it, and the loop reads on meanwhile)."""
+    """never and batch: a commit larger than this goes to the writer thread (the hand-off
+    costs little beside its copy, and no one write holds the loop long)."""
     file_mode: str | None = None
     """Mode of the file when this creates it, an octal string such as "0640";
     unset: the process's umask decides. An existing file keeps its mode."""
