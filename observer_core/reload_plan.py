@@ -28,9 +28,7 @@ __all__ = [
     "snapshot",
 ]
 
-LIVE_SETTINGS = frozenset(
-    {"cycle_secs", "ring_size", "max_field_bytes", "shutdown_timeout_secs", "busy_poll_us"}
-)
+LIVE_SETTINGS = frozenset({"cycle_secs", "ring_size", "max_field_bytes", "shutdown_timeout_secs"})
 """``[observer]`` keys a reload applies; any other needs a restart. A change of
 ``max_field_bytes`` restarts every source (they take it when built)."""
 

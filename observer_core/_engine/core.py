@@ -160,7 +160,6 @@ class Engine:
             if self._daemon is not None:
                 self._daemon.start_soon(pump.run)
         self.dispatcher.hold_secs = float(config.settings.shutdown_timeout_secs)
-        self.dispatcher.busy_poll_secs = config.settings.busy_poll_us / 1e6
         self.publisher.assign(instances)
         self.cycles.assign(instances)
         self.cycles.set_period(float(config.settings.cycle_secs))
