@@ -181,6 +181,8 @@ class _TraceRoutes(ReadRoutes):
         if not isinstance(emit, Emitter):
             return self._accept(emit, ops, codec, answer)
         try:
+            if emit.lone and emit.commit_now(ops):  # a lone export, written at once
+                return self._accepted(codec, answer, len(ops))
             emit.submit(ops, partial(self._answer, request, codec, answer, len(ops)))
         except NotAccepted as exc:
             return self._refused(codec, exc)
@@ -221,8 +223,12 @@ class _TraceRoutes(ReadRoutes):
         if refusal is not None:
             request.reply(self._refused(codec, refusal))
             return
+        request.reply(self._accepted(codec, answer, count))
+
+    def _accepted(self, codec: Codec, answer: bytes, count: int) -> Response:
+        """200 for ``count`` spans committed; ``answer`` tells of any rejected."""
         self._spans.inc(count, instance=self._instance, outcome="accepted")
-        request.reply(Response(200, answer, content_type=codec.content_type))
+        return Response(200, answer, content_type=codec.content_type)
 
     def _refused(self, codec: Codec, refusal: NotAccepted) -> Response:
         retry = [("Retry-After", str(refusal.retry_after))]

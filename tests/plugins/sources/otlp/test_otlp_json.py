@@ -39,6 +39,9 @@ class TestJsonMapping:
         assert reply.status_code == 200
         assert reply.headers["content-type"] == "application/json"
         assert reply.json() == {}
+        # A lone export is committed at once (Emitter.commit_now) and counted as accepted.
+        assert otlp.daemon.metric("observer_commits_total", path="now") == 1
+        assert otlp.spans("accepted") == 1
         [op] = otlp.ops()
         assert op == {
             "timestamp": "2026-01-01T00:00:00.123Z",
