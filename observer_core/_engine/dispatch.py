@@ -23,7 +23,7 @@ import anyio
 
 from ..components import Analyzer, BatchTooLarge, Emitter, NotAccepted, OnAccepted, Sink
 from ..genai import count_ops
-from ..metrics import Metrics
+from ..metrics import MAX_LABEL_VALUES, Labels, Metrics
 from ..queues import DropOldestQueue
 from ..records import Op
 from ..ring import Ring
@@ -122,6 +122,8 @@ class Dispatcher:
         self._observers: list[Instance] = []
         """Analyzers that see each committed batch (``Analyzer.observe``)."""
         self._ack_record_keys: list[tuple[tuple[str, str], ...]] = []
+        self._received_keys: dict[str, tuple[Labels, Labels]] = {}
+        """observer_ops_received_total's sample keys, by source (see _count_received)."""
         self.assign(instances)
         self.sink_records = metrics.counter(SINK_RECORDS, SINK_RECORDS_HELP)
         self._commits = metrics.counter(COMMITS, COMMITS_HELP).values
@@ -419,6 +421,11 @@ class Dispatcher:
         """Commit ops the ack-holding sinks have: into the ring, the counts, the other op
         sinks' queues, each observing analyzer and the taps."""
         self.ring.extend(ops)
+        if len(ops) == 1:  # a lone request's (measured: the set and the sums, ~20 bytecodes)
+            op = ops[0]
+            self._count_received(op.source, 1, 0 if op.success else 1)
+            self._accept_rest(ops)
+            return
         # Counted in C (map, sum) for the usual batch, whose ops share a source.
         sources = set(map(source_of, ops))
         if len(sources) == 1:
@@ -428,6 +435,11 @@ class Dispatcher:
             failures: Tally[str] = Tally([op.source for op in ops if not op.success])
             for source, total in totals.items():
                 self._count_received(source, total, failures[source])
+        self._accept_rest(ops)
+
+    def _accept_rest(self, ops: Sequence[Op]) -> None:
+        """:meth:`accept` after the ring and the counts: model calls, the other op sinks'
+        queues, the observing analyzers, the taps."""
         # Model calls are counted only if an op has attributes (checked in C): for a batch
         # without any, the call and its scan were 41 bytecodes and 3 frames (measured: a
         # fifth of what accept adds to a one-request commit).
@@ -441,12 +453,26 @@ class Dispatcher:
             self.tap.ops(ops)
 
     def _count_received(self, source: str, total: int, failed: int) -> None:
-        counter = self.metrics.ops_received
-        label = self.metrics.source_label(source)
+        """observer_ops_received_total, by source and outcome: Counter.inc without its
+        per-call sort of the labels (measured: ~40 bytecodes of a lone request's commit)."""
+        keys = self._received_keys.get(source) or self._received_keys_of(source)
+        values = self.metrics.ops_received.values
         if total > failed:
-            counter.inc(total - failed, source=label, outcome="success")
+            values[keys[0]] = values.get(keys[0], 0.0) + (total - failed)
         if failed:
-            counter.inc(failed, source=label, outcome="failure")
+            values[keys[1]] = values.get(keys[1], 0.0) + failed
+
+    def _received_keys_of(self, source: str) -> tuple[Labels, Labels]:
+        """The sample keys (success, failure) of ``source``'s ops, remembered for as many
+        sources as the label takes (others share the label "other": not remembered)."""
+        label = self.metrics.source_label(source)
+        keys = (
+            (("outcome", "success"), ("source", label)),
+            (("outcome", "failure"), ("source", label)),
+        )
+        if len(self._received_keys) < MAX_LABEL_VALUES:
+            self._received_keys[source] = keys
+        return keys
 
     async def drain(self) -> None:
         """Return once every op handed in so far is committed (or refused); set

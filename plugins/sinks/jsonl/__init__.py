@@ -115,6 +115,8 @@ class JsonlSink(Sink):
         """The last write failed: /health shows the file unhealthy until one succeeds."""
         self._inline = config.inline_writes and config.fsync != "always"
         self._inline_max = config.inline_max_bytes
+        self._sync_each = config.fsync == "always"  # (read per write: the config's, once)
+        self._sync_later = config.fsync == "batch"
         self._syncing = False
         """An fdatasync is in flight (set by the syncer under ``_io``): writes go to the thread."""
         self._guard = InlineGuard(
@@ -189,18 +191,20 @@ class JsonlSink(Sink):
         """Write all of ``data`` (short writes continue), fdatasync when "always"; on failure
         cut the file back so no partial line is left. The caller holds ``_io``."""
         start = self._size
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
-            if self.config.fsync == "always":
+            written = os.write(self._fd, data)
+            if written < len(data):  # a short write: the rest follows
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            if self._sync_each:
                 os.fdatasync(self._fd)
         except OSError:
             with contextlib.suppress(OSError):  # no partial line for the next write
                 os.ftruncate(self._fd, start)
             raise
         self._size = start + len(data)
-        self._dirty = self.config.fsync == "batch"
+        self._dirty = self._sync_later
 
     def _append_inline(self, data: bytes) -> bool:
         """Write ``data`` on the event loop when nothing stands in the way; False: it was not

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -174,3 +176,53 @@ def test_the_guard_doubles_its_cool_down_while_probes_stay_slow_and_resets_on_a_
 def test_the_guard_keys_are_bounded(key, value):
     with pytest.raises(msgspec.ValidationError, match=key):
         msgspec.convert({"path": "x", key: value}, JsonlConfig)
+
+
+@pytest.mark.anyio
+async def test_write_now_writes_inline_or_nothing(tmp_path, writes):
+    sink = await open_sink(tmp_path, fsync="never", inline_max_bytes=1024)
+    assert sink.write_now([op(0)]) is True  # in the file before it returns
+    assert ids(tmp_path / "ops.jsonl") == [0]
+    big = [op(n) for n in range(1, 40)]  # over inline_max_bytes: the thread's, so not now
+    assert sink.write_now(big) is False
+    assert ids(tmp_path / "ops.jsonl") == [0]
+    await sink.write(big)
+    await sink.aclose()
+    threaded = await open_sink(tmp_path, fsync="never", inline_writes=False)
+    assert threaded.write_now([op(99)]) is False
+    await threaded.aclose()
+    assert ids(tmp_path / "ops.jsonl") == list(range(40))
+    assert writes.threads == ["MainThread", "jsonl-writer"]
+
+
+@pytest.mark.anyio
+async def test_a_short_write_goes_on_and_a_failed_rest_leaves_no_partial_line(tmp_path):
+    """RLIMIT_FSIZE makes the kernel write only up to the limit (a short write), then
+    refuse the rest (EFBIG): the rest is tried, and the file cut back to its last line."""
+    sink = await open_sink(tmp_path, fsync="never")
+    await sink.write([op(0)])
+    path = tmp_path / "ops.jsonl"
+    size = path.stat().st_size
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    calls: list[int] = []
+    real = os.write
+
+    def counted(fd: int, data: bytes | memoryview) -> int:
+        calls.append(len(data))
+        return real(fd, data)
+
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, limits[1]))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "write", counted)
+            with pytest.raises(OSError, match="too large"):
+                sink.write_now([op(1), op(2)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, xfsz)
+    assert len(calls) == 2 and calls[1] == calls[0] - 100  # the rest after 100 bytes
+    assert path.stat().st_size == size  # cut back: no partial line
+    assert sink.write_now([op(3)]) is True
+    await sink.aclose()
+    assert ids(path) == [0, 3]
