@@ -351,6 +351,7 @@ class Dispatcher:
             or self.closing
             or self.ack_down is not None
             or len(self.ack_sinks) > 1
+            or len(ops) > MAX_PENDING_OPS  # submit refuses it, saying why
         ):
             return False
         for item in self.ack_sinks:

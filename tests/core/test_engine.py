@@ -7,6 +7,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import anyio
 import msgspec
@@ -54,6 +55,24 @@ class GateSink(Sink):
         GateSink.batches.append(list(records))
 
 
+class NowSink(Sink):
+    """An ack-holding sink that writes at once (``write_now``), or fails to."""
+
+    name = "now"
+    Config = GateConfig
+    holds_ack = True
+    batches: ClassVar[list[list[Record]]] = []
+
+    async def write(self, records: Sequence[Record]) -> None:
+        self.write_now(records)
+
+    def write_now(self, records: Sequence[Record]) -> bool:
+        if self.config.fail:
+            raise OSError("disk full")
+        NowSink.batches.append(list(records))
+        return True
+
+
 class SlowAnalyzer(Analyzer):
     """Takes `every` × 0.1 s per run, so a cycle can outlast the period."""
 
@@ -69,7 +88,7 @@ class SlowAnalyzer(Analyzer):
 
 
 plugin = SimpleNamespace(
-    observer_register_sinks=hookimpl(lambda register: register(GateSink)),
+    observer_register_sinks=hookimpl(lambda register: [register(GateSink), register(NowSink)]),
     observer_register_analyzers=hookimpl(lambda register: register(SlowAnalyzer)),
 )
 
@@ -276,3 +295,39 @@ def test_an_instance_error_is_logged_and_counted_in_one_place():
         if "instance_errors.inc" in text or "logger.exception" in text
     ]
     assert counting == ["instance.py"]
+
+
+async def _lone(engine: Engine) -> None:
+    with anyio.fail_after(5):
+        while not engine.emitter.lone:  # the dispatcher has looked and found nothing
+            await anyio.sleep(0.001)
+
+
+async def test_commit_now_commits_a_lone_request_in_the_call(tmp_path, monkeypatch):
+    NowSink.batches = []
+    monkeypatch.setattr(dispatch, "MAX_PENDING_OPS", 10)
+    engine = make_engine(tmp_path, "[observer]\ncycle_secs = 3600\n[sinks.now]\n")
+    async with engine.running():
+        await _lone(engine)
+        assert engine.emitter.commit_now([op(1)]) is True
+        # Written and in the ring when it returns; the next must wait for another look.
+        assert NowSink.batches == [[op(1)]] and list(engine.ring) == [op(1)]
+        assert engine.emitter.lone is False
+        assert engine.emitter.commit_now([op(2)]) is False
+        await _lone(engine)
+        # What submit refuses (BatchTooLarge) is not committed here: nothing is done.
+        assert engine.emitter.commit_now([op(n) for n in range(11)]) is False
+        assert len(engine.ring) == 1
+    assert engine.metrics.counter(dispatch.COMMITS, dispatch.COMMITS_HELP).get(path="now") == 1
+
+
+async def test_commit_now_refuses_what_the_sink_failed_to_write(tmp_path):
+    NowSink.batches = []
+    engine = make_engine(tmp_path, "[observer]\ncycle_secs = 3600\n[sinks.now]\nfail = true\n")
+    async with engine.running():
+        await _lone(engine)
+        with pytest.raises(NotAccepted, match="disk full"):
+            engine.emitter.commit_now([op(1)])
+        assert len(engine.ring) == 0
+    assert engine.metrics.input_rejected.get(reason="sink_failed") == 1
+    assert engine.metrics.instance_errors.get(instance="sinks.now") >= 1
