@@ -23,7 +23,6 @@ from ..components import (
     Clock,
     Component,
     Context,
-    Emitter,
     OnAccepted,
     Sink,
     Source,
@@ -108,10 +107,7 @@ class Engine:
         self.dispatcher.busy_poll_secs = self.settings.busy_poll_us / 1e6
         self.emit = self.dispatcher.emit
         self.submit = self.dispatcher.submit
-        self.emitter = Emitter(
-            self.dispatcher.emit, self.dispatcher.submit, self.dispatcher.commit_now
-        )
-        self.dispatcher.emitter = self.emitter
+        self.emitter = self.dispatcher.emitter
         """What sources get as ``emit``: the dispatcher's methods, bound (no hop per request)."""
         self.publisher = Publisher(self.instances, self.metrics, self.tap)
         self.cycles = Cycles(

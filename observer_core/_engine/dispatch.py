@@ -23,7 +23,7 @@ import anyio
 
 from ..components import Analyzer, BatchTooLarge, Emitter, NotAccepted, OnAccepted, Sink
 from ..genai import count_ops
-from ..metrics import MAX_LABEL_VALUES, Labels, Metrics
+from ..metrics import MAX_LABEL_BYTES, MAX_LABEL_VALUES, Labels, Metrics
 from ..queues import DropOldestQueue
 from ..records import Op
 from ..ring import Ring
@@ -156,10 +156,10 @@ class Dispatcher:
         """After a commit, how long the event loop keeps polling, without sleeping, for the
         next ops (``[observer] busy_poll_us``); 0: it sleeps at once."""
         self._poll_until = 0.0
-        self.emitter: Emitter | None = None
-        """The ``emit`` sources get: its ``lone`` is set while :meth:`commit_now` may
-        commit (the dispatcher found nothing to do since a commit of one submission)."""
         """The loop time until which the idle dispatcher busy-polls (0: not since start)."""
+        self.emitter = Emitter(self.emit, self.submit, self.commit_now)
+        """The ``emit`` sources get. Its ``lone`` is set while :meth:`commit_now` may
+        commit: the dispatcher is idle, and its last group held one submission."""
 
     def assign(self, instances: Sequence[Instance]) -> list[SinkPump]:
         """Take ``instances`` as the op sinks and observers; a sink kept (a reload) keeps
@@ -261,7 +261,7 @@ class Dispatcher:
         while True:
             while not self._pending:
                 self._dispatching = False
-                if self._last_batch <= 1 and self.emitter is not None:
+                if self._last_batch <= 1:
                     self.emitter.lone = True
                 drained = self._drained
                 if drained is not None:
@@ -281,6 +281,7 @@ class Dispatcher:
                 finally:
                     self._wake = None
             self._dispatching = True
+            self.emitter.lone = False  # until it is idle again: nothing overtakes this group
             if len(self._pending) > 1 or self._last_batch > 1:
                 # Requests are arriving together: let the event loop read what is ready
                 # once more, so that this commit takes it too. Fewer, larger commits mean
@@ -300,8 +301,6 @@ class Dispatcher:
                 self.accept(ops)
                 commits = self._commits
                 commits[_GROUP] = commits.get(_GROUP, 0.0) + 1
-            if self.emitter is not None:
-                self.emitter.lone = False
             for _, on_accepted in batch:
                 try:
                     on_accepted(error)
@@ -333,20 +332,17 @@ class Dispatcher:
 
     def commit_now(self, ops: Sequence[Op]) -> bool:
         """Commit ``ops`` at once, without the dispatcher's round trip through the event
-        loop, when that needs no wait: the traffic is lone (the dispatcher found nothing
-        to do since the last commit, and its last group held one submission), nothing is
-        pending, being committed or holding commits, and the ack-holding op sink (one at
-        most) writes them at once (:meth:`Sink.write_now`). True: committed, as
+        loop, when that needs no wait: the traffic is lone (``emitter.lone``: the dispatcher
+        is idle, and its last group held one submission), nothing is pending or holding
+        commits, and the ack-holding op sink (one at most) writes them at once
+        (:meth:`Sink.write_now`). True: committed, as
         ``on_accepted(None)`` would have said; False: nothing was done, ``submit`` them.
         Raises :class:`NotAccepted` if that sink failed to write them (counted as
         ``submit``'s refusal is). Called while ``emitter.lone`` is set."""
         emitter = self.emitter
         if (
-            emitter is None
-            or not emitter.lone
-            or self._last_batch > 1
+            not emitter.lone
             or self._pending
-            or self._committing
             or self.hold is not None
             or self.closing
             or self.ack_down is not None
@@ -465,13 +461,14 @@ class Dispatcher:
 
     def _received_keys_of(self, source: str) -> tuple[Labels, Labels]:
         """The sample keys (success, failure) of ``source``'s ops, remembered for as many
-        sources as the label takes (others share the label "other": not remembered)."""
+        sources as the label takes, of at most MAX_LABEL_BYTES characters each (others are
+        labelled each time), so what it holds is bounded in bytes."""
         label = self.metrics.source_label(source)
         keys = (
             (("outcome", "success"), ("source", label)),
             (("outcome", "failure"), ("source", label)),
         )
-        if len(self._received_keys) < MAX_LABEL_VALUES:
+        if len(self._received_keys) < MAX_LABEL_VALUES and len(source) <= MAX_LABEL_BYTES:
             self._received_keys[source] = keys
         return keys
 

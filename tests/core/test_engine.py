@@ -62,8 +62,13 @@ class NowSink(Sink):
     Config = GateConfig
     holds_ack = True
     batches: ClassVar[list[list[Record]]] = []
+    gate: ClassVar[anyio.Event | None] = None  # when set, a dispatcher's write waits for it
+    writing: ClassVar[anyio.Event | None] = None
 
     async def write(self, records: Sequence[Record]) -> None:
+        if NowSink.gate is not None and NowSink.writing is not None:
+            NowSink.writing.set()
+            await NowSink.gate.wait()
         self.write_now(records)
 
     def write_now(self, records: Sequence[Record]) -> bool:
@@ -331,3 +336,22 @@ async def test_commit_now_refuses_what_the_sink_failed_to_write(tmp_path):
         assert len(engine.ring) == 0
     assert engine.metrics.input_rejected.get(reason="sink_failed") == 1
     assert engine.metrics.instance_errors.get(instance="sinks.now") >= 1
+
+
+async def test_commit_now_never_overtakes_a_group_being_written(tmp_path):
+    NowSink.batches = []
+    NowSink.gate, NowSink.writing = anyio.Event(), anyio.Event()
+    engine = make_engine(tmp_path, "[observer]\ncycle_secs = 3600\n[sinks.now]\n")
+    try:
+        async with engine.running(), anyio.create_task_group() as group:
+            group.start_soon(emit_all, engine, [[op(1)]], [])
+            with anyio.fail_after(5):
+                await NowSink.writing.wait()  # the dispatcher's group is in the sink
+            assert engine.emitter.lone is False
+            assert engine.emitter.commit_now([op(2)]) is False  # it would come first
+            NowSink.gate.set()
+            await _lone(engine)
+            assert engine.emitter.commit_now([op(2)]) is True
+        assert NowSink.batches == [[op(1)], [op(2)]] and list(engine.ring) == [op(1), op(2)]
+    finally:
+        NowSink.gate = NowSink.writing = None
