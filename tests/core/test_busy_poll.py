@@ -71,8 +71,9 @@ def test_a_busy_poll_change_needs_a_restart(observer_daemon):
     # Contract §12.1: only its four [observer] keys change live; any other is refused.
     assert refused.returncode == 1
     assert "busy_poll_us" in refused.stdout + refused.stderr
-    # Nothing changed: 50 µs is still in force (httpx posts again after more than that).
-    assert sleeps_per_request(daemon) > 0.5
+    # Nothing changed: 50 µs is still in force. httpx often posts again after more than
+    # that (0.3-0.5 sleeps per request here, by load), never with 10 ms (0.00-0.01).
+    assert sleeps_per_request(daemon) > 0.15
 
 
 def test_an_idle_daemon_does_not_spin(observer_daemon):
