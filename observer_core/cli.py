@@ -22,6 +22,7 @@ from .cli_args import add_config_command
 from .config import ConfigError, ObserverConfig, default_config_path, load_config
 from .describe import plugin_lines, resolved_toml
 from .engine import Engine, StartupError
+from .http import FRONT_END
 from .kinds import KINDS
 from .logs import setup_logging
 from .plugins import Registry, load_registry
@@ -214,8 +215,9 @@ def _run(args: argparse.Namespace) -> int:
         log.error("cannot use state_dir %s: %s", config.state_dir, exc)
         return EXIT_FAILURE
     log.info(
-        "observer-core %s starting: config %s, state_dir %s, cycle %ss",
+        "observer-core %s starting (HTTP front end %s): config %s, state_dir %s, cycle %ss",
         __version__,
+        FRONT_END,
         config.path,
         config.state_dir,
         config.settings.cycle_secs,

@@ -95,7 +95,7 @@ class _StopParsing(Exception):
     """Raised from a parser callback after the connection was told to stop reading."""
 
 
-class Connection(asyncio.Protocol):
+class Connection:
     """One client connection: parses requests and answers them in order."""
 
     _transport: asyncio.Transport
@@ -870,8 +870,8 @@ class Connection(asyncio.Protocol):
             # _send's usual case, inline: measured, its call cost ~1,600 instructions per POST
             # /event (bench/instructions.py). (_last_answer's is keep-alive.)
             keep_alive = True
-            body = response.body
-            try:
+            try:  # (a body that is not bytes raises here when compiled: _send answers 500)
+                body = response.body
                 prefix = self._prefixes[response.status, response.content_type]
                 data = b"".join((prefix, b"Content-Length: %d\r\n" % len(body), CRLF, body))
             except Exception:  # a prefix not cached yet, or a malformed response: _send
@@ -1049,14 +1049,14 @@ class Connection(asyncio.Protocol):
     def _send(self, response: Response, keep_alive: bool, http10: bool, head: bool) -> None:
         """Write ``response``; if it is malformed (a bad status, CR or LF in a header), nothing
         of it is written: the error is logged and a 500 goes instead."""
-        body = response.body
-        if response.status in NO_BODY_STATUSES:
-            framing = body = b""
-        else:
-            framing = b"Content-Length: %d\r\n" % len(body)
-            if head:
-                body = b""
-        try:
+        try:  # (compiled, a body that is not bytes raises at once)
+            body = response.body
+            if response.status in NO_BODY_STATUSES:
+                framing = body = b""
+            else:
+                framing = b"Content-Length: %d\r\n" % len(body)
+                if head:
+                    body = b""
             if keep_alive and not http10 and not response.headers:  # the usual case
                 # Shared._prefix on a cache hit, inline: measured, its call cost ~330
                 # instructions per POST /event (bench/instructions.py).

@@ -79,9 +79,15 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         shared = self._shared
         backlog = min(max(self._limits.max_connections, 128), 4096)
+
+        def protocol() -> asyncio.Protocol:
+            # A Connection is a protocol by its methods, not by its base: a compiled
+            # (mypyc) class can't subclass asyncio.Protocol and keep its fast attributes.
+            return cast(asyncio.Protocol, Connection(shared, loop))
+
         self._server = await (
             loop.create_server(
-                lambda: Connection(shared, loop),
+                protocol,
                 self._host,
                 self._port,
                 reuse_address=True,
@@ -89,9 +95,7 @@ class HttpServer:
                 start_serving=False,  # not before the guard, which needs the bound port
             )
             if sock is None
-            else loop.create_server(
-                lambda: Connection(shared, loop), sock=sock, backlog=backlog, start_serving=False
-            )
+            else loop.create_server(protocol, sock=sock, backlog=backlog, start_serving=False)
         )
         shared._guard = BrowserGuard(self._host, self.port, self._allowed_hosts)
         await self._server.start_serving()

@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -35,10 +36,9 @@ def fresh_venv(folder: Path) -> str:
     return str(folder / "bin" / "python")
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """observer-core's wheel, built from the tracked files only (away from the work tree)."""
-    workdir = tmp_path_factory.mktemp("wheel")
+def build_wheel(workdir: Path, env: dict[str, str] | None = None) -> Path:
+    """observer-core's wheel, built in ``workdir`` from the tracked files only (away from the
+    work tree), with ``env`` added to the build's environment."""
     source = workdir / "source"
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
@@ -51,9 +51,29 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(workdir / "dist"), str(source)],
         check=True,
         capture_output=True,
+        env={**os.environ, **(env or {})},
     )
     [built] = (workdir / "dist").glob("observer_core-*.whl")
     return built
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """observer-core's wheel, as ``pip install`` builds it here."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+COMPILED = ["_compiled__mypyc", "_connection", "_incoming"]
+HAS_COMPILER = shutil.which(str(sysconfig.get_config_var("CC") or "cc").split()[0]) is not None
+
+
+def compiled_front_end(names: list[str]) -> list[str]:
+    """The HTTP front end's compiled modules among a wheel's files (setup.py)."""
+    return sorted(
+        name.split("/")[-1].split(".")[0]
+        for name in names
+        if name.startswith("observer_core/http/") and name.endswith(".so")
+    )
 
 
 @pytest.mark.slow
@@ -75,6 +95,11 @@ def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(wheel
     for init in inits:  # every package of the source is in the wheel
         package = init.replace("plugins/", "observer_plugins/", 1)
         assert package in names, f"{package} is not in the wheel: list it in pyproject.toml"
+    # The front end is compiled where there is a C compiler, its source shipped beside;
+    # mypyc's runtime is inside the package, not a top-level module.
+    assert compiled_front_end(names) == (COMPILED if HAS_COMPILER else [])
+    assert {"observer_core/http/_connection.py", "observer_core/http/_incoming.py"} <= set(names)
+    assert not [name for name in top_level if "mypyc" in name]
     [entry_points] = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     assert "observer_core = observer_core.testing.plugin" in archive.read(entry_points).decode()
 
@@ -98,9 +123,21 @@ def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(wheel
     )
     assert init.returncode == 0
 
+    front_end = [python, "-c", "from observer_core.http import FRONT_END; print(FRONT_END)"]
+    answer = subprocess.run(front_end, capture_output=True, text=True, cwd=tmp_path).stdout
+    assert answer == ("compiled\n" if HAS_COMPILER else "interpreted\n")
+
     kit = subprocess.run([python, "-c", "import observer_core.testing"], capture_output=True)
     assert kit.returncode == 1  # without the [testing] extra, the kit says what to install
     assert b"observer_core.testing needs pytest: pip install 'observer-core[testing]'" in kit.stderr
+
+
+@pytest.mark.slow
+def test_without_a_c_compiler_the_wheel_builds_with_the_front_end_interpreted(tmp_path):
+    built = build_wheel(tmp_path, {"CC": "false", "LDSHARED": "false"})  # every compile fails
+    names = zipfile.ZipFile(built).namelist()
+    assert compiled_front_end(names) == []
+    assert "observer_core/http/_connection.py" in names
 
 
 def run_as_documented(command: str, python: str, cwd: Path, index: Path) -> None:

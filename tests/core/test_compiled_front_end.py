@@ -1,0 +1,107 @@
+"""The HTTP front end compiled by mypyc (setup.py), and the same code run interpreted.
+
+The compiled modules are what an install runs (and what the rest of the suite tests);
+the pure-Python ones are what runs where no compiler was found, or with
+``OBSERVER_CORE_PURE=1`` at install time: a daemon on them is tested here too."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+
+import observer_core.http
+
+COMPILED = ("observer_core.http._connection", "observer_core.http._incoming")
+HTTP = Path(observer_core.http.__file__).parent
+EVENT = {"tool": "search", "input_summary": "q", "outcome": "success"}
+
+# Run first in the daemon (PYTHONPATH): the front end's modules from their .py files.
+SITECUSTOMIZE = """
+import importlib.abc, importlib.util, os, pathlib, sys
+
+PURE = ("observer_core.http._connection", "observer_core.http._incoming")
+
+
+class PureFrontEnd(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in PURE:
+            return None
+        for folder in path or ():
+            source = pathlib.Path(folder) / (name.rpartition(".")[2] + ".py")
+            if source.exists():
+                with open(os.environ["PURE_LOADED"], "a") as loaded:
+                    loaded.write(f"{source}\\n")
+                return importlib.util.spec_from_file_location(name, source)
+        return None
+
+
+sys.meta_path.insert(0, PureFrontEnd())
+"""
+
+
+@pytest.mark.skipif(
+    os.environ.get("OBSERVER_CORE_PURE", "") not in ("", "0"), reason="installed pure"
+)
+def test_the_installed_front_end_is_compiled_from_the_current_source():
+    for name in COMPILED:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None
+        built = HTTP / Path(spec.origin).name  # (mypyc's origin has the package twice)
+        assert built.suffix == ".so", f"{name} is not compiled: {built}"
+        sources = sorted(HTTP.glob("*.py"), key=lambda path: path.stat().st_mtime)
+        newest = sources[-1]
+        assert built.stat().st_mtime >= newest.stat().st_mtime, (
+            f"{built.name} is older than {newest.name}: run bash scripts/setup to rebuild it"
+        )
+
+
+def test_a_daemon_on_the_pure_python_front_end_serves_and_writes(observer_daemon, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+    loaded = tmp_path / "loaded.txt"
+    env = {"PYTHONPATH": os.pathsep.join([str(site), *sys.path]), "PURE_LOADED": str(loaded)}
+    daemon = observer_daemon.start(
+        textwrap.dedent(
+            """
+            [sources.http]
+            plugin = "http"
+            port = {port}
+            [sinks.ops]
+            plugin = "jsonl"
+            path = "ops.jsonl"
+            """
+        ),
+        env=env,
+    )
+    assert sorted(Path(line).name for line in loaded.read_text().split()) == [
+        "_connection.py",
+        "_incoming.py",
+    ]
+    with httpx.Client(base_url=daemon.url, timeout=10) as client:  # one kept connection
+        for number in range(3):
+            reply = client.post("/event", json={**EVENT, "input_summary": f"q{number}"})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["accepted"] is True
+        assert client.post("/event", content=b"{").status_code == 400
+    body = json.dumps({**EVENT, "input_summary": "piped"}).encode()
+    request = b"POST /event HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+        sock.sendall(request * 2)  # pipelined: both answered, in order
+        answers = b""
+        while answers.count(b"HTTP/1.1 200") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, answers
+            answers += chunk
+    assert daemon.stop() == 0
+    rows = [json.loads(line) for line in (daemon.directory / "ops.jsonl").read_text().splitlines()]
+    assert [row["input_summary"] for row in rows] == ["q0", "q1", "q2", "piped", "piped"]
