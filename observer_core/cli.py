@@ -19,10 +19,10 @@ import anyio
 from . import __version__
 from .analyzer_tests import run_files
 from .cli_args import add_config_command
+from .compiled import INGEST_PATH
 from .config import ConfigError, ObserverConfig, default_config_path, load_config
 from .describe import plugin_lines, resolved_toml
 from .engine import Engine, StartupError
-from .http import FRONT_END
 from .kinds import KINDS
 from .logs import setup_logging
 from .plugins import Registry, load_registry
@@ -215,9 +215,9 @@ def _run(args: argparse.Namespace) -> int:
         log.error("cannot use state_dir %s: %s", config.state_dir, exc)
         return EXIT_FAILURE
     log.info(
-        "observer-core %s starting (HTTP front end %s): config %s, state_dir %s, cycle %ss",
+        "observer-core %s starting (ingest path %s): config %s, state_dir %s, cycle %ss",
         __version__,
-        FRONT_END,
+        INGEST_PATH,
         config.path,
         config.state_dir,
         config.settings.cycle_secs,

@@ -14,8 +14,7 @@ import asyncio
 import logging
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from functools import partial
 from operator import attrgetter
 
@@ -107,6 +106,35 @@ class SinkPump:
             self.stopped.set()
 
 
+class Pause:
+    """:meth:`Dispatcher.paused`: an async context manager (a class, not a generator:
+    dispatch.py is compiled by mypyc, which has no async generators)."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._hold: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> None:
+        dispatcher = self._dispatcher
+        self._hold = dispatcher.hold = asyncio.get_running_loop().create_future()
+        try:
+            with anyio.fail_after(dispatcher.hold_secs):
+                while dispatcher._committing:
+                    await anyio.sleep(0.005)
+        except BaseException:
+            self._release()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        self._dispatcher.hold = None
+        if self._hold is not None:
+            self._hold.set_result(None)
+            self._hold = None
+
+
 class Dispatcher:
     """Takes ops in, commits them in groups: to the ack-holding op sinks, then the ring,
     the other op sinks' queues, the observing analyzers and the taps."""
@@ -193,20 +221,11 @@ class Dispatcher:
                 await pump.stopped.wait()
                 return
 
-    @asynccontextmanager
-    async def paused(self) -> AsyncIterator[None]:
-        """Commit nothing inside this block (sinks are being swapped): ops wait, at most
-        :attr:`hold_secs`, then get 503. The commit under way finishes first (bounded by
-        :attr:`hold_secs` too: TimeoutError)."""
-        hold = self.hold = asyncio.get_running_loop().create_future()
-        try:
-            with anyio.fail_after(self.hold_secs):
-                while self._committing:
-                    await anyio.sleep(0.005)
-            yield
-        finally:
-            self.hold = None
-            hold.set_result(None)
+    def paused(self) -> Pause:
+        """Commit nothing inside this block (``async with``; sinks are being swapped): ops
+        wait, at most :attr:`hold_secs`, then get 503. The commit under way finishes first
+        (bounded by :attr:`hold_secs` too: TimeoutError)."""
+        return Pause(self)
 
     async def unpaused(self) -> None:
         """Return once no pause is on (at most :attr:`hold_secs` from now)."""

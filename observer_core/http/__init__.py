@@ -29,7 +29,6 @@ The modules, one job each: ``_messages`` (what a handler sees and returns),
 share: limits, the memory budget, caches) and ``_server`` (`HttpServer`).
 """
 
-from . import _connection
 from ._limits import Connections, HeaderBytes, HeaderCount, HttpLimits, Seconds, Size, UrlBytes
 from ._messages import (
     LATER,
@@ -44,10 +43,6 @@ from ._messages import (
     json_error,
 )
 from ._server import HttpServer
-
-FRONT_END = "interpreted" if (_connection.__file__ or "").endswith(".py") else "compiled"
-"""How the request path runs: ``compiled`` by mypyc at install (setup.py), or
-``interpreted`` (installed with ``OBSERVER_CORE_PURE=1``, or where no C compiler was found)."""
 
 __all__ = [
     "LATER",

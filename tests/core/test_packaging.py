@@ -63,16 +63,16 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
-COMPILED = ["_compiled__mypyc", "_connection", "_incoming"]
+COMPILED = ["_compiled__mypyc", "_connection", "_incoming", "dispatch"]
 HAS_COMPILER = shutil.which(str(sysconfig.get_config_var("CC") or "cc").split()[0]) is not None
 
 
-def compiled_front_end(names: list[str]) -> list[str]:
-    """The HTTP front end's compiled modules among a wheel's files (setup.py)."""
+def compiled_modules(names: list[str]) -> list[str]:
+    """The ingest path's compiled modules among a wheel's files (setup.py)."""
     return sorted(
         name.split("/")[-1].split(".")[0]
         for name in names
-        if name.startswith("observer_core/http/") and name.endswith(".so")
+        if name.startswith("observer_core/") and name.endswith(".so")
     )
 
 
@@ -95,10 +95,10 @@ def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(wheel
     for init in inits:  # every package of the source is in the wheel
         package = init.replace("plugins/", "observer_plugins/", 1)
         assert package in names, f"{package} is not in the wheel: list it in pyproject.toml"
-    # The front end is compiled where there is a C compiler, its source shipped beside;
+    # The ingest path is compiled where there is a C compiler, its source shipped beside;
     # mypyc's runtime is inside the package, not a top-level module.
-    assert compiled_front_end(names) == (COMPILED if HAS_COMPILER else [])
-    assert {"observer_core/http/_connection.py", "observer_core/http/_incoming.py"} <= set(names)
+    assert compiled_modules(names) == (COMPILED if HAS_COMPILER else [])
+    assert {"observer_core/http/_connection.py", "observer_core/_engine/dispatch.py"} <= set(names)
     assert not [name for name in top_level if "mypyc" in name]
     [entry_points] = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     assert "observer_core = observer_core.testing.plugin" in archive.read(entry_points).decode()
@@ -123,8 +123,8 @@ def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(wheel
     )
     assert init.returncode == 0
 
-    front_end = [python, "-c", "from observer_core.http import FRONT_END; print(FRONT_END)"]
-    answer = subprocess.run(front_end, capture_output=True, text=True, cwd=tmp_path).stdout
+    ingest_path = [python, "-c", "from observer_core.compiled import INGEST_PATH as it; print(it)"]
+    answer = subprocess.run(ingest_path, capture_output=True, text=True, cwd=tmp_path).stdout
     assert answer == ("compiled\n" if HAS_COMPILER else "interpreted\n")
 
     kit = subprocess.run([python, "-c", "import observer_core.testing"], capture_output=True)
@@ -133,10 +133,10 @@ def test_wheel_installs_in_a_fresh_venv_without_a_top_level_plugins_module(wheel
 
 
 @pytest.mark.slow
-def test_without_a_c_compiler_the_wheel_builds_with_the_front_end_interpreted(tmp_path):
+def test_without_a_c_compiler_the_wheel_builds_with_the_ingest_path_interpreted(tmp_path):
     built = build_wheel(tmp_path, {"CC": "false", "LDSHARED": "false"})  # every compile fails
     names = zipfile.ZipFile(built).namelist()
-    assert compiled_front_end(names) == []
+    assert compiled_modules(names) == []
     assert "observer_core/http/_connection.py" in names
 
 

@@ -1,4 +1,4 @@
-"""The HTTP front end compiled by mypyc (setup.py), and the same code run interpreted.
+"""The ingest path compiled by mypyc (setup.py), and the same code run interpreted.
 
 The compiled modules are what an install runs (and what the rest of the suite tests);
 the pure-Python ones are what runs where no compiler was found, or with
@@ -6,7 +6,6 @@ the pure-Python ones are what runs where no compiler was found, or with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -17,20 +16,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-import observer_core.http
+from observer_core.compiled import INGEST_PATH, MODULES
 
-COMPILED = ("observer_core.http._connection", "observer_core.http._incoming")
-HTTP = Path(observer_core.http.__file__).parent
+PACKAGE = Path(__file__).resolve().parents[2] / "observer_core"
 EVENT = {"tool": "search", "input_summary": "q", "outcome": "success"}
 
-# Run first in the daemon (PYTHONPATH): the front end's modules from their .py files.
-SITECUSTOMIZE = """
+# Run first in the daemon (PYTHONPATH): the compiled modules from their .py files.
+SITECUSTOMIZE = (
+    f"PURE = {[module.__name__ for module in MODULES]!r}\n"
+    + """
 import importlib.abc, importlib.util, os, pathlib, sys
 
-PURE = ("observer_core.http._connection", "observer_core.http._incoming")
 
-
-class PureFrontEnd(importlib.abc.MetaPathFinder):
+class PureIngestPath(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name not in PURE:
             return None
@@ -43,27 +41,29 @@ class PureFrontEnd(importlib.abc.MetaPathFinder):
         return None
 
 
-sys.meta_path.insert(0, PureFrontEnd())
+sys.meta_path.insert(0, PureIngestPath())
 """
+)
 
 
 @pytest.mark.skipif(
     os.environ.get("OBSERVER_CORE_PURE", "") not in ("", "0"), reason="installed pure"
 )
-def test_the_installed_front_end_is_compiled_from_the_current_source():
-    for name in COMPILED:
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.origin is not None
-        built = HTTP / Path(spec.origin).name  # (mypyc's origin has the package twice)
-        assert built.suffix == ".so", f"{name} is not compiled: {built}"
-        sources = sorted(HTTP.glob("*.py"), key=lambda path: path.stat().st_mtime)
-        newest = sources[-1]
+def test_the_installed_ingest_path_is_compiled_from_the_current_source():
+    assert INGEST_PATH == "compiled"
+    for module in MODULES:
+        origin = module.__spec__.origin if module.__spec__ else None
+        assert origin is not None and origin.endswith(".so"), module.__name__
+        # (mypyc's origin names the package twice: the file is found by its name)
+        [built] = PACKAGE.rglob(Path(origin).name)
+        folder = built.parent
+        newest = max(folder.glob("*.py"), key=lambda path: path.stat().st_mtime)
         assert built.stat().st_mtime >= newest.stat().st_mtime, (
             f"{built.name} is older than {newest.name}: run bash scripts/setup to rebuild it"
         )
 
 
-def test_a_daemon_on_the_pure_python_front_end_serves_and_writes(observer_daemon, tmp_path):
+def test_a_daemon_on_the_interpreted_ingest_path_serves_and_writes(observer_daemon, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
@@ -85,7 +85,9 @@ def test_a_daemon_on_the_pure_python_front_end_serves_and_writes(observer_daemon
     assert sorted(Path(line).name for line in loaded.read_text().split()) == [
         "_connection.py",
         "_incoming.py",
+        "dispatch.py",
     ]
+    assert "(ingest path interpreted)" in daemon.logs()
     with httpx.Client(base_url=daemon.url, timeout=10) as client:  # one kept connection
         for number in range(3):
             reply = client.post("/event", json={**EVENT, "input_summary": f"q{number}"})
