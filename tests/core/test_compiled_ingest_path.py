@@ -6,6 +6,7 @@ the pure-Python ones are what runs where no compiler was found, or with
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -44,6 +45,20 @@ class PureIngestPath(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, PureIngestPath())
 """
 )
+
+
+def test_setup_compiles_the_modules_that_compiled_py_lists():
+    """setup.py and observer_core/compiled.py each list them (the build can't import the
+    package): the startup log's "compiled" must mean what the build compiled."""
+    tree = ast.parse((PACKAGE.parent / "setup.py").read_text(encoding="utf-8"))
+    [listed] = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(target, ast.Name) and target.id == "COMPILED" for target in node.targets)
+    ]
+    built = sorted(path.removesuffix(".py").replace("/", ".") for path in ast.literal_eval(listed))
+    assert built == sorted(module.__name__ for module in MODULES)
 
 
 @pytest.mark.skipif(
