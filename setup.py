@@ -19,7 +19,9 @@ from setuptools import Extension, setup
 
 COMPILED = [
     "observer_core/http/_connection.py",
+    "observer_core/http/_framing.py",
     "observer_core/http/_incoming.py",
+    "observer_core/http/_shared.py",
     "observer_core/_engine/dispatch.py",
 ]
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from ._engine import dispatch
-from .http import _connection, _incoming
+from .http import _connection, _framing, _incoming, _shared
 
-MODULES: tuple[ModuleType, ...] = (_connection, _incoming, dispatch)
+MODULES: tuple[ModuleType, ...] = (_connection, _framing, _incoming, _shared, dispatch)
 """The modules setup.py compiles (its ``COMPILED``)."""
 
 INGEST_PATH = (

@@ -25,7 +25,7 @@ a handler sets only a ``content-length`` header, and only on a streamed response
 The modules, one job each: ``_messages`` (what a handler sees and returns),
 ``_limits`` (`HttpLimits`), ``_framing`` (the bytes of heads and status lines),
 ``_incoming`` (what belongs to one request), ``_connection`` (one connection: its
-`State`, parsing, answering in order), ``_shared`` (what a listener's connections
+state, parsing, answering in order), ``_shared`` (what a listener's connections
 share: limits, the memory budget, caches) and ``_server`` (`HttpServer`).
 """
 

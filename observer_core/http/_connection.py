@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -44,36 +43,40 @@ from ._messages import (
 )
 from ._shared import Shared
 
-_PIPELINE_LIMIT = 16  # requests queued on one connection before it stops reading
-_RESUME_AT = _PIPELINE_LIMIT // 2  # ... and starts again
-_STREAM_BUFFER = 256 << 10  # a streamed body's bytes not yet taken before reading pauses
-_LINGER_SECONDS = 2.0  # after an error response, how long to drain unread input
+# The names of other modules read per request, as this module's own ``Final`` ones: compiled,
+# those are C statics, where an imported name is looked up in the module's dict each time.
+_Request: Final = Request
+_Response: Final = Response
+_LATER: Final = LATER
+_STREAM: Final = STREAM
+
+_PIPELINE_LIMIT: Final = 16  # requests queued on one connection before it stops reading
+_RESUME_AT: Final = _PIPELINE_LIMIT // 2  # ... and starts again
+_STREAM_BUFFER: Final = 256 << 10  # a streamed body's bytes not yet taken before reading pauses
+_LINGER_SECONDS: Final = 2.0  # after an error response, how long to drain unread input
 
 
-class State(enum.IntEnum):
-    """Where a connection is. In order: from DONE on no request is parsed, from LINGERING
-    on no response is written. (Answering runs beside reading: requests pipelined behind
-    one being answered are read and queued; see ``Connection._busy``.)"""
+# Where a connection is (``Connection._state``). In order: from DONE on no request is
+# parsed, from LINGERING on no response is written. (Answering runs beside reading: requests
+# pipelined behind one being answered are read and queued; see ``Connection._busy``.)
+# Plain ``Final`` ints, not an enum: compiled, a test of the state is a C comparison rather
+# than a lookup of the name and a comparison of objects (measured: bench/instructions.py).
+IDLE: Final = 0
+"""Between requests: the next one may begin (a new connection's first head is timed)."""
+HEAD: Final = 1
+"""A request's head is arriving (``header_timeout_secs``)."""
+BODY: Final = 2
+"""Its body, and a chunked body's trailers, are arriving (``body_timeout_secs``)."""
+DONE: Final = 3
+"""No further request is read: what is queued is answered, then the connection closes."""
+LINGERING: Final = 4
+"""Answered and half-closed after an error: unread input is drained a while, then close."""
+CLOSED: Final = 5
+"""Closed: what was written is flushing to the client."""
+LOST: Final = 6
+"""The transport is gone."""
 
-    IDLE = 0
-    """Between requests: the next one may begin (a new connection's first head is timed)."""
-    HEAD = 1
-    """A request's head is arriving (``header_timeout_secs``)."""
-    BODY = 2
-    """Its body, and a chunked body's trailers, are arriving (``body_timeout_secs``)."""
-    DONE = 3
-    """No further request is read: what is queued is answered, then the connection closes."""
-    LINGERING = 4
-    """Answered and half-closed after an error: unread input is drained a while, then close."""
-    CLOSED = 5
-    """Closed: what was written is flushing to the client."""
-    LOST = 6
-    """The transport is gone."""
-
-
-IDLE, HEAD, BODY, DONE, LINGERING, CLOSED, LOST = State
-
-FIRST_REQUEST_GRACE = 1.0
+FIRST_REQUEST_GRACE: Final = 1.0
 """Seconds a server that is stopping waits for a new connection's first request."""
 
 
@@ -122,7 +125,7 @@ class Connection:
         self._wakeup: asyncio.Future[None] | None = None
         self._later: Incoming | None = None  # the request whose handler returned LATER
         self._later_waiter: asyncio.Future[Response] | None = None  # the task awaits its reply
-        self._state = IDLE
+        self._state: int = IDLE
         self._incoming = Incoming()  # the request being read (or the last one read)
         self._big_read = False  # the read being parsed is big (see data_received)
         self._head_open = False  # an incomplete head was left in the parser by a read ...
@@ -201,7 +204,7 @@ class Connection:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._feed_failed(data, exc)
-        if self._state is HEAD:
+        if self._state == HEAD:
             self._head_left_open()
 
     def _receive_checked(self, data: bytes) -> None:
@@ -222,7 +225,7 @@ class Connection:
                 self._feed(data)
         finally:
             self._big_read = False
-        if self._state is HEAD:
+        if self._state == HEAD:
             self._head_left_open()
         else:
             self._head_open = False
@@ -290,7 +293,7 @@ class Connection:
         self._client_left()
         # A half-closed connection still gets the answers to what it sent, then is closed;
         # but a stream (server-sent events) is for a reader that has left: end it.
-        return True if self._busy and not self._streaming and self._state is not LINGERING else None
+        return True if self._busy and not self._streaming and self._state != LINGERING else None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -307,7 +310,7 @@ class Connection:
     def on_url(self, url: bytes) -> None:
         # The first piece of a request's URL begins the message: one callback fewer per
         # request than on_message_begin (the request line's method is all that came before).
-        if self._state is not IDLE:
+        if self._state != IDLE:
             self._more_url(url)
             return
         self._state = HEAD
@@ -341,7 +344,7 @@ class Connection:
         """A further piece of the target (it came in several reads): kept in a list."""
         if self._replaying:
             return
-        if self._state is not HEAD:  # no request is read any more: it is not begun
+        if self._state != HEAD:  # no request is read any more: it is not begun
             raise _StopParsing
         incoming = self._incoming
         if incoming.url_parts is None:
@@ -410,13 +413,13 @@ class Connection:
         self._stop()
         self._linger_on_close = True
         self._deadline = None
-        if self._state is not LOST:
+        if self._state != LOST:
             self._pause_reading()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         incoming = self._incoming
         # A chunked trailer, or a replayed head (see _replay): their requests are unusual.
-        if incoming.unusual and self._state is BODY:
+        if incoming.unusual and self._state == BODY:
             self._trailer(name, value)
             return
         name = name.lower()
@@ -537,10 +540,10 @@ class Connection:
                 early = self._handler.precheck(incoming.method, incoming.path, incoming.headers)
             except Exception:
                 early = self._precheck_failed(incoming)
-            if incoming.content_length > server._max_body and (early is None or early is STREAM):
+            if incoming.content_length > server._max_body and (early is None or early is _STREAM):
                 server._rejected(413)
                 early = json_error(413, self._body_too_large())
-        if early is not None and isinstance(early, Response):
+        if early is not None and isinstance(early, _Response):
             if has_body:  # answer without reading the body, then close
                 self._fail(early, own=False)
                 raise _StopParsing
@@ -561,7 +564,7 @@ class Connection:
                     self._transport.write(CONTINUE)
                 else:  # earlier responses go first
                     incoming.continue_pending = True
-            if early is STREAM:
+            if early is _STREAM:
                 self._start_stream(incoming)
             elif not incoming.chunked:
                 # max_inflight_bytes: the body is counted once, now, rather than per piece.
@@ -593,7 +596,7 @@ class Connection:
         incoming.unusual = True  # (keep_alive, http10)
         keep_alive = incoming.keep_alive = self._parser.should_keep_alive()
         incoming.http10 = (not keep_alive or incoming.connection_header) and self._is_http10()
-        incoming.answer = Request(
+        incoming.answer = _Request(
             incoming.method,
             incoming.path,
             incoming.query,
@@ -702,7 +705,7 @@ class Connection:
             self._deadline = None
             self._state = IDLE
         body = incoming.body
-        request = Request(
+        request = _Request(
             incoming.method,
             incoming.path,
             incoming.query,
@@ -720,10 +723,10 @@ class Connection:
             answer = self._handler.handle(request)
         except Exception:
             answer = self._handler_failed(request)
-        if answer is LATER:
+        if answer is _LATER:
             self._busy = True
             self._later = incoming
-        elif isinstance(answer, Response) and answer.stream is None:
+        elif isinstance(answer, _Response) and answer.stream is None:
             self._deliver(answer, incoming)
         else:
             incoming.answer = cast(AnswerItem, answer)
@@ -762,7 +765,7 @@ class Connection:
     # -- the client leaving ----------------------------------------------------------------
 
     def _watch_left(self, callback: Callable[[], None]) -> Callable[[], None]:
-        if self._state is LOST or self._eof:
+        if self._state == LOST or self._eof:
             self._loop.call_soon(callback)
             return _nothing
         self._on_left.add(callback)
@@ -807,12 +810,12 @@ class Connection:
                 answer = self._handler.handle(request)
             except Exception:
                 answer = self._handler_failed(request)
-            if answer is LATER:
+            if answer is _LATER:
                 self._busy = True
                 self._later = incoming
                 return True
             incoming.answer = cast(AnswerItem, answer)
-        if isinstance(answer, Response) and answer.stream is None:
+        if isinstance(answer, _Response) and answer.stream is None:
             self._deliver(answer, incoming)
             return True
         return False
@@ -865,14 +868,15 @@ class Connection:
         """Send a (non-streamed) response outside the task, then go idle or on."""
         # The usual answer: to a usual request (keep-alive, HTTP/1.1, not HEAD: see
         # Incoming.unusual) on a connection between requests (so no body is streaming in).
-        usual = self._state is IDLE and not incoming.unusual and not self._shutdown
-        if usual and not response.headers and response.status not in NO_BODY_STATUSES:
+        usual = self._state == IDLE and not incoming.unusual and not self._shutdown
+        status = response.status  # (read once: compiled, each read of a Struct's is a lookup)
+        if usual and not response.headers and status not in NO_BODY_STATUSES:
             # _send's usual case, inline: measured, its call cost ~1,600 instructions per POST
             # /event (bench/instructions.py). (_last_answer's is keep-alive.)
             keep_alive = True
             try:  # (a body that is not bytes raises here when compiled: _send answers 500)
                 body = response.body
-                prefix = self._prefixes[response.status, response.content_type]
+                prefix = self._prefixes[status, response.content_type]
                 data = b"".join((prefix, b"Content-Length: %d\r\n" % len(body), CRLF, body))
             except Exception:  # a prefix not cached yet, or a malformed response: _send
                 self._send(response, True, False, False)
@@ -926,7 +930,7 @@ class Connection:
         state = self._state
         if stream is not None:  # the body still arriving: what its handler has not taken
             keep = stream._buffered
-        elif state is BODY:  # the body being read: counted at its head, or as it came
+        elif state == BODY:  # the body being read: counted at its head, or as it came
             incoming = self._incoming
             keep = sum(map(len, incoming.body)) if incoming.chunked else incoming.content_length
         else:
@@ -963,14 +967,14 @@ class Connection:
 
     async def _answer(self, item: AnswerItem) -> Response:
         """The response to a queued item (the task's side of answering)."""
-        if isinstance(item, Response):
+        if isinstance(item, _Response):
             return item
         request = item if isinstance(item, Request) else None
         answer = self._call_handler(item) if isinstance(item, Request) else item
-        if isinstance(answer, Response):
+        if isinstance(answer, _Response):
             return answer
         try:
-            if answer is LATER:
+            if answer is _LATER:
                 self._later = Incoming(answer=item)
                 waiter: asyncio.Future[Response] = self._loop.create_future()
                 self._later_waiter = waiter
@@ -1021,7 +1025,7 @@ class Connection:
         finally:
             self._busy = False
             self._task = None
-            if self._state is LOST:
+            if self._state == LOST:
                 server._forget(self)
 
     async def _send_stream_checked(
@@ -1095,7 +1099,7 @@ class Connection:
             if head:
                 return keep_alive
             async for chunk in stream:
-                if self._state is LOST:
+                if self._state == LOST:
                     return False
                 if not chunk:
                     continue  # an empty chunk would end a chunked body
@@ -1116,12 +1120,12 @@ class Connection:
                 return False
             return keep_alive
         except asyncio.CancelledError:
-            if self._state is not LOST:
+            if self._state != LOST:
                 raise
             _uncancel()  # our own cancel from connection_lost: the client left
             return False
         except Exception:
-            if self._state is not LOST:
+            if self._state != LOST:
                 self._server._log_exception("stream", "response stream failed")
             return False  # the body is cut short: closing tells the client
         finally:
@@ -1135,7 +1139,7 @@ class Connection:
         try:
             await aclose()
         except asyncio.CancelledError:
-            if self._state is not LOST:
+            if self._state != LOST:
                 raise
             _uncancel()
         except Exception:
@@ -1143,7 +1147,7 @@ class Connection:
 
     async def _drain(self) -> None:
         """Wait for the client to read what was written: at most ``send_timeout``."""
-        if self._state is LOST or not self._write_paused:
+        if self._state == LOST or not self._write_paused:
             return
         if self._drain_waiter is None:
             self._drain_waiter = self._loop.create_future()
@@ -1175,12 +1179,12 @@ class Connection:
             self._close()
             return
         incoming = self._incoming
-        if incoming.continue_pending and state is BODY:
+        if incoming.continue_pending and state == BODY:
             incoming.continue_pending = False
             self._transport.write(CONTINUE)
         if self._reading_paused and state < DONE:
             self._resume_reading()
-        if state is IDLE or state is DONE:
+        if state in (IDLE, DONE):
             self._set_deadline(self._server._idle_timeout)
 
     def _pause_reading(self) -> None:
@@ -1190,14 +1194,14 @@ class Connection:
 
     def _resume_reading(self) -> None:
         if self._reading_paused and not (
-            self._state is LOST or self._memory_paused or self._stream_full
+            self._state == LOST or self._memory_paused or self._stream_full
         ):
             self._reading_paused = False
             self._transport.resume_reading()
             state = self._state
-            if state is HEAD or state is BODY:  # the pause was ours, not the client's
+            if state in (HEAD, BODY):  # the pause was ours, not the client's
                 server = self._server
-                timeout = server._body_timeout if state is BODY else server._header_timeout
+                timeout = server._body_timeout if state == BODY else server._header_timeout
                 self._set_deadline(timeout, request=True)
 
     def _close(self) -> None:
@@ -1229,7 +1233,7 @@ class Connection:
         state = self._state
         if self._busy or HEAD <= state <= BODY:
             return
-        if state is IDLE and self._request_timer:  # no request yet (see _set_deadline)
+        if state == IDLE and self._request_timer:  # no request yet (see _set_deadline)
             self._set_deadline(min(FIRST_REQUEST_GRACE, self._server._header_timeout))
             return
         self._close()
@@ -1237,7 +1241,7 @@ class Connection:
     def abort(self) -> asyncio.Task[None] | None:
         """Close at once; return the running task, if any."""
         state = self._state
-        if state is not LOST:
+        if state != LOST:
             if state < CLOSED:
                 self._state = CLOSED
             self._transport.abort()
@@ -1257,7 +1261,7 @@ class Connection:
 
     def _timeout_error(self) -> Response:
         server = self._server
-        if self._state is BODY:
+        if self._state == BODY:
             key, timeout = "body_timeout_secs", server._body_timeout
             what = "request body"
         else:

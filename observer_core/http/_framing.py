@@ -5,29 +5,30 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
+from typing import Final
 
 from ..http_guard import BROWSER_HEADERS
 from ._messages import json_error
 
-METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+METHODS: Final = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 """The usual methods, by their bytes (HEAD is not one: its request is ``unusual``)."""
-SPECIAL_HEADERS = frozenset(
+SPECIAL_HEADERS: Final = frozenset(
     (b"content-length", b"host", b"transfer-encoding", b"expect", b"connection", *BROWSER_HEADERS)
 )
-TARGET_CACHE_MAX = 256  # request targets whose (path, query) split is remembered ...
-TARGET_CACHE_KEY_MAX = 512  # ... if no longer than this: the cache holds at most 128 KiB
+TARGET_CACHE_MAX: Final = 256  # request targets whose (path, query) split is remembered ...
+TARGET_CACHE_KEY_MAX: Final = 512  # ... if no longer than this: the cache holds at most 128 KiB
 # The request line is method SP target SP HTTP/x.y (10 bytes besides method and target; the
 # shortest method has 3); a header line is name ":" value CRLF (whitespace around the value
 # is not counted: it is not kept); the head ends with CRLF.
-LINE_EXTRA = 10
-FIELD_EXTRA = 3
-MIN_METHOD = 3
-BAD_TARGET = re.compile(rb"[\x00-\x1f#\x7f]")  # a fragment, or a control character
-STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-NO_BODY_STATUSES = frozenset((*range(100, 200), 204, 304))
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-CRLF = b"\r\n"
-LAST_CHUNK = b"0\r\n\r\n"
+LINE_EXTRA: Final = 10
+FIELD_EXTRA: Final = 3
+MIN_METHOD: Final = 3
+BAD_TARGET: Final = re.compile(rb"[\x00-\x1f#\x7f]")  # a fragment, or a control character
+STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+NO_BODY_STATUSES: Final = frozenset((*range(100, 200), 204, 304))
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+CRLF: Final = b"\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def header_line(name: str, value: str) -> bytes:
@@ -37,8 +38,8 @@ def header_line(name: str, value: str) -> bytes:
     return line.encode("latin-1") + CRLF
 
 
-BUSY_BODY = json_error(503, "too many connections").body
-BUSY = b"".join(
+BUSY_BODY: Final = json_error(503, "too many connections").body
+BUSY: Final = b"".join(
     (
         STATUS_LINES[503],
         b"Content-Type: application/json\r\nConnection: close\r\n",

@@ -30,7 +30,7 @@ from observer_core.http import (
     Response,
     Stream,
 )
-from observer_core.http._connection import FIRST_REQUEST_GRACE, State
+from observer_core.http._connection import BODY, CLOSED, FIRST_REQUEST_GRACE, HEAD, IDLE
 
 pytestmark = pytest.mark.anyio
 
@@ -408,7 +408,7 @@ async def test_a_usual_request_after_unusual_ones_starts_afresh() -> None:
         await eventually(lambda: len(server._connections) == 1)
         (server_conn,) = server._connections
         await conn.send(b"GET /ec")
-        await eventually(lambda: server_conn._state is State.HEAD)
+        await eventually(lambda: server_conn._state == HEAD)
         await conn.send(b"ho?split HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert json.loads((await conn.response()).body)["query"] == "split"
         await usual()
@@ -1355,20 +1355,20 @@ async def test_a_connection_is_in_one_state_at_a_time() -> None:
     async with serving() as server, connection(server) as conn:
         await eventually(lambda: len(server._connections) == 1)
         (server_conn,) = server._connections
-        assert server_conn._state is State.IDLE
+        assert server_conn._state == IDLE
         request = post("/echo", b"abc")
         head, body = request[:-3], request[-3:]
         await conn.send(head[:10])
-        await eventually(lambda: server_conn._state is State.HEAD)
+        await eventually(lambda: server_conn._state == HEAD)
         await conn.send(head[10:])
-        await eventually(lambda: server_conn._state is State.BODY)
+        await eventually(lambda: server_conn._state == BODY)
         await conn.send(body)
         assert (await conn.response()).status == 200
-        assert server_conn._state is State.IDLE
+        assert server_conn._state == IDLE
         await conn.send(get("/echo", "Connection: close"))
         assert (await conn.response()).status == 200
         assert await conn.closed_by_server()
-        assert server_conn._state >= State.CLOSED
+        assert server_conn._state >= CLOSED
 
 
 async def test_a_content_length_body_counts_toward_max_inflight_bytes_from_its_head() -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from observer_core.compiled import MODULES
+
 ROOT = Path(__file__).resolve().parents[2]
 TICKER = ROOT / "tests" / "fixtures" / "observer-ticker"
 EXAMPLE = ROOT / "examples" / "observer-source-example"
@@ -63,7 +65,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
-COMPILED = ["_compiled__mypyc", "_connection", "_incoming", "dispatch"]
+COMPILED = sorted(["_compiled__mypyc", *(module.__name__.rpartition(".")[2] for module in MODULES)])
+"""The extensions a wheel built with a compiler holds: mypyc's runtime and the modules."""
 HAS_COMPILER = shutil.which(str(sysconfig.get_config_var("CC") or "cc").split()[0]) is not None
 
 
