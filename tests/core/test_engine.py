@@ -175,8 +175,8 @@ async def test_concurrent_emits_share_one_write_in_order(tmp_path):
 
 
 async def test_backed_up_input_is_refused_not_acknowledged(tmp_path, monkeypatch):
-    monkeypatch.setattr(dispatch, "MAX_PENDING_OPS", 10)
     engine = make_engine(tmp_path, GATED)
+    engine.dispatcher.max_pending = 10
     results: list[object] = []
     async with engine.running() as inputs:
         inputs.start_soon(emit_all, engine, [[op(0)]], results)
@@ -194,8 +194,8 @@ async def test_a_batch_larger_than_the_pending_bound_is_too_large_not_backed_up(
     tmp_path, monkeypatch
 ):
     """No retry can clear it: BatchTooLarge (a source answers 413), not 503 Retry-After."""
-    monkeypatch.setattr(dispatch, "MAX_PENDING_OPS", 10)
     engine = make_engine(tmp_path, GATED)
+    engine.dispatcher.max_pending = 10
     GateSink.gate.set()
     results: list[object] = []
     async with engine.running():
@@ -310,8 +310,8 @@ async def _lone(engine: Engine) -> None:
 
 async def test_commit_now_commits_a_lone_request_in_the_call(tmp_path, monkeypatch):
     NowSink.batches = []
-    monkeypatch.setattr(dispatch, "MAX_PENDING_OPS", 10)
     engine = make_engine(tmp_path, "[observer]\ncycle_secs = 3600\n[sinks.now]\n")
+    engine.dispatcher.max_pending = 10
     async with engine.running():
         await _lone(engine)
         assert engine.emitter.commit_now([op(1)]) is True
