@@ -19,6 +19,7 @@ from ._framing import (
     CONTINUE,
     CRLF,
     FIELD_EXTRA,
+    HEADER_NAMES,
     LAST_CHUNK,
     LINE_EXTRA,
     METHODS,
@@ -118,6 +119,8 @@ class Connection:
         self._small_read = min(server._url_room, server._max_head)
         self._max_headers = server._max_headers
         self._prefixes = server._prefixes  # the response prefixes' cache (see _send)
+        self._lengths = server._lengths  # Content-Length values (on_header) ...
+        self._length_lines = server._length_lines  # ... and lines (_deliver)
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Incoming] = deque()
         self._task: asyncio.Task[None] | None = None  # answers requests; lives with the connection
@@ -422,11 +425,15 @@ class Connection:
         if incoming.unusual and self._state == BODY:
             self._trailer(name, value)
             return
-        name = name.lower()
+        lowered = HEADER_NAMES.get(name)
+        name = lowered if lowered is not None else name.lower()
         incoming.headers.append((name, value))
         if name in SPECIAL_HEADERS:
             if name == b"content-length":
-                incoming.content_length = int(value)  # llhttp has validated it
+                length = self._lengths.get(value)
+                incoming.content_length = (
+                    length if length is not None else self._server._length_of(value)
+                )
             elif name == b"host":
                 if incoming.host is None:
                     incoming.host = value
@@ -877,7 +884,8 @@ class Connection:
             try:  # (a body that is not bytes raises here when compiled: _send answers 500)
                 body = response.body
                 prefix = self._prefixes[status, response.content_type]
-                data = b"".join((prefix, b"Content-Length: %d\r\n" % len(body), CRLF, body))
+                line = self._length_lines.get(len(body)) or self._server._length_line(len(body))
+                data = b"".join((prefix, line, body))
             except Exception:  # a prefix not cached yet, or a malformed response: _send
                 self._send(response, True, False, False)
             else:

@@ -15,6 +15,33 @@ METHODS: Final = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH
 SPECIAL_HEADERS: Final = frozenset(
     (b"content-length", b"host", b"transfer-encoding", b"expect", b"connection", *BROWSER_HEADERS)
 )
+_COMMON_HEADERS = (
+    b"accept",
+    b"accept-encoding",
+    b"accept-language",
+    b"authorization",
+    b"cache-control",
+    b"connection",
+    b"content-length",
+    b"content-type",
+    b"cookie",
+    b"expect",
+    b"host",
+    b"origin",
+    b"referer",
+    b"sec-fetch-site",
+    b"traceparent",
+    b"transfer-encoding",
+    b"user-agent",
+)
+HEADER_NAMES: Final = {
+    spelling: name for name in _COMMON_HEADERS for spelling in (name, name.title(), name.upper())
+}
+"""Common header names as clients spell them (lower-case, ``Content-Length``, upper-case),
+to their lower-case form: one lookup per header rather than ``bytes.lower()`` and a hash of
+its new result (other spellings are lowered)."""
+LENGTH_CACHE_MAX: Final = 1024  # Content-Length values (and lines) remembered, per listener
+LENGTH_KEY_MAX: Final = 10  # ... of at most this many digits: at most ~100 KiB each cache
 TARGET_CACHE_MAX: Final = 256  # request targets whose (path, query) split is remembered ...
 TARGET_CACHE_KEY_MAX: Final = 512  # ... if no longer than this: the cache holds at most 128 KiB
 # The request line is method SP target SP HTTP/x.y (10 bytes besides method and target; the

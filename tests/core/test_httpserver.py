@@ -31,6 +31,7 @@ from observer_core.http import (
     Stream,
 )
 from observer_core.http._connection import BODY, CLOSED, FIRST_REQUEST_GRACE, HEAD, IDLE
+from observer_core.http._framing import LENGTH_CACHE_MAX, LENGTH_KEY_MAX
 
 pytestmark = pytest.mark.anyio
 
@@ -1037,6 +1038,37 @@ async def test_target_cache_is_bounded_in_bytes() -> None:
             assert (await conn.response()).status == 404
         assert len(server._shared._targets) <= 256
         assert sum(map(len, server._shared._targets)) <= 256 * 512
+
+
+async def test_header_names_in_any_spelling_and_content_lengths_are_read_alike() -> None:
+    """Common names are looked up (HEADER_NAMES), others lowered; Content-Length values are
+    remembered: every spelling reads the same, and what is remembered is bounded."""
+    app = App()
+    async with serving(app) as server, connection(server) as conn:
+        spellings = ["Content-Length", "content-length", "CONTENT-LENGTH", "cOnTeNt-LeNgTh"]
+        for number, name in enumerate(spellings):
+            body = b"x" * (number + 1)
+            head = f"POST /echo HTTP/1.1\r\nHOST: 127.0.0.1\r\nX-Odd-Name: 1\r\n{name}: "
+            for digits in (str(len(body)), f"000{len(body)}"):  # a cached value, then not
+                await conn.send(f"{head}{digits}\r\n\r\n".encode() + body)
+                r = await conn.response()
+                assert r.status == 200 and json.loads(r.body)["body"] == body.decode()
+        for request in app.requests:
+            assert [name for name, _ in request.headers] == [
+                b"host",
+                b"x-odd-name",
+                b"content-length",
+            ]
+        for size in range(1, 1100):  # more sizes than either cache keeps
+            await conn.send(post("/echo", b"y" * size))
+            r = await conn.response()
+            assert r.status == 200 and json.loads(r.body)["body"] == "y" * size
+        shared = server._shared
+        assert (
+            len(shared._lengths) <= LENGTH_CACHE_MAX
+            and len(shared._length_lines) <= LENGTH_CACHE_MAX
+        )
+        assert max(map(len, shared._lengths)) <= LENGTH_KEY_MAX
 
 
 @pytest.mark.parametrize(
