@@ -49,17 +49,23 @@ class _Transport:
 
 
 async def _requests(rounds: int, batch: int) -> None:
-    from inproc import build_engine, component
-
-    from observer_core import Source
-    from observer_core.http._connection import Connection
-
     body, path = (batch_body(batch), b"/events") if batch else (event_body(), b"/event")
     request = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" % path
     request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     tables = '[sources.http]\nplugin = "http"\nport = 0\n'
     tables += '[sinks.ops]\nplugin = "jsonl"\npath = "ops.jsonl"\nfsync = "never"\n'
-    engine = build_engine(Path(tempfile.mkdtemp()), tables)
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as folder:
+        # (the file is removed after: a --batch 100 run writes ~460 MB of it)
+        await _serve(Path(folder), tables, request, rounds)
+
+
+async def _serve(folder: Path, tables: str, request: bytes, rounds: int) -> None:
+    from inproc import build_engine, component
+
+    from observer_core import Source
+    from observer_core.http._connection import Connection
+
+    engine = build_engine(folder, tables)
     loop = asyncio.get_running_loop()
     counter: dict[str, Any] = {"answered": 0, "done": asyncio.Event()}
     async with engine.running() as inputs:
