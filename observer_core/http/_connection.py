@@ -897,7 +897,8 @@ class Connection:
             try:  # (a body that is not bytes raises here when compiled: _send answers 500)
                 body = response.body
                 prefix = self._prefixes[status, response.content_type]
-                line = self._length_lines.get(len(body)) or self._server._length_line(len(body))
+                size = len(body)
+                line = self._length_lines.get(size) or self._server._length_line(size)
                 data = b"".join((prefix, line, body))
             except Exception:  # a prefix not cached yet, or a malformed response: _send
                 self._send(response, True, False, False)

@@ -101,9 +101,7 @@ def test_a_daemon_on_the_interpreted_ingest_path_serves_and_writes(observer_daem
         env=env,
     )
     assert sorted(Path(line).name for line in loaded.read_text().split()) == sorted(
-        Path(module.__spec__.origin).name.split(".")[0] + ".py"
-        for module in MODULES
-        if module.__spec__ and module.__spec__.origin
+        module.__name__.rpartition(".")[2] + ".py" for module in MODULES
     )
     assert "(ingest path interpreted)" in daemon.logs()
     with httpx.Client(base_url=daemon.url, timeout=10) as client:  # one kept connection

@@ -174,7 +174,7 @@ async def test_concurrent_emits_share_one_write_in_order(tmp_path):
     assert [o.endpoint for o in engine.ring] == written
 
 
-async def test_backed_up_input_is_refused_not_acknowledged(tmp_path, monkeypatch):
+async def test_backed_up_input_is_refused_not_acknowledged(tmp_path):
     engine = make_engine(tmp_path, GATED)
     engine.dispatcher.max_pending = 10
     results: list[object] = []
@@ -190,9 +190,7 @@ async def test_backed_up_input_is_refused_not_acknowledged(tmp_path, monkeypatch
     assert engine.metrics.input_rejected.get(reason="backlog") == 6
 
 
-async def test_a_batch_larger_than_the_pending_bound_is_too_large_not_backed_up(
-    tmp_path, monkeypatch
-):
+async def test_a_batch_larger_than_the_pending_bound_is_too_large_not_backed_up(tmp_path):
     """No retry can clear it: BatchTooLarge (a source answers 413), not 503 Retry-After."""
     engine = make_engine(tmp_path, GATED)
     engine.dispatcher.max_pending = 10
@@ -308,7 +306,7 @@ async def _lone(engine: Engine) -> None:
             await anyio.sleep(0.001)
 
 
-async def test_commit_now_commits_a_lone_request_in_the_call(tmp_path, monkeypatch):
+async def test_commit_now_commits_a_lone_request_in_the_call(tmp_path):
     NowSink.batches = []
     engine = make_engine(tmp_path, "[observer]\ncycle_secs = 3600\n[sinks.now]\n")
     engine.dispatcher.max_pending = 10
