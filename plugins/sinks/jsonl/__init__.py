@@ -12,7 +12,9 @@ With ``fsync = "never"`` or ``"batch"`` the write(2) runs inline on the event lo
 always runs on a thread. A write goes to the writer thread instead while the thread
 has work queued (order), while an fdatasync is in flight (as Redis postpones its AOF
 writes: a write may wait for the sync), and for a cool-down after an inline write took
-longer than ``inline_write_max_ms`` (see :mod:`.guard`).
+longer than ``inline_write_max_ms`` (see :mod:`.guard`). With ``"batch"``, the
+kernel's writeback is started every ``writeback_bytes`` between two fdatasyncs, so each
+finds little to write and no write waits long behind it (see :mod:`.syncer`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -33,6 +36,7 @@ from observer_core import Finding, Record, RegisterSink, Sink, SinkConfig, hooki
 from observer_core.files import open_output, parse_file_mode
 
 from .guard import InlineGuard
+from .syncer import SyncThread, start_writeback
 from .writer import WriterThread
 
 PROBE_FREE_BYTES = 64 << 10
@@ -63,29 +67,14 @@ class JsonlConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     inline_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 262144
     """never and batch: a commit larger than this goes to the writer thread (the hand-off
     costs little beside its copy, and no one write holds the loop long)."""
+    writeback_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 1 << 20
+    """batch: start the kernel's writeback (sync_file_range) of each this many bytes
+    written, so an fdatasync finds little left to write and the writes made meanwhile do
+    not wait behind it; 0: leave it all to the fdatasync."""
     file_mode: str | None = None
     """Mode of the file when this creates it, an octal string such as "0640";
     unset: the process's umask decides. An existing file keeps its mode."""
     accepts: list[str] = msgspec.field(default_factory=lambda: ["op"])
-
-
-class _SyncThread:
-    """Calls fdatasync every ``interval`` seconds while there is unsynced data."""
-
-    def __init__(self, sink: JsonlSink, interval: float) -> None:
-        self._sink = sink
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="jsonl-fsync", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._sink.sync_if_dirty()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 class JsonlSink(Sink):
@@ -109,7 +98,7 @@ class JsonlSink(Sink):
         self._dirty = False
         self._io = threading.Lock()
         self._encoder = msgspec.json.Encoder()
-        self._syncer: _SyncThread | None = None
+        self._syncer: SyncThread | None = None
         self._writer: WriterThread | None = None
         self._failing = False
         """The last write failed: /health shows the file unhealthy until one succeeds."""
@@ -119,6 +108,12 @@ class JsonlSink(Sink):
         self._sync_later = config.fsync == "batch"
         self._syncing = False
         """An fdatasync is in flight (set by the syncer under ``_io``): writes go to the thread."""
+        self._writeback_bytes = config.writeback_bytes
+        self._writeback_at = sys.maxsize
+        """The file size at which a write kicks the syncer to start a writeback (under
+        ``_io``); ``sys.maxsize`` where nothing is written back between fdatasyncs."""
+        self._written_back = 0
+        """Where the next writeback starts (under ``_io``)."""
         self._guard = InlineGuard(
             config.inline_write_max_ms / 1000, config.inline_cooldown_ms / 1000
         )
@@ -136,7 +131,12 @@ class JsonlSink(Sink):
         if self._inline:  # the series exists from the start, at 0
             self._fallbacks.inc(0, instance=self.ctx.instance)
         if self.config.fsync == "batch":
-            self._syncer = _SyncThread(self, self.config.fsync_interval_ms / 1000)
+            self._syncer = SyncThread(
+                self.sync_if_dirty, self.write_back, self.config.fsync_interval_ms / 1000
+            )
+            if self._writeback_bytes and start_writeback is not None:
+                with self._io:
+                    self._writeback_at = self._size + self._writeback_bytes
         self.ctx.status["path"] = str(self.path)
 
     def _open_file(self) -> None:
@@ -145,11 +145,14 @@ class JsonlSink(Sink):
             self.path, os.O_WRONLY | os.O_APPEND, None if mode is None else parse_file_mode(mode)
         )
         try:
-            self._size = self._repair_torn_tail(fd)
+            size = self._repair_torn_tail(fd)
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
+        with self._io:
+            self._fd, self._size, self._written_back = fd, size, size
+            if self._writeback_at != sys.maxsize:  # a reopen: counted from the new file's end
+                self._writeback_at = size + self._writeback_bytes
 
     def _repair_torn_tail(self, fd: int) -> int:
         """Cut a last line left without its newline by a crash; return the file size."""
@@ -203,8 +206,12 @@ class JsonlSink(Sink):
             with contextlib.suppress(OSError):  # no partial line for the next write
                 os.ftruncate(self._fd, start)
             raise
-        self._size = start + len(data)
+        self._size = size = start + len(data)
         self._dirty = self._sync_later
+        if size >= self._writeback_at:
+            self._writeback_at = size + self._writeback_bytes
+            assert self._syncer is not None
+            self._syncer.kick()
 
     def _append_inline(self, data: bytes) -> bool:
         """Write ``data`` on the event loop when nothing stands in the way; False: it was not
@@ -263,6 +270,29 @@ class JsonlSink(Sink):
             self.ctx.error("fdatasync of %s failed: %s", self.path, exc)
         finally:
             self._syncing = False
+            os.close(fd)
+
+    def write_back(self) -> None:
+        """Start the kernel's writeback of what was written since the last start (on the
+        syncer's thread); where the call fails, leave the writeback to the fdatasyncs."""
+        with self._io:
+            end = self._size
+            start = min(self._written_back, end)
+            self._written_back = end
+            if end == start or self._fd < 0 or start_writeback is None:
+                return
+            fd = os.dup(self._fd)
+        try:
+            start_writeback(fd, start, end - start)
+        except OSError as exc:
+            with self._io:
+                self._writeback_at = sys.maxsize
+            self.ctx.logger.warning(
+                "%s: sync_file_range failed (%s): writeback is left to each fdatasync",
+                self.path,
+                exc.strerror or exc,
+            )
+        finally:
             os.close(fd)
 
     async def write(self, records: Sequence[Record]) -> None:
