@@ -12,9 +12,10 @@ With ``fsync = "never"`` or ``"batch"`` the write(2) runs inline on the event lo
 always runs on a thread. A write goes to the writer thread instead while the thread
 has work queued (order), while an fdatasync is in flight (as Redis postpones its AOF
 writes: a write may wait for the sync), and for a cool-down after an inline write took
-longer than ``inline_write_max_ms`` (see :mod:`.guard`). With ``"batch"``, the
-kernel's writeback is started every ``writeback_bytes`` between two fdatasyncs, so each
-finds little to write and no write waits long behind it (see :mod:`.syncer`).
+longer than ``inline_write_max_ms`` (see :mod:`.guard`). With ``"batch"`` (and with
+``"never"`` when set) a thread starts the kernel's writeback of every
+``writeback_bytes`` written, so neither an fdatasync nor the kernel's flusher finds
+much to write at once and holds the writes behind it (see :mod:`.syncer`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ from .writer import WriterThread
 
 PROBE_FREE_BYTES = 64 << 10
 """What ``probe()`` wants free on the file's filesystem before it calls the sink writable."""
+BATCH_WRITEBACK_BYTES = 1 << 20
+"""``writeback_bytes`` when unset, with ``fsync = "batch"`` (with "never": 0)."""
+WRITEBACK_ALIGN = 4096
+"""Writeback ranges end on a multiple of this (a page)."""
 FALLBACK_LOG_SECS = 60.0
 """At most one warning this often that slow writes moved to the writer thread."""
 
@@ -67,10 +72,11 @@ class JsonlConfig(SinkConfig, kw_only=True, forbid_unknown_fields=True):
     inline_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 262144
     """never and batch: a commit larger than this goes to the writer thread (the hand-off
     costs little beside its copy, and no one write holds the loop long)."""
-    writeback_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 1 << 20
-    """batch: start the kernel's writeback (sync_file_range) of each this many bytes
-    written, so an fdatasync finds little left to write and the writes made meanwhile do
-    not wait behind it; 0: leave it all to the fdatasync."""
+    writeback_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] | None = None
+    """never and batch: start the kernel's writeback (sync_file_range) of each this many
+    bytes written, so neither an fdatasync nor the kernel's flusher finds much to write at
+    once and holds the writes made meanwhile; 0: leave it to them. Unset: 1 MiB with batch,
+    0 with never."""
     file_mode: str | None = None
     """Mode of the file when this creates it, an octal string such as "0640";
     unset: the process's umask decides. An existing file keeps its mode."""
@@ -108,7 +114,10 @@ class JsonlSink(Sink):
         self._sync_later = config.fsync == "batch"
         self._syncing = False
         """An fdatasync is in flight (set by the syncer under ``_io``): writes go to the thread."""
-        self._writeback_bytes = config.writeback_bytes
+        writeback = config.writeback_bytes
+        if writeback is None:
+            writeback = BATCH_WRITEBACK_BYTES if self._sync_later else 0
+        self._writeback_bytes = writeback
         self._writeback_at = sys.maxsize
         """The file size at which a write kicks the syncer to start a writeback (under
         ``_io``); ``sys.maxsize`` where nothing is written back between fdatasyncs."""
@@ -130,13 +139,14 @@ class JsonlSink(Sink):
         await self._writer.run(self._open_file)
         if self._inline:  # the series exists from the start, at 0
             self._fallbacks.inc(0, instance=self.ctx.instance)
-        if self.config.fsync == "batch":
-            self._syncer = SyncThread(
-                self.sync_if_dirty, self.write_back, self.config.fsync_interval_ms / 1000
-            )
-            if self._writeback_bytes and start_writeback is not None:
-                with self._io:
-                    self._writeback_at = self._size + self._writeback_bytes
+        batch = self.config.fsync == "batch"
+        writeback = self._writeback_bytes > 0 and not self._sync_each and bool(start_writeback)
+        if batch or writeback:
+            interval = self.config.fsync_interval_ms / 1000 if batch else None
+            self._syncer = SyncThread(self.sync_if_dirty, self.write_back, interval)
+        if writeback:
+            with self._io:
+                self._writeback_at = self._size + self._writeback_bytes
         self.ctx.status["path"] = str(self.path)
 
     def _open_file(self) -> None:
@@ -273,14 +283,17 @@ class JsonlSink(Sink):
             os.close(fd)
 
     def write_back(self) -> None:
-        """Start the kernel's writeback of what was written since the last start (on the
-        syncer's thread); where the call fails, leave the writeback to the fdatasyncs."""
+        """Start the kernel's writeback of what was written since the last start but the
+        newest ``writeback_bytes`` (on the syncer's thread). Those stay dirty: a write that
+        appends to a page under writeback can wait for it, and the page would be written
+        twice (RocksDB leaves its newest 1 MB for the same reasons). Where the call fails,
+        the writeback is left to the kernel's flusher and the fdatasyncs."""
         with self._io:
-            end = self._size
+            end = (self._size - self._writeback_bytes) & -WRITEBACK_ALIGN
             start = min(self._written_back, end)
-            self._written_back = end
-            if end == start or self._fd < 0 or start_writeback is None:
+            if end <= start or self._fd < 0 or start_writeback is None:
                 return
+            self._written_back = end
             fd = os.dup(self._fd)
         try:
             start_writeback(fd, start, end - start)
@@ -288,7 +301,7 @@ class JsonlSink(Sink):
             with self._io:
                 self._writeback_at = sys.maxsize
             self.ctx.logger.warning(
-                "%s: sync_file_range failed (%s): writeback is left to each fdatasync",
+                "%s: sync_file_range failed (%s): writeback is left to the kernel",
                 self.path,
                 exc.strerror or exc,
             )

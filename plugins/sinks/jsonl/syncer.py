@@ -1,12 +1,13 @@
-"""The jsonl sink's background syncing for ``fsync = "batch"``.
+"""The jsonl sink's background syncing: ``fsync = "batch"``, and ``writeback_bytes``.
 
-One thread calls fdatasync every interval. Between two, every ``writeback_bytes``
-written, it starts the kernel's writeback of what was written since the last start
+One thread starts the kernel's writeback of every ``writeback_bytes`` written
 (``sync_file_range(2)`` with ``SYNC_FILE_RANGE_WRITE``, which waits for nothing), as
-RocksDB's ``bytes_per_sync`` and PostgreSQL's ``wal_writer_flush_after`` do. Without
-it each fdatasync wrote a whole interval's data at once, and write(2)s made meanwhile
-waited behind it: at 180 MB/s, 70 ms fdatasyncs held writes for up to 53 ms
-(BENCHMARKS.md, "Writeback between fdatasyncs").
+RocksDB's ``bytes_per_sync`` and PostgreSQL's ``wal_writer_flush_after`` do, and, for
+``"batch"``, calls fdatasync every interval. Without the writeback, each fdatasync
+wrote a whole interval's data at once and the write(2)s made meanwhile waited behind
+it (at 180 MB/s, 70 ms fdatasyncs held writes for up to 53 ms); with ``"never"``,
+gigabytes of dirty pages piled up until the kernel's flusher wrote them out under the
+writes (BENCHMARKS.md, "Round six").
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ start_writeback: StartWriteback | None = _bind_sync_file_range()
 
 
 class SyncThread:
-    """Calls ``sync`` every ``interval`` seconds, and ``writeback`` soon after each
-    :meth:`kick` (the sink kicks every ``writeback_bytes`` written). Both run on this
-    thread, never at once, so neither holds up the event loop or the writer thread."""
+    """Calls ``writeback`` soon after each :meth:`kick` (the sink kicks every
+    ``writeback_bytes`` written) and ``sync`` every ``interval`` seconds (never when it is
+    None). Both run on this thread, never at once, so neither holds up the event loop or
+    the writer thread."""
 
     def __init__(
-        self, sync: Callable[[], None], writeback: Callable[[], None], interval: float
+        self, sync: Callable[[], None], writeback: Callable[[], None], interval: float | None
     ) -> None:
         self._sync = sync
         self._writeback = writeback
@@ -69,17 +71,18 @@ class SyncThread:
         self._wake.set()
 
     def _loop(self) -> None:
-        due = time.monotonic() + self._interval
+        interval = self._interval
+        due = None if interval is None else time.monotonic() + interval
         while True:
-            kicked = self._wake.wait(max(0.0, due - time.monotonic()))
+            kicked = self._wake.wait(None if due is None else max(0.0, due - time.monotonic()))
             if self._stopping:
                 return
             if kicked:
                 self._wake.clear()
                 self._writeback()
-            if time.monotonic() >= due:
+            if due is not None and time.monotonic() >= due:
                 self._sync()
-                due = time.monotonic() + self._interval
+                due = time.monotonic() + (interval or 0.0)
 
     def stop(self) -> None:
         """End the thread (waiting at most 5 s for a sync in flight)."""

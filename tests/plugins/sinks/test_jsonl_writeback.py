@@ -1,5 +1,5 @@
-"""The jsonl sink's writeback between fdatasyncs (``fsync = "batch"``, ``writeback_bytes``):
-sync_file_range(2) on a real file, from the syncer's thread, over every byte written."""
+"""The jsonl sink's writeback (``writeback_bytes``): sync_file_range(2) on a real file, from
+the syncer's thread, over every byte written but the newest ``writeback_bytes``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ class _Writebacks:
         return end
 
 
+def _written_back(size: int, every: int = EVERY) -> int:
+    """Where the writeback of a file of ``size`` bytes ends: ``every`` short of its end,
+    at a page's start."""
+    return (size - every) // 4096 * 4096
+
+
 async def _write(sink: jsonl.JsonlSink, first: int, count: int) -> None:
     """``count`` batches of 60 numbered ops (~10 KB each: each crosses ``EVERY``)."""
     for n in range(first, first + count):
@@ -59,17 +65,18 @@ async def _write(sink: jsonl.JsonlSink, first: int, count: int) -> None:
 
 
 @pytest.mark.anyio
-async def test_batch_writes_back_every_byte_in_order_on_the_syncer_thread(
-    tmp_path, monkeypatch, caplog
+@pytest.mark.parametrize("fsync", ["batch", "never"])
+async def test_writeback_covers_the_file_in_order_on_the_syncer_thread(
+    tmp_path, monkeypatch, caplog, fsync
 ):
     caplog.set_level(logging.WARNING)
     writebacks = _Writebacks(monkeypatch)
     sink = await open_sink(
-        tmp_path, fsync="batch", fsync_interval_ms=3_600_000, writeback_bytes=EVERY
+        tmp_path, fsync=fsync, fsync_interval_ms=3_600_000, writeback_bytes=EVERY
     )
     await _write(sink, 0, 5)
     size = (tmp_path / "ops.jsonl").stat().st_size
-    wait_for(lambda: writebacks.covered() == size, what="every byte written back")
+    wait_for(lambda: writebacks.covered() == _written_back(size), what="all but the tail")
     assert writebacks.threads == {"jsonl-fsync"}
     assert len(writebacks.ranges) <= 5  # one per kick at most
     await sink.aclose()
@@ -78,19 +85,24 @@ async def test_batch_writes_back_every_byte_in_order_on_the_syncer_thread(
 
 
 @pytest.mark.anyio
-async def test_a_write_under_writeback_bytes_starts_no_writeback(tmp_path, monkeypatch):
+async def test_batch_writes_back_each_mib_by_default_never_nothing(tmp_path, monkeypatch):
     writebacks = _Writebacks(monkeypatch)
-    sink = await open_sink(
-        tmp_path, fsync="batch", fsync_interval_ms=3_600_000, writeback_bytes=1 << 20
-    )
-    await _write(sink, 0, 5)  # ~50 KB in all
+    sink = await open_sink(tmp_path, fsync="batch", fsync_interval_ms=3_600_000)
+    await _write(sink, 0, 150)  # ~1.5 MB: past the first MiB and the tail behind it
+    size = (tmp_path / "ops.jsonl").stat().st_size
+    wait_for(lambda: writebacks.ranges, what="a writeback")
     await sink.aclose()
-    assert writebacks.ranges == []
+    covered = writebacks.covered()  # from the kick at 1 MiB, up to a MiB short of the end
+    assert 0 < covered <= _written_back(size, 1 << 20)
+    never = await open_sink(tmp_path / "never", fsync="never")
+    await _write(never, 0, 250)
+    await never.aclose()
+    assert writebacks.covered() == covered  # no more ranges
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("fsync", "every"), [("batch", 0), ("never", EVERY), ("always", EVERY)])
-async def test_only_batch_with_writeback_bytes_writes_back(tmp_path, monkeypatch, fsync, every):
+@pytest.mark.parametrize(("fsync", "every"), [("batch", 0), ("always", EVERY)])
+async def test_no_writeback_with_0_or_always(tmp_path, monkeypatch, fsync, every):
     writebacks = _Writebacks(monkeypatch)
     synced = threading.Event()
     real_sync = os.fdatasync
@@ -102,8 +114,7 @@ async def test_only_batch_with_writeback_bytes_writes_back(tmp_path, monkeypatch
     monkeypatch.setattr(os, "fdatasync", sync)
     sink = await open_sink(tmp_path, fsync=fsync, fsync_interval_ms=10, writeback_bytes=every)
     await _write(sink, 0, 5)
-    if fsync != "never":  # the syncer (or the write) has run since
-        wait_for(synced.is_set, what="an fdatasync")
+    wait_for(synced.is_set, what="an fdatasync")  # the syncer (or the write) has run
     await sink.aclose()
     assert writebacks.ranges == []
 
@@ -116,13 +127,13 @@ async def test_after_a_reopen_writeback_starts_at_the_new_file(tmp_path, monkeyp
     )
     await _write(sink, 0, 2)
     first = (tmp_path / "ops.jsonl").stat().st_size
-    wait_for(lambda: writebacks.covered() == first, what="the first file written back")
+    wait_for(lambda: writebacks.covered() == _written_back(first), what="the first file")
     os.rename(tmp_path / "ops.jsonl", tmp_path / "ops.jsonl.1")
     await sink.reopen()
     writebacks.ranges.clear()
     await _write(sink, 2, 3)
     second = (tmp_path / "ops.jsonl").stat().st_size
-    wait_for(lambda: writebacks.covered() == second, what="the new file written back")
+    wait_for(lambda: writebacks.covered() == _written_back(second), what="the new file")
     await sink.aclose()
 
 
