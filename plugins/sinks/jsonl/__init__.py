@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import mmap
 import os
 import sys
 import threading
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, cast
 
+import anyio
 import msgspec
 
 from observer_core import Finding, Record, RegisterSink, Sink, SinkConfig, hookimpl, now_timestamp
@@ -44,8 +46,8 @@ PROBE_FREE_BYTES = 64 << 10
 """What ``probe()`` wants free on the file's filesystem before it calls the sink writable."""
 BATCH_WRITEBACK_BYTES = 1 << 20
 """``writeback_bytes`` when unset, with ``fsync = "batch"`` (with "never": 0)."""
-WRITEBACK_ALIGN = 4096
-"""Writeback ranges end on a multiple of this (a page)."""
+WRITEBACK_ALIGN = mmap.PAGESIZE
+"""Writeback ranges end on a page's start."""
 FALLBACK_LOG_SECS = 60.0
 """At most one warning this often that slow writes moved to the writer thread."""
 
@@ -118,9 +120,12 @@ class JsonlSink(Sink):
         if writeback is None:
             writeback = BATCH_WRITEBACK_BYTES if self._sync_later else 0
         self._writeback_bytes = writeback
+        self._writeback_on = False
+        """``writeback_bytes`` is set, and this host has sync_file_range (set at open)."""
         self._writeback_at = sys.maxsize
         """The file size at which a write kicks the syncer to start a writeback (under
-        ``_io``); ``sys.maxsize`` where nothing is written back between fdatasyncs."""
+        ``_io``); ``sys.maxsize`` while writeback is off, or after it failed (until a
+        reopen)."""
         self._written_back = 0
         """Where the next writeback starts (under ``_io``)."""
         self._guard = InlineGuard(
@@ -140,11 +145,15 @@ class JsonlSink(Sink):
         if self._inline:  # the series exists from the start, at 0
             self._fallbacks.inc(0, instance=self.ctx.instance)
         batch = self.config.fsync == "batch"
-        writeback = self._writeback_bytes > 0 and not self._sync_each and bool(start_writeback)
-        if batch or writeback:
+        self._writeback_on = (
+            self._writeback_bytes > 0 and not self._sync_each and start_writeback is not None
+        )
+        if batch or self._writeback_on:
             interval = self.config.fsync_interval_ms / 1000 if batch else None
-            self._syncer = SyncThread(self.sync_if_dirty, self.write_back, interval)
-        if writeback:
+            self._syncer = SyncThread(
+                self.sync_if_dirty, self.write_back, interval, self._bg_failed
+            )
+        if self._writeback_on:
             with self._io:
                 self._writeback_at = self._size + self._writeback_bytes
         self.ctx.status["path"] = str(self.path)
@@ -161,7 +170,7 @@ class JsonlSink(Sink):
             raise
         with self._io:
             self._fd, self._size, self._written_back = fd, size, size
-            if self._writeback_at != sys.maxsize:  # a reopen: counted from the new file's end
+            if self._writeback_on:  # a reopen: counted from the new file's end, on again
                 self._writeback_at = size + self._writeback_bytes
 
     def _repair_torn_tail(self, fd: int) -> int:
@@ -271,8 +280,8 @@ class JsonlSink(Sink):
         with self._io:
             if not self._dirty or self._fd < 0:
                 return
-            self._dirty = False
             fd = os.dup(self._fd)
+            self._dirty = False
             self._syncing = True
         try:
             os.fdatasync(fd)
@@ -287,26 +296,31 @@ class JsonlSink(Sink):
         newest ``writeback_bytes`` (on the syncer's thread). Those stay dirty: a write that
         appends to a page under writeback can wait for it, and the page would be written
         twice (RocksDB leaves its newest 1 MB for the same reasons). Where the call fails,
-        the writeback is left to the kernel's flusher and the fdatasyncs."""
+        the writeback is left to the kernel's flusher and the fdatasyncs until a reopen."""
         with self._io:
             end = (self._size - self._writeback_bytes) & -WRITEBACK_ALIGN
             start = min(self._written_back, end)
             if end <= start or self._fd < 0 or start_writeback is None:
                 return
-            self._written_back = end
             fd = os.dup(self._fd)
+            self._written_back = end
         try:
             start_writeback(fd, start, end - start)
         except OSError as exc:
             with self._io:
                 self._writeback_at = sys.maxsize
             self.ctx.logger.warning(
-                "%s: sync_file_range failed (%s): writeback is left to the kernel",
+                "%s: sync_file_range failed (%s): writeback is left to the kernel until the "
+                "file is reopened",
                 self.path,
                 exc.strerror or exc,
             )
         finally:
             os.close(fd)
+
+    def _bg_failed(self, what: str, exc: Exception) -> None:
+        """The sync thread's call failed unexpectedly (e.g. EMFILE): said and counted."""
+        self.ctx.error("%s of %s failed: %s", what, self.path, exc)
 
     async def write(self, records: Sequence[Record]) -> None:
         """Append ``records``; returns once write(2) (and fdatasync when "always") is done."""
@@ -390,8 +404,8 @@ class JsonlSink(Sink):
                 os.close(fd)
 
     async def aclose(self) -> None:
-        if self._syncer is not None:
-            self._syncer.stop()
+        if self._syncer is not None:  # its join may wait for an fdatasync: not on the loop
+            await anyio.to_thread.run_sync(self._syncer.stop)
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.run(self._close_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import threading
 
@@ -43,9 +44,9 @@ class _Writebacks:
 
         monkeypatch.setattr(jsonl, "start_writeback", recording)
 
-    def covered(self) -> int:
-        """Bytes written back from offset 0, checking that the ranges follow each other."""
-        end = 0
+    def covered(self, start: int = 0) -> int:
+        """Where the ranges end, checking that they follow each other from ``start``."""
+        end = start
         for offset, nbytes in self.ranges:
             assert offset == end, self.ranges
             end += nbytes
@@ -55,7 +56,11 @@ class _Writebacks:
 def _written_back(size: int, every: int = EVERY) -> int:
     """Where the writeback of a file of ``size`` bytes ends: ``every`` short of its end,
     at a page's start."""
-    return (size - every) // 4096 * 4096
+    return (size - every) // mmap.PAGESIZE * mmap.PAGESIZE
+
+
+def _sink_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "sync_file_range" in r.getMessage()]
 
 
 async def _write(sink: jsonl.JsonlSink, first: int, count: int) -> None:
@@ -77,10 +82,10 @@ async def test_writeback_covers_the_file_in_order_on_the_syncer_thread(
     await _write(sink, 0, 5)
     size = (tmp_path / "ops.jsonl").stat().st_size
     wait_for(lambda: writebacks.covered() == _written_back(size), what="all but the tail")
-    assert writebacks.threads == {"jsonl-fsync"}
+    assert writebacks.threads == {"jsonl-sync"}
     assert len(writebacks.ranges) <= 5  # one per kick at most
     await sink.aclose()
-    assert not caplog.records
+    assert not _sink_warnings(caplog)
     assert len(ids(tmp_path / "ops.jsonl")) == 300
 
 
@@ -88,12 +93,12 @@ async def test_writeback_covers_the_file_in_order_on_the_syncer_thread(
 async def test_batch_writes_back_each_mib_by_default_never_nothing(tmp_path, monkeypatch):
     writebacks = _Writebacks(monkeypatch)
     sink = await open_sink(tmp_path, fsync="batch", fsync_interval_ms=3_600_000)
-    await _write(sink, 0, 150)  # ~1.5 MB: past the first MiB and the tail behind it
+    await _write(sink, 0, 230)  # ~2.3 MB: the kick at 2 MiB writes back at least 1 MiB
     size = (tmp_path / "ops.jsonl").stat().st_size
-    wait_for(lambda: writebacks.ranges, what="a writeback")
+    wait_for(lambda: writebacks.covered() >= 1 << 20, what="the first MiB written back")
     await sink.aclose()
-    covered = writebacks.covered()  # from the kick at 1 MiB, up to a MiB short of the end
-    assert 0 < covered <= _written_back(size, 1 << 20)
+    covered = writebacks.covered()
+    assert covered <= _written_back(size, 1 << 20)  # the newest MiB was left dirty
     never = await open_sink(tmp_path / "never", fsync="never")
     await _write(never, 0, 250)
     await never.aclose()
@@ -148,10 +153,99 @@ async def test_a_failing_writeback_is_logged_once_and_left_to_fdatasync(
         tmp_path, fsync="batch", fsync_interval_ms=3_600_000, writeback_bytes=EVERY
     )
     await _write(sink, 0, 1)
-    wait_for(lambda: len(caplog.records) == 1, what="the warning")
+    wait_for(lambda: _sink_warnings(caplog), what="the warning")
     await _write(sink, 1, 4)
-    await sink.aclose()
     assert len(writebacks.ranges) == 1
-    message = caplog.records[0].getMessage()
-    assert "sync_file_range failed" in message and "Illegal seek" in message
+    [message] = _sink_warnings(caplog)
+    assert "sync_file_range failed" in message and os.strerror(errno.ESPIPE) in message
     assert len(ids(tmp_path / "ops.jsonl")) == 300  # the writes went on
+    # a reopen (logrotate's) tries again, from the new file's start
+    writebacks.error = None
+    writebacks.ranges.clear()
+    os.rename(tmp_path / "ops.jsonl", tmp_path / "ops.jsonl.1")
+    await sink.reopen()
+    await _write(sink, 5, 3)
+    size = (tmp_path / "ops.jsonl").stat().st_size
+    wait_for(lambda: writebacks.covered() == _written_back(size), what="writeback again")
+    await sink.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_file_with_data_is_written_back_from_its_end_at_open(tmp_path, monkeypatch):
+    (tmp_path / "ops.jsonl").write_bytes(b'{"old":1}\n' * 100_000)  # ~1 MB, not ours
+    existing = (tmp_path / "ops.jsonl").stat().st_size
+    writebacks = _Writebacks(monkeypatch)
+    sink = await open_sink(tmp_path, fsync="never", writeback_bytes=EVERY)
+    await _write(sink, 0, 3)
+    size = (tmp_path / "ops.jsonl").stat().st_size
+    wait_for(lambda: writebacks.covered(existing) == _written_back(size), what="the new lines")
+    await sink.aclose()
+    assert writebacks.ranges[0][0] == existing
+
+
+@pytest.mark.anyio
+async def test_without_sync_file_range_batch_still_syncs_and_never_starts_no_thread(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(jsonl, "start_writeback", None)
+    synced = threading.Event()
+    real_sync = os.fdatasync
+
+    def sync(fd: int) -> None:
+        real_sync(fd)
+        synced.set()
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    batch = await open_sink(tmp_path, fsync="batch", fsync_interval_ms=10, writeback_bytes=EVERY)
+    await _write(batch, 0, 3)
+    wait_for(synced.is_set, what="an fdatasync")
+    await batch.aclose()
+    never = await open_sink(tmp_path / "never", fsync="never", writeback_bytes=EVERY)
+    assert "jsonl-sync" not in {thread.name for thread in threading.enumerate()}
+    await _write(never, 0, 3)
+    await never.aclose()
+    assert len(ids(tmp_path / "never" / "ops.jsonl")) == 180
+
+
+def test_a_stop_that_comes_as_a_kick_is_taken_ends_the_thread(monkeypatch):
+    """A stop between the thread's wake-up and its clearing of the wake-up is not lost
+    (with no interval, a lost stop would leave the thread waiting for ever)."""
+    stop_now: list[syncer.SyncThread] = []
+
+    class StopComesDuringClear(threading.Event):
+        def clear(self) -> None:
+            if stop_now:  # stop()'s first steps, at the worst moment
+                thread = stop_now.pop()
+                thread._stopping = True
+                thread._wake.set()
+            super().clear()
+
+    monkeypatch.setattr(syncer.threading, "Event", StopComesDuringClear)
+    thread = syncer.SyncThread(lambda: None, lambda: None, None, _no_failure)
+    monkeypatch.undo()
+    stop_now.append(thread)
+    thread.kick()
+    thread._thread.join(5)
+    assert not thread._thread.is_alive()
+
+
+def _no_failure(what: str, exc: Exception) -> None:
+    raise AssertionError(f"{what} failed: {exc!r}")
+
+
+def test_a_failing_call_is_reported_and_the_thread_goes_on():
+    failures: list[str] = []
+    calls: list[int] = []
+
+    def writeback() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    thread = syncer.SyncThread(lambda: None, writeback, None, lambda w, e: failures.append(w))
+    thread.kick()
+    wait_for(lambda: failures == ["writeback"], what="the failure reported")
+    thread.kick()
+    wait_for(lambda: len(calls) == 2, what="a second writeback")
+    thread.stop()
+    assert not thread._thread.is_alive()
