@@ -53,6 +53,20 @@ class _Writebacks:
         return end
 
 
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once os.fdatasync (the real one) has run."""
+    done = threading.Event()
+    real_sync = os.fdatasync
+
+    def sync(fd: int) -> None:
+        real_sync(fd)
+        done.set()
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    return done
+
+
 def _written_back(size: int, every: int = EVERY) -> int:
     """Where the writeback of a file of ``size`` bytes ends: ``every`` short of its end,
     at a page's start."""
@@ -107,16 +121,8 @@ async def test_batch_writes_back_each_mib_by_default_never_nothing(tmp_path, mon
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("fsync", "every"), [("batch", 0), ("always", EVERY)])
-async def test_no_writeback_with_0_or_always(tmp_path, monkeypatch, fsync, every):
+async def test_no_writeback_with_0_or_always(tmp_path, monkeypatch, synced, fsync, every):
     writebacks = _Writebacks(monkeypatch)
-    synced = threading.Event()
-    real_sync = os.fdatasync
-
-    def sync(fd: int) -> None:
-        real_sync(fd)
-        synced.set()
-
-    monkeypatch.setattr(os, "fdatasync", sync)
     sink = await open_sink(tmp_path, fsync=fsync, fsync_interval_ms=10, writeback_bytes=every)
     await _write(sink, 0, 5)
     wait_for(synced.is_set, what="an fdatasync")  # the syncer (or the write) has run
@@ -185,17 +191,9 @@ async def test_a_file_with_data_is_written_back_from_its_end_at_open(tmp_path, m
 
 @pytest.mark.anyio
 async def test_without_sync_file_range_batch_still_syncs_and_never_starts_no_thread(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, synced
 ):
     monkeypatch.setattr(jsonl, "start_writeback", None)
-    synced = threading.Event()
-    real_sync = os.fdatasync
-
-    def sync(fd: int) -> None:
-        real_sync(fd)
-        synced.set()
-
-    monkeypatch.setattr(os, "fdatasync", sync)
     batch = await open_sink(tmp_path, fsync="batch", fsync_interval_ms=10, writeback_bytes=EVERY)
     await _write(batch, 0, 3)
     wait_for(synced.is_set, what="an fdatasync")
